@@ -125,7 +125,9 @@ class Step:
         elif overrides:
             config = dataclasses.replace(config, **overrides)
         if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+            raise TypeError(
+                f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}"
+            )
         self.config = config
         self._loaded: dict[int | None, Any] = {}
 
@@ -196,7 +198,9 @@ class Step:
         ``num_proc=k`` runs k workers, each given its rank (one GPU each for model steps).
         """
         check_columns(dataset.column_names, self.input_columns(), self.name)
-        new_fingerprint = hashlib.sha256(f"{dataset._fingerprint}:{self.fingerprint()}".encode()).hexdigest()[:32]
+        new_fingerprint = hashlib.sha256(f"{dataset._fingerprint}:{self.fingerprint()}".encode()).hexdigest()[
+            :32
+        ]
         if self.changes_row_count:
             map_kwargs.setdefault("remove_columns", dataset.column_names)
         return dataset.map(

@@ -42,7 +42,9 @@ def _candidates(tmp_path) -> datasets.Dataset:
     path = tmp_path / "cands.jsonl"
     rows = [{"prompt": f"p{i}", "rewards": [float(i), float(i) + 0.5]} for i in range(5)]
     datasets.Dataset.from_list(rows).to_json(path)
-    return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
+    return datasets.load_dataset(
+        "json", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache")
+    )
 
 
 def test_missing_column_names_it_and_lists_present():
