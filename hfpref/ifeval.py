@@ -1,0 +1,282 @@
+"""Verifiable-constraint rewards: IFEval's 25 instruction checks, as lm-eval maintains them.
+
+``IFEvalVerifier`` grades every response of a candidates row against the row's constraints
+(``instruction_id_list`` with one ``kwargs`` dict each) and writes IFEval's strict and loose verdicts,
+the strict fraction of constraints met (``correctness``, the measure of arXiv 2412.15282) and, unless
+``reward=None``, that fraction (strict or loose) as ``rewards``.
+
+The checks themselves are lm-eval's (``lm_eval.tasks.ifeval.instructions_registry``); this module only
+builds them and applies IFEval's strict/loose protocol, the way ``lm_eval.tasks.ifeval.utils`` does, with
+four deliberate differences, all needed to make it a reproducible data step:
+
+* A check is built once per (row, instruction) and serves both strict and loose grading of all N
+  responses (lm-eval rebuilds it for each response, twice). Loose grading reuses the strict verdict on the
+  unmodified response instead of recomputing it.
+* Only ``None`` arguments are dropped before building a check. Arrow turns a list of kwargs dicts with
+  different keys into structs with every key, the missing ones ``None``, so ``None`` means "not given".
+  lm-eval drops every falsy value (``if v``), which would turn an explicit ``0`` (e.g. ``frequency=0``)
+  or ``""`` into "not given", and the check would then draw a random value or silently pick a default;
+  here they reach the check unchanged (an invalid one, e.g. ``relation=""``, is then reported as a
+  ``RowError``). On IFEval's own data no argument is falsy, so both rules agree there.
+* Python's global ``random`` is seeded from the instruction id and its arguments while a check is built
+  (and restored afterwards): lm-eval's checks draw any argument that is missing or invalid from it, e.g.
+  a random letter when ``letter_frequency``'s ``letter`` is not a letter (IFEval keys 1122, 1129).
+* langdetect is seeded (``DetectorFactory.seed = 0``) while a batch is graded, and restored afterwards,
+  so language and case checks give the same verdict in every run and process.
+
+NLTK's Punkt data comes from the package (``hfpref/nltk_data``), put first on NLTK's path before lm-eval
+is imported, so grading works offline and never attempts a download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
+from typing import Any
+
+from hfpref.columns import (
+    CORRECTNESS,
+    IFEVAL_LOOSE,
+    IFEVAL_STRICT,
+    INSTRUCTION_ID_LIST,
+    KWARGS,
+    PROMPT,
+    RESPONSES,
+    REWARD_SOURCE,
+    REWARDS,
+)
+from hfpref.nltk_setup import use_packaged_nltk_data
+from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
+
+REWARD_MODES = ("strict", "loose", None)
+
+
+@dataclasses.dataclass
+class IFEvalConfig(StepConfig):
+    """``reward``: which fraction of constraints met becomes ``rewards`` ("strict", "loose"), or None
+    to write only the verdicts and ``correctness``."""
+
+    reward: str | None = "strict"
+
+    def __post_init__(self) -> None:
+        if self.reward not in REWARD_MODES:
+            raise ValueError(f"IFEvalConfig.reward must be one of {REWARD_MODES}, got {self.reward!r}")
+
+
+def checker_versions() -> str:
+    """The packages whose code decides a verdict: lm-eval's checks, langdetect's models, NLTK's Punkt."""
+    return " ".join(f"{name}=={metadata.version(name)}" for name in ("lm-eval", "langdetect", "nltk"))
+
+
+@functools.cache
+def _lm_eval_version() -> str:
+    return metadata.version("lm-eval")
+
+
+@functools.cache
+def instruction_registry() -> Mapping[str, type]:
+    """lm-eval's map from IFEval instruction id to check class, imported with the packaged NLTK data."""
+    with _global_random_restored():  # importing nltk draws from the global random
+        use_packaged_nltk_data()  # before the import: lm-eval downloads Punkt at import when it finds none
+        from lm_eval.tasks.ifeval import instructions_registry
+
+    return instructions_registry.INSTRUCTION_DICT
+
+
+@contextlib.contextmanager
+def _global_random_restored(seed: str | None = None) -> Iterator[None]:
+    """Run a block with the global ``random`` (which lm-eval's checks draw from) seeded, when a seed is
+    given, and give the caller its own random state back afterwards."""
+    saved = random.getstate()
+    if seed is not None:
+        random.seed(seed)  # a str seed is hashed with SHA-512: the same in every process, unlike hash()
+    try:
+        yield
+    finally:
+        random.setstate(saved)
+
+
+@contextlib.contextmanager
+def _seeded_langdetect() -> Iterator[None]:
+    """Make langdetect deterministic for a block (each detection reseeds its own RNG from this seed)."""
+    from langdetect import DetectorFactory
+
+    saved = DetectorFactory.seed
+    DetectorFactory.seed = 0
+    try:
+        yield
+    finally:
+        DetectorFactory.seed = saved
+
+
+def loose_variants(response: str) -> list[str]:
+    """The response variants IFEval's loose grading accepts (first/last line removed, ``*`` stripped).
+
+    Written out because lm-eval builds them inside ``test_instruction_following_loose`` rather than
+    exposing them; the list and its order are the same.
+    """
+    lines = response.split("\n")
+    without_first = "\n".join(lines[1:]).strip()
+    without_last = "\n".join(lines[:-1]).strip()
+    without_both = "\n".join(lines[1:-1]).strip()
+    variants = [response, without_first, without_last, without_both]
+    stripped = [v.replace("*", "") for v in variants]
+    return [response, stripped[0], without_first, without_last, without_both, *stripped[1:]]
+
+
+def prompt_text(prompt: Any, where: str) -> str:
+    """The text IFEval's checks see: the prompt itself, or the last user message's content."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, Sequence):
+        for message in reversed(prompt):
+            if isinstance(message, Mapping) and message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, str):
+                    return content
+                raise RowError(
+                    f"{where}: column {PROMPT!r}: the last user message's content is {content!r}, not text"
+                )
+        raise RowError(f"{where}: column {PROMPT!r} has no user message: {prompt!r}")
+    raise RowError(f"{where}: column {PROMPT!r} must be a string or a list of messages, got {prompt!r}")
+
+
+class IFEvalVerifier(Step):
+    """Grade each response against its row's IFEval constraints with lm-eval's checks.
+
+    Input columns: ``prompt`` (str or list of messages), ``responses`` (list[str]),
+    ``instruction_id_list`` (list[str], IFEval ids such as ``punctuation:no_comma``), ``kwargs``
+    (list of dicts, one per instruction, ``None`` values meaning "not given").
+
+    Output columns: ``ifeval_strict``, ``ifeval_loose`` (per response, per instruction: list[list[bool]]),
+    ``correctness`` (per response, strict fraction of constraints met: list[float]) and, when
+    ``config.reward`` is set, ``rewards`` (the strict or loose fraction: list[float]) and
+    ``reward_source`` (str, e.g. ``"ifeval:strict (lm-eval 0.4.13)"``).
+    """
+
+    config_class = IFEvalConfig
+    version = "1"
+    config: IFEvalConfig
+
+    def input_columns(self) -> list[str]:
+        return [PROMPT, RESPONSES, INSTRUCTION_ID_LIST, KWARGS]
+
+    def output_columns(self) -> list[str]:
+        columns = [IFEVAL_STRICT, IFEVAL_LOOSE, CORRECTNESS]
+        if self.config.reward is not None:
+            columns += [REWARDS, REWARD_SOURCE]
+        return columns
+
+    def load(self, rank: int | None) -> Mapping[str, type]:
+        return instruction_registry()
+
+    def resolved_revision(self) -> str:
+        return checker_versions()
+
+    def reward_source(self) -> str:
+        return f"ifeval:{self.config.reward} (lm-eval {_lm_eval_version()})"
+
+    def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
+        registry = self.resources(rank)
+        out: Batch = {column: [] for column in self.output_columns()}
+        source = self.reward_source() if self.config.reward is not None else None
+        with _seeded_langdetect():
+            for i in range(len(batch[RESPONSES])):
+                where = row_label(batch, i, indices)
+                checks = self._build_row_checks(registry, batch, i, where)
+                strict_rows, loose_rows = [], []
+                for j, response in enumerate(_responses(batch[RESPONSES][i], where)):
+                    if not isinstance(response, str):
+                        raise RowError(f"{where}: column {RESPONSES!r}[{j}] is {response!r}, not a string")
+                    strict, loose = grade(checks, response)
+                    strict_rows.append(strict)
+                    loose_rows.append(loose)
+                out[IFEVAL_STRICT].append(strict_rows)
+                out[IFEVAL_LOOSE].append(loose_rows)
+                out[CORRECTNESS].append([_fraction(v) for v in strict_rows])
+                if self.config.reward is not None:
+                    graded = strict_rows if self.config.reward == "strict" else loose_rows
+                    out[REWARDS].append([_fraction(v) for v in graded])
+                    out[REWARD_SOURCE].append(source)
+        return out
+
+    def _build_row_checks(self, registry: Mapping[str, type], batch: Batch, i: int, where: str) -> list[Any]:
+        ids, kwargs_list = batch[INSTRUCTION_ID_LIST][i], batch[KWARGS][i]
+        if not isinstance(ids, Sequence) or isinstance(ids, str) or not ids:
+            raise RowError(
+                f"{where}: column {INSTRUCTION_ID_LIST!r} must be a non-empty list of instruction ids, "
+                f"got {ids!r}"
+            )
+        if not isinstance(kwargs_list, Sequence) or len(kwargs_list) != len(ids):
+            raise RowError(
+                f"{where}: column {KWARGS!r} must hold one dict per instruction ({len(ids)}: {list(ids)}), "
+                f"got {kwargs_list!r}"
+            )
+        text = prompt_text(batch[PROMPT][i], where)
+        return [build_check(registry, iid, kw, text, where) for iid, kw in zip(ids, kwargs_list, strict=True)]
+
+
+def build_check(
+    registry: Mapping[str, type],
+    instruction_id: str,
+    kwargs: Mapping[str, Any] | None,
+    prompt: str,
+    where: str,
+) -> Any:
+    """One lm-eval check, built from its arguments (``None`` ones dropped) with seeded randomness."""
+    if instruction_id not in registry:
+        raise RowError(
+            f"{where}: column {INSTRUCTION_ID_LIST!r} holds unknown IFEval instruction id {instruction_id!r}; "
+            f"known ids: {sorted(registry)}"
+        )
+    if kwargs is None:  # Arrow writes a null struct for an instruction without arguments
+        kwargs = {}
+    if not isinstance(kwargs, Mapping):
+        raise RowError(
+            f"{where}: column {KWARGS!r} for instruction {instruction_id!r} must be a dict, got {kwargs!r}"
+        )
+    arguments = {name: value for name, value in kwargs.items() if value is not None}
+    seed = f"{instruction_id}|{json.dumps(arguments, sort_keys=True, default=repr)}"
+    check = registry[instruction_id](instruction_id)
+    with _global_random_restored(seed):
+        try:
+            check.build_description(**arguments)
+            # IFEval's protocol: a check that declares a ``prompt`` argument is rebuilt with the prompt
+            declared = check.get_instruction_args()
+            if declared and "prompt" in declared:
+                check.build_description(prompt=prompt)
+        except (TypeError, ValueError) as err:
+            raise RowError(
+                f"{where}: column {KWARGS!r} holds {arguments!r} for instruction {instruction_id!r}, "
+                f"which its check rejects: {err}"
+            ) from err
+    return check
+
+
+def grade(checks: Sequence[Any], response: str) -> tuple[list[bool], list[bool]]:
+    """IFEval's strict and loose verdicts of one response, one per check; an empty response fails all."""
+    strict = [bool(response.strip()) and bool(check.check_following(response)) for check in checks]
+    variants: list[str] | None = None
+    loose = []
+    for check, passed in zip(checks, strict, strict=True):
+        if not passed:
+            variants = variants or loose_variants(response)
+            # variants[0] is the response itself, already graded strictly
+            passed = any(v.strip() and check.check_following(v) for v in variants[1:])
+        loose.append(bool(passed))
+    return strict, loose
+
+
+def _responses(responses: Any, where: str) -> Sequence[Any]:
+    if not isinstance(responses, Sequence) or isinstance(responses, str):
+        raise RowError(f"{where}: column {RESPONSES!r} must be a list of strings, got {responses!r}")
+    return responses
+
+
+def _fraction(verdicts: list[bool]) -> float:
+    return sum(verdicts) / len(verdicts)
