@@ -1,0 +1,311 @@
+"""Sample N responses per prompt from a causal LM: the step that turns prompts into candidates rows.
+
+``ResponseSampler`` is a :class:`hfpref.transform.Step`.
+
+* input column: ``prompt`` (a string, or a list of ``{"role", "content"}`` messages)
+* output columns: ``responses`` (list[str], ``n`` per prompt) and ``generators`` (list[str], the model
+  id, or ``generator_name``, once per response)
+
+The prompt goes through the tokenizer's chat template (``add_generation_prompt=True``) when the tokenizer
+has one; a plain-string prompt without a chat template is tokenized as raw text.
+
+Determinism. Each prompt gets its own seed, ``config.seed`` mixed with a stable hash of the model's
+resolved revision (Hub commit or local content hash) and the prompt, so a prompt's samples do not depend
+on which other prompts share its batch, on the batch size, or on the row order. The model is in the hash
+so that two generators answering the same prompt draw independent noise (shared noise would make their
+samples more alike than independent samples are, and bias pair statistics such as the edit distance);
+the same weights, wherever they are stored, always repeat themselves.
+transformers' ``generate`` draws every row's next token from one global RNG in a single
+``torch.multinomial`` call, which would tie a prompt's samples to its batch neighbours; so the
+transformers backend decodes greedily over Gumbel-perturbed scores instead (argmax(s + G), G ~
+Gumbel(0, 1), samples exactly from softmax(s)), with the noise for each prompt's ``n`` rows drawn from
+that prompt's own ``torch.Generator`` on the model's device (so a run repeats on the same kind of
+device; CPU and CUDA generators give different streams). Temperature and top-p are transformers' own
+logits warpers, applied before the noise. ``temperature=0`` is plain greedy decoding (one decode per
+prompt, repeated ``n`` times).
+
+Batching. Prompts are sorted by token length and packed into ``generate`` calls whose padded size
+``n * rows * (longest prompt + max_new_tokens)`` stays within ``token_budget``; padding is on the left.
+
+Backends. ``"transformers"`` (above), ``"vllm"`` (a per-request seed in vLLM's ``SamplingParams``; the
+same inputs and outputs, different random streams, so its fingerprint differs) and ``"auto"`` (vLLM when
+it is importable and a GPU is present). Models load lazily on first use; ``rank`` picks the GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from hfpref import columns as C
+from hfpref.model_utils import ModelStep, load_model, load_tokenizer, parse_dtype, select_device
+from hfpref.transform import Batch, RowError, StepConfig, row_label
+
+Prompt = str | list[dict[str, Any]]
+
+
+@dataclasses.dataclass
+class SamplerConfig(StepConfig):
+    """How to sample: the model, N, decoding settings, the seed and the batching budget."""
+
+    model: str = ""
+    revision: str | None = None
+    n: int = 4
+    temperature: float = 1.0  # 0 means greedy decoding
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+    dtype: str = "auto"  # "auto", or a torch dtype name such as "bfloat16"
+    # None: cuda:<rank> when a GPU is present, else cpu
+    device: str | None = dataclasses.field(default=None, metadata={"runtime": True})
+    # padded tokens (rows x (prompt + new tokens)) per generate call; the samples do not depend on it
+    token_budget: int = dataclasses.field(default=65536, metadata={"runtime": True})
+    backend: str = "auto"  # "auto", "transformers" or "vllm"
+    generator_name: str | None = None  # the name written to `generators`; defaults to `model`
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("SamplerConfig.model is required (a Hub id or a local folder)")
+        if self.n < 1:
+            raise ValueError(f"SamplerConfig.n must be at least 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplerConfig.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplerConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.backend not in ("auto", "transformers", "vllm"):
+            raise ValueError(
+                f"SamplerConfig.backend must be auto, transformers or vllm, got {self.backend!r}"
+            )
+        parse_dtype(self.dtype)  # fails early on an unknown dtype name
+
+
+def prompt_seed(seed: int, model_revision: str, prompt: Prompt) -> int:
+    """The seed of one prompt's samples from a model: a stable (cross-process) hash of all three."""
+    text = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    digest = hashlib.sha256(f"{seed}\x00{model_revision}\x00{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a valid torch / vLLM seed
+
+
+@functools.cache
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _gumbel_noise_processor(generators: list[Any], n: int):
+    """A logits processor adding Gumbel(0, 1) noise; rows ``[k*n, (k+1)*n)`` use ``generators[k]``."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class PerPromptGumbelNoise(LogitsProcessor):
+        # Written by hand: generate's sampler has no per-row RNG (see the module docstring).
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            shape = (n, scores.shape[-1])
+            # drawn where the scores are: a vocabulary-sized draw per row and step is too big for the CPU
+            uniform = torch.cat(
+                [torch.rand(shape, generator=g, device=scores.device, dtype=scores.dtype) for g in generators]
+            )
+            tiny = torch.finfo(scores.dtype).tiny
+            gumbel = -torch.log(-torch.log(uniform.clamp_(min=tiny, max=1.0 - torch.finfo(scores.dtype).eps)))
+            return scores + gumbel
+
+    return PerPromptGumbelNoise()
+
+
+class ResponseSampler(ModelStep):
+    """Sample ``n`` responses per prompt (input ``prompt``; outputs ``responses``, ``generators``)."""
+
+    config_class: ClassVar[type[StepConfig]] = SamplerConfig
+    version: ClassVar[str] = "1"
+    config: SamplerConfig
+
+    def input_columns(self) -> list[str]:
+        return [C.PROMPT]
+
+    def output_columns(self) -> list[str]:
+        return [C.RESPONSES, C.GENERATORS]
+
+    @property
+    def backend(self) -> str:
+        if self.config.backend == "auto":
+            return "vllm" if vllm_available() else "transformers"
+        return self.config.backend
+
+    @property
+    def generator_label(self) -> str:
+        return self.config.generator_name or self.config.model
+
+    def describe(self) -> dict[str, Any]:
+        # "auto" names no backend; the one actually used decides the samples
+        return {**super().describe(), "backend": self.backend}
+
+    # ---- loading ---------------------------------------------------------------------------
+    def load(self, rank: int | None) -> dict[str, Any]:
+        cfg = self.config
+        revision = self.resolved_revision()  # load exactly the revision the fingerprint names
+        tokenizer = load_tokenizer(cfg.model, revision)
+        tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if self.backend == "vllm":
+            return {"tokenizer": tokenizer, "llm": _load_vllm(cfg, revision, rank)}
+        from transformers import AutoModelForCausalLM
+
+        model = load_model(
+            AutoModelForCausalLM, cfg.model, revision, dtype=cfg.dtype, device=select_device(cfg.device, rank)
+        )
+        return {"tokenizer": tokenizer, "model": model}
+
+    # ---- the map function ------------------------------------------------------------------
+    def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
+        loaded = self.resources(rank)
+        tokenizer = loaded["tokenizer"]
+        prompts = batch[C.PROMPT]
+        token_ids = [self.prompt_token_ids(tokenizer, p, batch, i, indices) for i, p in enumerate(prompts)]
+        seeds = [prompt_seed(self.config.seed, self.resolved_revision(), p) for p in prompts]
+        if self.backend == "vllm":
+            responses = _generate_vllm(loaded["llm"], self.config, token_ids, seeds)
+        else:
+            responses = self._generate_transformers(loaded["model"], tokenizer, token_ids, seeds)
+        generators = [[self.generator_label] * self.config.n for _ in prompts]
+        return {C.RESPONSES: responses, C.GENERATORS: generators}
+
+    def prompt_token_ids(
+        self, tokenizer: Any, prompt: Any, batch: Batch, i: int, indices: list[int] | None
+    ) -> list[int]:
+        """Token ids of one prompt as the model sees it (chat template applied when there is one)."""
+        if isinstance(prompt, str) and not prompt:
+            raise RowError(f"{row_label(batch, i, indices)}: column 'prompt' is an empty string")
+        if isinstance(prompt, str) and tokenizer.chat_template is None:
+            return tokenizer(prompt)["input_ids"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if not _is_messages(prompt):
+            raise RowError(
+                f"{row_label(batch, i, indices)}: column 'prompt' must be a string or a list of "
+                f"{{'role', 'content'}} messages, got {prompt!r:.200}"
+            )
+        if tokenizer.chat_template is None:
+            raise RowError(
+                f"{row_label(batch, i, indices)}: column 'prompt' is a list of messages but the tokenizer of "
+                f"{self.config.model!r} has no chat template"
+            )
+        encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+    def _generate_transformers(
+        self, model: Any, tokenizer: Any, token_ids: list[list[int]], seeds: list[int]
+    ) -> list[list[str]]:
+        import torch
+        from transformers import (
+            GenerationConfig,
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        cfg = self.config
+        # A fresh generation config: the model's own sampling defaults must not leak into our settings.
+        generation_config = GenerationConfig(
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=False,  # sampling happens through the Gumbel noise processor below
+            eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=model.generation_config.bos_token_id,
+        )
+        greedy = cfg.temperature == 0
+        copies = 1 if greedy else cfg.n  # greedy decoding gives n equal responses: decode once, repeat
+        responses: list[list[str]] = [[] for _ in token_ids]
+        for group in length_groups(token_ids, copies, cfg.max_new_tokens, cfg.token_budget):
+            # each prompt repeated, in place of num_return_sequences (which greedy decoding refuses)
+            rows = [token_ids[k] for k in group for _ in range(copies)]
+            padded = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+            padded = {name: tensor.to(model.device) for name, tensor in padded.items()}
+            processors = LogitsProcessorList()
+            if not greedy:
+                generators = [torch.Generator(device=model.device).manual_seed(seeds[k]) for k in group]
+                processors.append(TemperatureLogitsWarper(cfg.temperature))
+                if cfg.top_p < 1.0:
+                    processors.append(TopPLogitsWarper(cfg.top_p))
+                processors.append(_gumbel_noise_processor(generators, copies))
+            with torch.inference_mode():
+                output = model.generate(
+                    **padded, generation_config=generation_config, logits_processor=processors
+                )
+            new_tokens = output[:, padded["input_ids"].shape[1] :]
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for position, k in enumerate(group):
+                row_texts = texts[position * copies : (position + 1) * copies]
+                responses[k] = row_texts * cfg.n if greedy else row_texts
+        return responses
+
+
+def length_groups(
+    token_ids: Sequence[Sequence[int]], n: int, max_new_tokens: int, token_budget: int
+) -> list[list[int]]:
+    """Prompt indices packed into generate calls: sorted by length, each call within ``token_budget``.
+
+    A call's cost is its padded size, ``n * rows * (longest prompt + max_new_tokens)``; a single prompt
+    over budget still gets a call of its own.
+    """
+    order = sorted(range(len(token_ids)), key=lambda k: (len(token_ids[k]), k))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for k in order:
+        longest = len(token_ids[k])  # ascending order: the newest prompt is the longest
+        if current and n * (len(current) + 1) * (longest + max_new_tokens) > token_budget:
+            groups.append(current)
+            current = []
+        current.append(k)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _is_messages(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    )
+
+
+# ---- vLLM backend (needs a GPU and vllm; not exercised by the CPU test suite) -------------------
+def _load_vllm(cfg: SamplerConfig, revision: str, rank: int | None) -> Any:
+    if rank is not None:
+        # vLLM takes its GPU from CUDA_VISIBLE_DEVICES; each map worker (one per rank) sees only its own
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(rank)
+    from vllm import LLM
+
+    local = revision.startswith("sha256:")  # a content hash: a local folder, which has no Hub revision
+    return LLM(model=cfg.model, revision=None if local else revision, dtype=cfg.dtype, seed=cfg.seed)
+
+
+def _generate_vllm(
+    llm: Any, cfg: SamplerConfig, token_ids: list[list[int]], seeds: list[int]
+) -> list[list[str]]:
+    from vllm import SamplingParams
+
+    params = [
+        SamplingParams(
+            n=cfg.n,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_new_tokens,
+            seed=seed,  # per request, so a prompt's samples do not depend on its batch
+            skip_special_tokens=True,
+        )
+        for seed in seeds
+    ]
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in token_ids], params, use_tqdm=False)
+    return [[completion.text for completion in output.outputs] for output in outputs]
