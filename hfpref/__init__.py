@@ -1,7 +1,45 @@
-"""hfpref: curate preference datasets as reproducible chains of Hugging Face ``datasets`` transforms."""
+"""hfpref: curate preference datasets as reproducible chains of Hugging Face ``datasets`` transforms.
+
+The public names below import lazily, so ``import hfpref`` stays fast and a step's heavy dependencies
+(torch, lm-eval, trl) load only when that step is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from hfpref.transform import MissingColumnError, RowError, Step, StepConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["MissingColumnError", "RowError", "Step", "StepConfig", "__version__"]
+_LAZY = {
+    "IFEvalVerifier": "hfpref.ifeval",
+    "IFEvalConfig": "hfpref.ifeval",
+    "PairMetrics": "hfpref.pair_metrics",
+    "PairMetricsConfig": "hfpref.pair_metrics",
+    "dcrm": "hfpref.pair_metrics",
+    "PairSelector": "hfpref.selection",
+    "SelectionConfig": "hfpref.selection",
+    "STRATEGIES": "hfpref.selection",
+    "split_dropped": "hfpref.selection",
+    "LogProbAnnotator": "hfpref.logprobs",
+    "LogProbConfig": "hfpref.logprobs",
+    "RewardAnnotator": "hfpref.rewards",
+    "RewardConfig": "hfpref.rewards",
+    "ResponseSampler": "hfpref.sampling",
+    "SamplerConfig": "hfpref.sampling",
+    "load_ifeval_candidates": "hfpref.default_data",
+    "Recipe": "hfpref.recipe",
+    "write_release": "hfpref.release",
+    "push_release": "hfpref.release",
+    "train_dpo": "hfpref.train",
+}
+
+__all__ = ["MissingColumnError", "RowError", "Step", "StepConfig", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hfpref' has no attribute {name!r}")

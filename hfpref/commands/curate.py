@@ -1,0 +1,194 @@
+"""``hfpref curate``: run a recipe (the embedded IFEval default without arguments), write a release folder
+and print a summary table; optionally push the release to the Hub."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+DESCRIPTION = """\
+Run a curation recipe and write a release folder: Parquet data (one config per pair strategy, plus the
+annotated candidates), a dataset card (README.md) with a plot, and hfpref_manifest.json.
+
+Without RECIPE it runs the embedded default: IFEval's 541 prompts with GPT-4's and text-bison's responses
+(N = 2), IFEval constraint checks as strict rewards, word-level pair metrics (no model, no p_Δ), and every
+pair strategy that needs no reference model, into ./hfpref-release.
+
+Finished steps are cached by `datasets` (under --cache-dir), so a rerun is all cache hits and a run stopped
+part-way resumes after the last finished step."""
+
+EPILOG = """\
+examples:
+  hfpref curate
+  hfpref curate dataset_scripts/ifeval_two_generators.yaml --strategies best_of_n2,max_margin
+  hfpref curate my_recipe.yaml --input my_candidates.jsonl --tokenizer meta-llama/Llama-3.2-1B-Instruct
+  hfpref curate --push-to-hub me/ifeval-pairs --version 0.1.0
+"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "curate",
+        help="run a recipe and write a carded release folder",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "recipe",
+        nargs="?",
+        metavar="RECIPE.yaml",
+        help="recipe file (see dataset_scripts/); default: the embedded IFEval two-generator recipe",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        metavar="FOLDER",
+        help="release folder (default: the recipe's output.folder, hfpref-release)",
+    )
+    parser.add_argument(
+        "--strategies",
+        metavar="A,B,...",
+        help="comma-separated pair strategies to run instead of the recipe's, or 'all' "
+        "(best_of_n2, best_of_n2_ds, max_margin, random, ds_rm, ds_fix, dcrm_no_edit, dcrm_no_logp, "
+        "dcrm_no_reward, edit_only, logp_only, reward_only)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="ID_OR_PATH",
+        help="tokenizer (Hub model id or local folder) for token-level e_Δ in the PairMetrics step "
+        "(default: the recipe's; the embedded recipe counts words)",
+    )
+    parser.add_argument(
+        "--input",
+        metavar="SOURCE",
+        help="input instead of the recipe's: 'default' (embedded IFEval), a local file (.jsonl/.json/.parquet/"
+        ".csv) or folder of candidates rows, or a Hub dataset as OWNER/NAME@REVISION",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where datasets keeps the cached step outputs (default: datasets' cache, ~/.cache/huggingface/datasets)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="rows per batch of each step (default: 64)"
+    )
+    parser.add_argument(
+        "--num-proc", type=int, default=None, help="worker processes per step (one GPU each for model steps)"
+    )
+    parser.add_argument(
+        "--version", metavar="V", help="release version, e.g. 0.1.0 (default: the recipe's output.version)"
+    )
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        help="after writing the folder, upload it to this Hub dataset repo and tag it v<version> (see hfpref push; "
+        "a recipe's output.push_to_hub does the same)",
+    )
+    parser.add_argument(
+        "--revision",
+        metavar="BRANCH",
+        help="branch to push to (default: release-v<version>); with --push-to-hub",
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="create the Hub repo as private; with --push-to-hub"
+    )
+    parser.add_argument("--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the saved login)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="move an existing v<version> tag to the new upload (never by default)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def build_recipe(args: argparse.Namespace):
+    """The recipe to run: the file given (or the embedded default) with the command-line overrides."""
+    from hfpref.recipe import ALL_STRATEGIES, InputSpec, PushSpec, Recipe, default_recipe
+
+    recipe = Recipe.from_yaml(args.recipe) if args.recipe else default_recipe()
+    strategies = None
+    if args.strategies:
+        strategies = (
+            ALL_STRATEGIES
+            if args.strategies.strip() == ALL_STRATEGIES
+            else [s.strip() for s in args.strategies.split(",") if s.strip()]
+        )
+    push = None
+    if args.push_to_hub:
+        push = PushSpec.from_dict(
+            {"repo_id": args.push_to_hub, "revision": args.revision, "private": args.private}
+        )
+    return recipe.with_overrides(
+        input=InputSpec.from_cli(args.input) if args.input else None,
+        strategies=strategies,
+        tokenizer=args.tokenizer,
+        folder=args.output,
+        version=args.version,
+        push_to_hub=push,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from hfpref.recipe import RecipeError
+    from hfpref.release import ReleaseError, push_release, read_manifest, write_release
+    from hfpref.summary import summary_table
+
+    try:
+        recipe = build_recipe(args)
+        result = recipe.run(
+            cache_dir=args.cache_dir,
+            batch_size=args.batch_size,
+            num_proc=args.num_proc,
+            progress=not args.no_progress,
+        )
+        folder = write_release(result, recipe.output.folder, version=recipe.output.version)
+    except (RecipeError, ReleaseError) as err:
+        print(f"hfpref curate: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nhfpref curate: interrupted; run the same command again to resume after the finished steps",
+            file=sys.stderr,
+        )
+        return 130
+
+    manifest = read_manifest(folder)
+    pairs = {k: v for k, v in manifest["configs"].items() if v["kind"] == "pairs"}
+    print()
+    print(
+        f"{manifest['name']} {manifest['version']}: {len(result.candidates)} candidates rows, e_Δ unit: "
+        f"{manifest['edit_distance_unit']}, p_Δ: {'yes' if manifest['has_logp'] else 'n/a (no reference model)'}"
+    )
+    print(summary_table(pairs))
+    if manifest["generator_ranking"]:
+        print(
+            f"stronger chosen: share of pairs whose chosen response comes from the higher-ranked generator "
+            f"({' > '.join(manifest['generator_ranking'])})"
+        )
+    for strategy, why in manifest["skipped_strategies"].items():
+        print(f"not run: {strategy}: {why}")
+    print(f"release written to {folder}/ (card: {folder}/README.md)")
+
+    push = recipe.output.push_to_hub
+    if push is not None:
+        try:
+            info = push_release(
+                folder,
+                push.repo_id,
+                recipe.output.version,
+                revision=push.revision,
+                private=push.private,
+                token=args.token,
+                force=args.force,
+            )
+        except ReleaseError as err:
+            print(f"hfpref curate: error: {err}", file=sys.stderr)
+            return 2
+        print(
+            f"pushed to {info['repo_id']} (branch {info['revision']}, tag {info['tag']}, commit {info['commit']})"
+        )
+    return 0

@@ -1,0 +1,759 @@
+"""Recipes: a YAML file naming an input, a chain of candidate-level steps, pair strategies and an output.
+
+A recipe looks like::
+
+    description: IFEval prompts, GPT-4 vs text-bison, verifiable rewards
+    input: {default: ifeval}            # or {hub: ID, revision: SHA_OR_TAG, split: train, config: NAME}
+                                        # or {path: FILE_OR_FOLDER}
+    steps:                              # candidate-level steps, in order
+      - step: IFEvalVerifier
+        config: {reward: strict}
+      - step: PairMetrics
+        config: {tokenizer: null}
+    pairs:
+      strategies: [best_of_n2, max_margin, ds_fix]     # or "all"
+      config: {seed: 0, generator_ranking: [gpt-4-20231107, text-bison-001]}
+    output:
+      folder: hfpref-release
+      name: hfpref-ifeval-two-generators
+      version: 0.1.0
+      push_to_hub: {repo_id: ORG/NAME}  # optional
+
+Step names resolve through ``STEP_REGISTRY`` (name -> "module:Class" strings), so a step's module,
+and whatever heavy library it needs, is imported only when a recipe names it.
+
+``Recipe.run`` maps each step with ``Step.apply``: every step's output is a ``datasets`` cache file
+keyed by the input's fingerprint and the step's, so rerunning a finished recipe is all cache hits and a
+run stopped part-way (crash, Ctrl-C) resumes after the last finished step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from hfpref import columns as C
+
+STEP_REGISTRY: dict[str, str] = {
+    "ResponseSampler": "hfpref.sampling:ResponseSampler",
+    "IFEvalVerifier": "hfpref.ifeval:IFEvalVerifier",
+    "PairMetrics": "hfpref.pair_metrics:PairMetrics",
+    "LogProbAnnotator": "hfpref.logprobs:LogProbAnnotator",
+    "RewardAnnotator": "hfpref.rewards:RewardAnnotator",
+}
+PAIR_SELECTOR = "hfpref.selection:PairSelector"
+# strategies whose score is p_Δ-only or divides by p_Δ alone (hfpref.selection drops every row without
+# ref_logps for them), so a run without a reference model skips them instead of writing empty configs
+STRATEGIES_NEEDING_REF_LOGPS = ("dcrm_no_edit", "logp_only")
+DEFAULT_INPUTS = ("ifeval",)
+ALL_STRATEGIES = "all"
+
+_TOP_LEVEL_KEYS = ("description", "input", "steps", "pairs", "output")
+_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*([-+][0-9A-Za-z.]+)?$")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run as written; the message says where and what is wrong."""
+
+
+def register_step(name: str, target: str) -> None:
+    """Make ``name`` usable in recipes; ``target`` is "package.module:ClassName" (imported when used)."""
+    if ":" not in target:
+        raise ValueError(f"step target must look like 'package.module:ClassName', got {target!r}")
+    STEP_REGISTRY[name] = target
+
+
+def import_target(target: str) -> type:
+    """The class a "module:Class" registry string names."""
+    module_name, _, class_name = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)
+
+
+def step_class(name: str, where: str = "steps") -> type:
+    if name not in STEP_REGISTRY:
+        raise RecipeError(f"{where}: unknown step {name!r}; known steps: {', '.join(sorted(STEP_REGISTRY))}")
+    return import_target(STEP_REGISTRY[name])
+
+
+def _config_fields(config_class: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(config_class)]
+
+
+def _check_keys(mapping: Mapping, allowed: tuple[str, ...], where: str) -> None:
+    unknown = [k for k in mapping if k not in allowed]
+    if unknown:
+        raise RecipeError(f"{where}: unknown field(s) {unknown}; allowed: {list(allowed)}")
+
+
+def _as_mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+    return dict(value)
+
+
+def build_config(config_class: type, values: Mapping[str, Any], where: str) -> Any:
+    """Construct a step config, naming the step and field on an unknown field or a rejected value."""
+    known = _config_fields(config_class)
+    for field in values:
+        if field not in known:
+            raise RecipeError(
+                f"{where}: unknown config field {field!r} for {config_class.__name__}; known fields: {known}"
+            )
+    try:
+        return config_class(**values)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{where}: invalid config {dict(values)!r}: {err}") from err
+
+
+# ---- the recipe's parts ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class InputSpec:
+    """Exactly one of ``default`` (an embedded dataset), ``hub`` (with ``revision``) or ``path``.
+
+    ``rename`` ({old: new}) then ``columns`` (the columns to keep) adapt a dataset whose column names
+    differ from hfpref's contract, e.g. ``rename: {instruction: prompt}``.
+    """
+
+    default: str | None = None
+    hub: str | None = None
+    revision: str | None = None
+    split: str = "train"
+    config: str | None = None
+    path: str | None = None
+    rename: dict[str, str] | None = None
+    columns: list[str] | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> InputSpec:
+        where = "input"
+        raw = _as_mapping(raw, where)
+        _check_keys(raw, tuple(f.name for f in dataclasses.fields(cls)), where)
+        spec = cls(**raw)
+        given = [k for k in ("default", "hub", "path") if getattr(spec, k) is not None]
+        if len(given) != 1:
+            raise RecipeError(
+                f"{where}: give exactly one of 'default', 'hub' or 'path' (got {given or 'none'})"
+            )
+        if spec.default is not None and spec.default not in DEFAULT_INPUTS:
+            raise RecipeError(
+                f"{where}: unknown default dataset {spec.default!r}; known: {list(DEFAULT_INPUTS)}"
+            )
+        if spec.hub is not None and not spec.revision:
+            raise RecipeError(
+                f"{where}: hub dataset {spec.hub!r} needs a 'revision' (a commit sha or tag), "
+                "so that the release says exactly which data it was built from"
+            )
+        if spec.hub is None and (spec.revision is not None or spec.config is not None):
+            raise RecipeError(f"{where}: 'revision' and 'config' apply to hub datasets only")
+        if spec.rename is not None and not (
+            isinstance(spec.rename, Mapping) and all(isinstance(v, str) for v in spec.rename.values())
+        ):
+            raise RecipeError(
+                f"{where}.rename: expected a mapping of old name to new name, got {spec.rename!r}"
+            )
+        if spec.columns is not None and not (
+            isinstance(spec.columns, list) and spec.columns and all(isinstance(c, str) for c in spec.columns)
+        ):
+            raise RecipeError(
+                f"{where}.columns: expected a non-empty list of column names, got {spec.columns!r}"
+            )
+        return spec
+
+    @classmethod
+    def from_cli(cls, value: str) -> InputSpec:
+        """Parse ``--input``: "default" / "ifeval", an existing file or folder, or "OWNER/NAME@REVISION"."""
+        if value in ("default", *DEFAULT_INPUTS):
+            return cls(default=DEFAULT_INPUTS[0] if value == "default" else value)
+        if Path(value).exists():
+            return cls(path=value)
+        if "@" in value:
+            hub_id, _, revision = value.partition("@")
+            return cls.from_dict({"hub": hub_id, "revision": revision})
+        raise RecipeError(
+            f"--input {value!r}: not an existing file or folder, and not a Hub dataset as OWNER/NAME@REVISION "
+            "(a revision is required); use 'default' for the embedded IFEval data"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.default is not None:
+            out: dict[str, Any] = {"default": self.default}
+        elif self.path is not None:
+            out = {"path": self.path, "split": self.split} if self.split != "train" else {"path": self.path}
+        else:
+            out = {"hub": self.hub, "revision": self.revision, "split": self.split}
+            if self.config is not None:
+                out["config"] = self.config
+        if self.rename is not None:
+            out["rename"] = dict(self.rename)
+        if self.columns is not None:
+            out["columns"] = list(self.columns)
+        return out
+
+
+@dataclasses.dataclass
+class StepSpec:
+    """One candidate-level step: its registry name, config values, and optional map settings."""
+
+    step: str
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    batch_size: int | None = None
+    num_proc: int | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any, index: int) -> StepSpec:
+        where = f"steps[{index}]"
+        raw = _as_mapping(raw, where)
+        _check_keys(raw, ("step", "config", "batch_size", "num_proc"), where)
+        if "step" not in raw:
+            raise RecipeError(f"{where}: missing 'step' (one of: {', '.join(sorted(STEP_REGISTRY))})")
+        config = _as_mapping(raw.get("config"), f"{where} ({raw['step']}).config")
+        return cls(
+            step=str(raw["step"]),
+            config=config,
+            batch_size=raw.get("batch_size"),
+            num_proc=raw.get("num_proc"),
+        )
+
+    def where(self, index: int) -> str:
+        return f"steps[{index}] ({self.step})"
+
+    def build(self, index: int):
+        cls = step_class(self.step, self.where(index))
+        return cls(build_config(cls.config_class, self.config, self.where(index)))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"step": self.step, "config": copy.deepcopy(self.config)}
+        if self.batch_size is not None:
+            out["batch_size"] = self.batch_size
+        if self.num_proc is not None:
+            out["num_proc"] = self.num_proc
+        return out
+
+
+@dataclasses.dataclass
+class PairsSpec:
+    """The pair strategies to run ("all" = every strategy that applies) and their shared config."""
+
+    strategies: list[str] | str = ALL_STRATEGIES
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> PairsSpec:
+        where = "pairs"
+        raw = _as_mapping(raw, where)
+        _check_keys(raw, ("strategies", "config"), where)
+        strategies = raw.get("strategies", ALL_STRATEGIES)
+        if isinstance(strategies, str) and strategies != ALL_STRATEGIES:
+            strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+        if not isinstance(strategies, str) and (
+            not isinstance(strategies, list)
+            or not strategies
+            or not all(isinstance(s, str) for s in strategies)
+        ):
+            raise RecipeError(
+                f"{where}.strategies: expected 'all' or a non-empty list of names, got {strategies!r}"
+            )
+        return cls(strategies=strategies, config=_as_mapping(raw.get("config"), f"{where}.config"))
+
+    @property
+    def generator_ranking(self) -> list[str] | None:
+        return self.config.get("generator_ranking")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategies": self.strategies if isinstance(self.strategies, str) else list(self.strategies),
+            "config": copy.deepcopy(self.config),
+        }
+
+
+@dataclasses.dataclass
+class PushSpec:
+    repo_id: str
+    revision: str | None = None
+    private: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> PushSpec | None:
+        if raw is None:
+            return None
+        where = "output.push_to_hub"
+        raw = _as_mapping(raw, where)
+        _check_keys(raw, ("repo_id", "revision", "private"), where)
+        if not raw.get("repo_id") or "/" not in str(raw["repo_id"]):
+            raise RecipeError(f"{where}: 'repo_id' must look like OWNER/NAME, got {raw.get('repo_id')!r}")
+        return cls(**raw)
+
+
+@dataclasses.dataclass
+class OutputSpec:
+    """Where the release folder goes, its name and version, and where to push it (optional).
+
+    ``candidate_matrices``: keep the N x N pair-metric matrices in the ``candidates`` config (off by
+    default: they grow as N squared and PairMetrics recomputes them from the candidates in seconds).
+    ``license``: the dataset's license for the card (default: the input's, when known).
+    """
+
+    folder: str = "hfpref-release"
+    name: str = "hfpref-dataset"
+    version: str = "0.1.0"
+    license: str | None = None
+    candidate_matrices: bool = False
+    push_to_hub: PushSpec | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> OutputSpec:
+        where = "output"
+        raw = _as_mapping(raw, where)
+        _check_keys(raw, tuple(f.name for f in dataclasses.fields(cls)), where)
+        raw["version"] = str(raw.get("version", cls.version))
+        check_version(raw["version"], f"{where}.version")
+        raw["push_to_hub"] = PushSpec.from_dict(raw.get("push_to_hub"))
+        return cls(**raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if self.push_to_hub is None:
+            out.pop("push_to_hub")
+        if self.license is None:
+            out.pop("license")
+        return out
+
+
+def check_version(version: str, where: str = "version") -> str:
+    if not _VERSION_RE.match(version):
+        raise RecipeError(f"{where}: {version!r} is not a version like 0.1.0 (it becomes the tag v{version})")
+    return version
+
+
+# ---- the recipe --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Recipe:
+    input: InputSpec
+    steps: list[StepSpec]
+    pairs: PairsSpec
+    output: OutputSpec
+    description: str = ""
+    source: str | None = None  # the file it was read from, for error messages and the card
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str | None = None, validate: bool = True) -> Recipe:
+        try:
+            raw = _as_mapping(raw, "recipe")
+            _check_keys(raw, _TOP_LEVEL_KEYS, "recipe")
+            for required in ("input", "pairs"):
+                if required not in raw:
+                    raise RecipeError(f"recipe: missing '{required}'")
+            steps_raw = raw.get("steps") or []
+            if not isinstance(steps_raw, list):
+                raise RecipeError(
+                    f"steps: expected a list of {{step: NAME, config: {{...}}}}, got {steps_raw!r}"
+                )
+            recipe = cls(
+                input=InputSpec.from_dict(raw["input"]),
+                steps=[StepSpec.from_dict(s, i) for i, s in enumerate(steps_raw)],
+                pairs=PairsSpec.from_dict(raw["pairs"]),
+                output=OutputSpec.from_dict(raw.get("output")),
+                description=str(raw.get("description") or ""),
+                source=source,
+            )
+            if validate:
+                recipe.validate()
+        except RecipeError as err:
+            if source:
+                raise RecipeError(f"recipe {source}: {err}") from None
+            raise
+        return recipe
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, validate: bool = True) -> Recipe:
+        import yaml
+
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise RecipeError(f"recipe {path}: not valid YAML: {err}") from err
+        return cls.from_dict(raw, source=str(path), validate=validate)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.description:
+            out["description"] = self.description
+        out["input"] = self.input.to_dict()
+        out["steps"] = [s.to_dict() for s in self.steps]
+        out["pairs"] = self.pairs.to_dict()
+        out["output"] = self.output.to_dict()
+        return out
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+
+    # ---- validation ----------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check step names, config fields and values, and strategy names against the registry.
+
+        Imports each named step's module (not its models: those load on first use), never the network.
+        """
+        for index, spec in enumerate(self.steps):
+            spec.build(index)
+        self.selection_configs()
+
+    def selection_configs(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """(strategy -> SelectionConfig, strategy -> why it is skipped).
+
+        "all" takes every strategy whose config builds from ``pairs.config`` and skips the others (e.g.
+        ``ds_fix`` without a generator ranking); a named strategy must build, or the recipe is invalid.
+        """
+        selection = importlib.import_module("hfpref.selection")
+        config_class = import_target(PAIR_SELECTOR).config_class
+        if "strategy" in self.pairs.config:
+            raise RecipeError("pairs.config: give strategies in pairs.strategies, not pairs.config.strategy")
+        known = [f for f in _config_fields(config_class) if f != "strategy"]
+        for field in self.pairs.config:
+            if field not in known:
+                raise RecipeError(
+                    f"pairs.config: unknown config field {field!r} for {config_class.__name__}; known fields: {known}"
+                )
+        configs: dict[str, Any] = {}
+        skipped: dict[str, str] = {}
+        if self.pairs.strategies == ALL_STRATEGIES:
+            for strategy in selection.STRATEGIES:
+                try:
+                    configs[strategy] = build_config(
+                        config_class, {**self.pairs.config, "strategy": strategy}, f"pairs ({strategy})"
+                    )
+                except RecipeError as err:
+                    skipped[strategy] = str(err.__cause__ or err)
+            if not configs:
+                raise RecipeError(f"pairs.config: no strategy accepts {self.pairs.config!r}")
+            return configs, skipped
+        for strategy in self.pairs.strategies:
+            if strategy not in selection.STRATEGIES:
+                raise RecipeError(
+                    f"pairs.strategies: unknown strategy {strategy!r}; known: {', '.join(selection.STRATEGIES)}"
+                )
+            configs[strategy] = build_config(
+                config_class, {**self.pairs.config, "strategy": strategy}, f"pairs ({strategy})"
+            )
+        return configs, skipped
+
+    def preflight(self, steps: list[Any], input_columns: list[str]) -> list[str]:
+        """Check every step's input columns against the input's plus earlier steps' outputs; return the
+        columns the candidates will have after the last step."""
+        columns = list(input_columns)
+        for index, (spec, step) in enumerate(zip(self.steps, steps, strict=True)):
+            missing = [c for c in step.input_columns() if c not in columns]
+            if missing:
+                raise RecipeError(
+                    f"{spec.where(index)}: needs column(s) {missing}, which neither the input nor an earlier "
+                    f"step provides; columns available: {columns}"
+                )
+            columns += [c for c in step.output_columns() if c not in columns]
+        return columns
+
+    def unservable_strategies(self, strategies: list[str], column_names: list[str]) -> dict[str, str]:
+        """strategy -> what the candidates lack for it (an input column, or p_Δ's reference log-probs)."""
+        reasons = {}
+        selector_class = import_target(PAIR_SELECTOR)
+        for strategy in strategies:
+            selector = selector_class(strategy=strategy, **self.pairs.config)
+            missing = [c for c in selector.input_columns() if c not in column_names]
+            if missing:
+                reasons[strategy] = f"needs column(s) {missing}, which the candidates lack"
+            elif strategy in STRATEGIES_NEEDING_REF_LOGPS and C.REF_LOGPS not in column_names:
+                reasons[strategy] = (
+                    "needs p_Δ: no reference-model log-probs (ref_logps); add a LogProbAnnotator step"
+                )
+        return reasons
+
+    # ---- overrides (the command line) ----------------------------------------------------------------
+    def with_overrides(
+        self,
+        *,
+        input: InputSpec | None = None,
+        strategies: list[str] | None = None,
+        tokenizer: str | None = None,
+        folder: str | None = None,
+        version: str | None = None,
+        push_to_hub: PushSpec | None = None,
+    ) -> Recipe:
+        """A copy with command-line overrides applied (and validated)."""
+        raw = self.to_dict()
+        if input is not None:
+            raw["input"] = input.to_dict()
+        if strategies is not None:
+            raw["pairs"]["strategies"] = list(strategies)
+        if tokenizer is not None:
+            metric_steps = [s for s in raw["steps"] if s["step"] == "PairMetrics"]
+            if not metric_steps:
+                raise RecipeError("--tokenizer: the recipe has no PairMetrics step to give a tokenizer to")
+            for spec in metric_steps:
+                spec["config"]["tokenizer"] = tokenizer
+        if folder is not None:
+            raw["output"]["folder"] = folder
+        if version is not None:
+            raw["output"]["version"] = version
+        if push_to_hub is not None:
+            raw["output"]["push_to_hub"] = dataclasses.asdict(push_to_hub)
+        return Recipe.from_dict(raw, source=self.source)
+
+    # ---- running -------------------------------------------------------------------------------------
+    def load_input(self, cache_dir: str | Path | None = None):
+        """(candidates dataset, description of the input for the card and manifest)."""
+        return load_input(self.input, cache_dir=cache_dir)
+
+    def run(
+        self,
+        *,
+        cache_dir: str | Path | None = None,
+        batch_size: int = 64,
+        num_proc: int | None = None,
+        progress: bool = True,
+    ) -> RecipeResult:
+        """Run the steps, then every pair strategy; finished steps are reused from the cache."""
+        import datasets
+        from tqdm.auto import tqdm
+
+        selection = importlib.import_module("hfpref.selection")
+        selector_class = import_target(PAIR_SELECTOR)
+        steps = [spec.build(i) for i, spec in enumerate(self.steps)]
+        configs, skipped = self.selection_configs()
+
+        quiet = contextlib.nullcontext() if progress else _datasets_progress_off(datasets)
+        with quiet:
+            candidates, input_info = self.load_input(cache_dir)
+            # preflight: a missing column fails now, not after hours of earlier (model) steps
+            columns = self.preflight(steps, candidates.column_names)
+            unservable = self.unservable_strategies(list(configs), columns)
+            if unservable and self.pairs.strategies != ALL_STRATEGIES:
+                listed = "; ".join(f"{k}: {v}" for k, v in unservable.items())
+                raise RecipeError(
+                    f"pairs.strategies: these strategies cannot run on the candidates: {listed}"
+                )
+            skipped.update(unservable)
+            bar = tqdm(total=len(steps) + len(configs), desc="recipe", unit="step", disable=not progress)
+            with bar:
+                step_rows: list[dict[str, int]] = []
+                for spec, step in zip(self.steps, steps, strict=True):
+                    bar.set_postfix_str(spec.step)
+                    rows_in = len(candidates)
+                    candidates = step.apply(
+                        candidates,
+                        batch_size=spec.batch_size or batch_size,
+                        num_proc=spec.num_proc if spec.num_proc is not None else num_proc,
+                    )
+                    step_rows.append({"rows_in": rows_in, "rows_out": len(candidates)})
+                    bar.update(1)
+                pairs: dict[str, Any] = {}
+                dropped: dict[str, Counter] = {}
+                selectors: dict[str, Any] = {}
+                for strategy, config in configs.items():
+                    bar.set_postfix_str(strategy)
+                    if strategy not in skipped:
+                        selector = selector_class(config)
+                        selected = selector.apply(
+                            candidates, batch_size=batch_size, desc=f"pairs: {strategy}"
+                        )
+                        kept, reasons = selection.split_dropped(selected)
+                        pairs[strategy] = kept
+                        dropped[strategy] = Counter(reasons)
+                        selectors[strategy] = selector
+                    bar.update(1)
+        return RecipeResult(
+            recipe=self,
+            candidates=candidates,
+            steps=steps,
+            pairs=pairs,
+            dropped=dropped,
+            selectors=selectors,
+            input_info=input_info,
+            skipped_strategies=skipped,
+            step_rows=step_rows,
+        )
+
+
+@dataclasses.dataclass
+class RecipeResult:
+    """What a run produced: annotated candidates, kept pairs and drop counts per strategy, the steps run."""
+
+    recipe: Recipe
+    candidates: Any  # datasets.Dataset
+    steps: list[Any]
+    pairs: dict[str, Any]  # strategy -> datasets.Dataset of kept pairs
+    dropped: dict[str, Counter]  # strategy -> drop reason -> count
+    selectors: dict[str, Any]
+    input_info: dict[str, Any]
+    skipped_strategies: dict[str, str] = dataclasses.field(default_factory=dict)
+    step_rows: list[dict[str, int]] = dataclasses.field(default_factory=list)  # rows in/out of each step
+
+    @property
+    def generator_ranking(self) -> list[str] | None:
+        return self.recipe.pairs.generator_ranking
+
+    def edit_distance_unit(self) -> str | None:
+        """ "word" or "token:<id>@<rev>", as the pair-metrics step wrote it (None without that step)."""
+        if "edit_distance_unit" in self.candidates.column_names and len(self.candidates):
+            return self.candidates[0]["edit_distance_unit"]
+        return None
+
+
+@contextlib.contextmanager
+def _datasets_progress_off(datasets_module) -> Iterator[None]:
+    """Silence datasets' own progress bars for a block, restoring the previous setting after."""
+    was_enabled = datasets_module.is_progress_bar_enabled()
+    datasets_module.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets_module.enable_progress_bars()
+
+
+# ---- inputs --------------------------------------------------------------------------------------------
+
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+
+def _sha256_files(paths: list[Path]) -> dict[str, str]:
+    import hashlib
+
+    out = {}
+    for path in paths:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        out[str(path)] = digest.hexdigest()
+    return out
+
+
+def load_input(spec: InputSpec, cache_dir: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """Load a recipe's input as a candidates ``Dataset`` (with cache files, so steps are cached),
+    renamed and narrowed as the spec says, and describe it for the card (kind, id or path, revision,
+    file hashes, license when known)."""
+    dataset, info = _load_input_rows(spec, cache_dir)
+    if spec.rename:
+        missing = [c for c in spec.rename if c not in dataset.column_names]
+        if missing:
+            raise RecipeError(
+                f"input.rename: column(s) {missing} not in the input; it has {dataset.column_names}"
+            )
+        dataset = dataset.rename_columns(dict(spec.rename))
+    if spec.columns:
+        missing = [c for c in spec.columns if c not in dataset.column_names]
+        if missing:
+            raise RecipeError(
+                f"input.columns: column(s) {missing} not in the input; it has {dataset.column_names}"
+            )
+        dataset = dataset.select_columns(list(spec.columns))
+    return dataset, info
+
+
+def _load_input_rows(spec: InputSpec, cache_dir: str | Path | None) -> tuple[Any, dict[str, Any]]:
+    import datasets
+
+    cache = str(cache_dir) if cache_dir is not None else None
+    if spec.default is not None:
+        from hfpref import default_data
+
+        return default_data.load_ifeval_candidates(cache_dir), default_data.input_description()
+    if spec.hub is not None:
+        dataset = datasets.load_dataset(
+            spec.hub, name=spec.config, revision=spec.revision, split=spec.split, cache_dir=cache
+        )
+        info = {
+            "kind": "hub",
+            "id": spec.hub,
+            "revision": spec.revision,
+            "split": spec.split,
+            "config": spec.config,
+        }
+        info["resolved_revision"] = _hub_commit(spec.hub, spec.revision)
+        return dataset, info
+    path = Path(spec.path)
+    if not path.exists():
+        raise RecipeError(f"input.path: {spec.path!r} does not exist")
+    info: dict[str, Any] = {"kind": "path", "path": str(path), "split": spec.split, "revision": None}
+    if path.is_dir() and (path / "state.json").exists():  # a folder written by Dataset.save_to_disk
+        dataset = datasets.load_from_disk(str(path))
+        files = sorted(path.glob("*.arrow"))
+    elif path.is_dir():
+        dataset = datasets.load_dataset(str(path), split=spec.split, cache_dir=cache)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    else:
+        builder = _FILE_BUILDERS.get("".join(path.suffixes[-1:]).lower())
+        if builder is None:
+            raise RecipeError(
+                f"input.path: cannot read {spec.path!r}; known file types: {sorted(_FILE_BUILDERS)}"
+            )
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache)
+        files = [path]
+    info["files_sha256"] = _sha256_files(files)
+    return dataset, info
+
+
+def _hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit a Hub revision (branch or tag) points to, or None when the Hub cannot be reached."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(repo_id, revision=revision).sha
+    except Exception:  # offline, or a private repo without a token: the card then shows the revision as given
+        return None
+
+
+# ---- the embedded default --------------------------------------------------------------------------
+
+DEFAULT_GENERATOR_RANKING = ["gpt-4-20231107", "text-bison-001"]  # GPT-4 is the stronger of the two
+DEFAULT_STRATEGIES = [
+    "best_of_n2",
+    "best_of_n2_ds",
+    "max_margin",
+    "random",
+    "ds_rm",
+    "ds_fix",
+    "dcrm_no_logp",
+    "dcrm_no_reward",
+    "edit_only",
+    "reward_only",
+]  # not dcrm_no_edit and logp_only: they need p_Δ, and the default has no reference model
+DEFAULT_RECIPE: dict[str, Any] = {
+    "description": (
+        "IFEval's 541 prompts, each with two responses (GPT-4 and PaLM-2 text-bison, as published with "
+        "IFEval), rewarded by the fraction of the prompt's verifiable constraints each response meets "
+        "(strict), paired with every hfpref pair strategy that needs no reference model."
+    ),
+    "input": {"default": "ifeval"},
+    "steps": [
+        {"step": "IFEvalVerifier", "config": {"reward": "strict"}},
+        {"step": "PairMetrics", "config": {"tokenizer": None}},
+    ],
+    "pairs": {
+        "strategies": DEFAULT_STRATEGIES,
+        "config": {"seed": 0, "generator_ranking": DEFAULT_GENERATOR_RANKING, "eps": 1.0},
+    },
+    "output": {"folder": "hfpref-release", "name": "hfpref-ifeval-two-generators", "version": "0.1.0"},
+}
+
+
+def default_recipe(validate: bool = True) -> Recipe:
+    """The recipe ``hfpref curate`` runs without arguments (also ``dataset_scripts/ifeval_two_generators.yaml``)."""
+    return Recipe.from_dict(
+        copy.deepcopy(DEFAULT_RECIPE), source="(embedded default recipe)", validate=validate
+    )

@@ -1,0 +1,436 @@
+"""Release folders: Parquet data per config, a dataset card, a plot and a machine-readable manifest.
+
+Layout (the same files are pushed to the Hub, so ``load_dataset(folder, name=...)`` and
+``load_dataset(repo_id, name=..., revision=tag)`` read the same rows)::
+
+    FOLDER/
+      README.md                                   dataset card; its YAML header declares the configs
+      hfpref_manifest.json                        the recipe as run, models, versions, counts, statistics
+      pairs_distance_reward_margin.png            the pairs in the e_Δ / r_Δ plane
+      data/<strategy>/train-00000-of-00001.parquet   one config per pair strategy (kept pairs)
+      data/candidates/train-00000-of-00001.parquet   the annotated candidates
+
+The card is rendered from the manifest alone (``render_card``), so ``hfpref push`` can rewrite the
+version and repository id into both before uploading.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+from hfpref import columns as C
+from hfpref.plots import PLOT_FILE, plot_pairs_plane
+from hfpref.recipe import RecipeResult, check_version
+from hfpref.summary import METRICS, strategy_summary
+
+MANIFEST_FILE = "hfpref_manifest.json"
+CARD_FILE = "README.md"
+CARD_TEMPLATE = "dataset_card.md.j2"
+CANDIDATES_CONFIG = "candidates"
+MANIFEST_FORMAT = "hfpref-release/1"
+DATA_FILE = "data/{config}/train-00000-of-00001.parquet"
+DATA_GLOB = "data/{config}/train-*.parquet"
+PACKAGES = (
+    "hfpref",
+    "datasets",
+    "transformers",
+    "trl",
+    "lm-eval",
+    "rapidfuzz",
+    "torch",
+    "huggingface_hub",
+    "pyarrow",
+)
+MATRIX_COLUMNS = (C.EDIT_DISTANCE_MATRIX, C.LOGP_DIFF_MATRIX, C.REWARD_MARGIN_MATRIX, C.DCRM_MATRIX)
+# config fields that name a model or tokenizer; their resolved commits go on the card
+MODEL_FIELDS = ("model", "tokenizer", "reward_model", "ref_model", "policy_model", "judge_model")
+
+
+class ReleaseError(ValueError):
+    """A release folder that cannot be written or read as asked."""
+
+
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def model_references(described_steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every model or tokenizer a step's config names, with the commit the step resolved it to."""
+    refs = []
+    for described in described_steps:
+        config = described.get("config") or {}
+        for field in MODEL_FIELDS:
+            value = config.get(field)
+            if isinstance(value, str) and value:
+                refs.append(
+                    {
+                        "step": described["step"],
+                        "field": field,
+                        "id": value,
+                        "requested_revision": config.get(f"{field}_revision", config.get("revision")),
+                        "revision": described.get("revision"),
+                    }
+                )
+    return refs
+
+
+def _edit_distance_unit(result: RecipeResult) -> str | None:
+    unit = result.edit_distance_unit()
+    if unit is not None:
+        return unit
+    for step in result.steps:  # the pair-metrics step may expose it without writing a column
+        unit = getattr(step, "edit_distance_unit", None)
+        if isinstance(unit, str):
+            return unit
+    return None
+
+
+def build_manifest(
+    result: RecipeResult, *, version: str, repo_id: str | None = None, created_at: str | None = None
+) -> dict[str, Any]:
+    """The machine-readable record of a release; deterministic except ``created_at``."""
+    recipe = result.recipe
+    ranking = result.generator_ranking
+    steps = []
+    for described, rows in zip(
+        (s.describe() for s in result.steps), result.step_rows or [{}] * len(result.steps), strict=True
+    ):
+        steps.append({**described, **rows})
+    selection = {strategy: selector.describe() for strategy, selector in result.selectors.items()}
+    configs: dict[str, Any] = {}
+    first_with_digest: dict[str, str] = {}
+    for strategy, pairs in result.pairs.items():
+        digest = pairs_digest(pairs)
+        configs[strategy] = {
+            "kind": "pairs",
+            "data_files": DATA_GLOB.format(config=strategy),
+            "pairs_sha256": digest,
+            "same_pairs_as": first_with_digest.get(digest),
+            "columns": [c for c in pairs.column_names if c != C.DROP_REASON],
+            **strategy_summary(pairs, result.dropped[strategy], ranking),
+        }
+        first_with_digest.setdefault(digest, strategy)
+    kept_candidate_columns, dropped_candidate_columns = _candidate_columns(result)
+    configs[CANDIDATES_CONFIG] = {
+        "kind": "candidates",
+        "data_files": DATA_GLOB.format(config=CANDIDATES_CONFIG),
+        "rows": len(result.candidates),
+        "columns": kept_candidate_columns,
+        "dropped_columns": dropped_candidate_columns,
+    }
+    input_info = dict(result.input_info)
+    license_ = recipe.output.license or input_info.get("license") or "other"
+    recipe_as_run = recipe.to_dict()
+    recipe_as_run["pairs"]["strategies"] = list(result.pairs)  # "all" resolved to the strategies that ran
+    recipe_as_run["output"]["version"] = version
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": recipe.output.name,
+        "version": version,
+        "repo_id": repo_id,
+        "description": recipe.description,
+        "license": license_,
+        "created_at": created_at or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "recipe": recipe_as_run,
+        "recipe_yaml": recipe_yaml(recipe_as_run),
+        "input": input_info,
+        "steps": steps,
+        "pair_selection": selection,
+        "skipped_strategies": dict(result.skipped_strategies),
+        "models": model_references([*steps, *selection.values()]),
+        "edit_distance_unit": _edit_distance_unit(result),
+        "has_logp": any(
+            (c["stats"] or {}).get(C.LOGP_DIFF) for c in configs.values() if c["kind"] == "pairs"
+        ),
+        "generator_ranking": list(ranking) if ranking else None,
+        "packages": package_versions(),
+        "default_config": next(iter(result.pairs), CANDIDATES_CONFIG),
+        "configs": configs,
+        "plot": PLOT_FILE,
+    }
+
+
+def recipe_yaml(recipe: Mapping[str, Any]) -> str:
+    """A recipe dict as the YAML ``hfpref curate`` reads (the card shows it)."""
+    import yaml
+
+    return yaml.safe_dump(dict(recipe), sort_keys=False, allow_unicode=True, width=100)
+
+
+def pairs_digest(pairs) -> str:
+    """sha256 over the (prompt, chosen, rejected) rows of a pairs dataset, in order: equal digests mean
+    two strategies picked exactly the same pairs (common with few candidates per prompt)."""
+    digest = hashlib.sha256()
+    for prompt, chosen, rejected in zip(pairs[C.PROMPT], pairs[C.CHOSEN], pairs[C.REJECTED], strict=True):
+        digest.update(json.dumps([prompt, chosen, rejected], ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def strategy_groups(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """first strategy -> every pairs config holding exactly its pairs (itself first), in manifest order."""
+    groups: dict[str, list[str]] = {}
+    for name, config in configs.items():
+        if config.get("kind") != "pairs":
+            continue
+        groups.setdefault(config.get("same_pairs_as") or name, []).append(name)
+    return groups
+
+
+def _candidate_columns(result: RecipeResult) -> tuple[list[str], list[str]]:
+    names = result.candidates.column_names
+    dropped = [] if result.recipe.output.candidate_matrices else [c for c in MATRIX_COLUMNS if c in names]
+    return [c for c in names if c not in dropped], dropped
+
+
+def _prepare_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse to write into a non-empty folder that is not an hfpref release; clear an old release's data."""
+    if folder.exists() and any(folder.iterdir()):
+        if not (folder / MANIFEST_FILE).exists():
+            raise ReleaseError(
+                f"{folder} exists, is not empty and holds no {MANIFEST_FILE}: not writing into it"
+            )
+        if not overwrite:
+            raise ReleaseError(f"{folder} already holds a release; pass overwrite=True to replace it")
+        shutil.rmtree(folder / "data", ignore_errors=True)  # configs of the old release must not linger
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def write_release(
+    result: RecipeResult,
+    folder: str | Path | None = None,
+    *,
+    version: str | None = None,
+    repo_id: str | None = None,
+    overwrite: bool = True,
+    created_at: str | None = None,
+) -> Path:
+    """Write the data files, plot, manifest and card of ``result`` into ``folder``; return the folder."""
+    recipe = result.recipe
+    folder = Path(folder if folder is not None else recipe.output.folder)
+    version = check_version(version or recipe.output.version)
+    if repo_id is None and recipe.output.push_to_hub is not None:
+        repo_id = recipe.output.push_to_hub.repo_id
+    _prepare_folder(folder, overwrite)
+
+    for strategy, pairs in result.pairs.items():
+        keep = [c for c in pairs.column_names if c != C.DROP_REASON]  # every kept row has drop_reason None
+        _write_parquet(pairs.select_columns(keep), folder / DATA_FILE.format(config=strategy))
+    kept_columns, _ = _candidate_columns(result)
+    _write_parquet(
+        result.candidates.select_columns(kept_columns), folder / DATA_FILE.format(config=CANDIDATES_CONFIG)
+    )
+
+    manifest = build_manifest(result, version=version, repo_id=repo_id, created_at=created_at)
+    unit = manifest["edit_distance_unit"] or "unknown unit"
+    groups = strategy_groups(manifest["configs"])
+    plot_pairs_plane(
+        {
+            tuple(members): (result.pairs[first][C.EDIT_DISTANCE], result.pairs[first][C.REWARD_MARGIN])
+            for first, members in groups.items()
+        },
+        folder / PLOT_FILE,
+        distance_label=f"e_Δ (edit distance, {unit})",
+        title=f"{manifest['name']} {version}: pairs in the distance / reward-margin plane",
+    )
+    write_manifest_and_card(folder, manifest)
+    return folder
+
+
+def _write_parquet(dataset, path: Path) -> None:
+    import datasets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # one bar per small file is noise
+    try:
+        dataset.to_parquet(str(path))
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST_FILE
+    if not path.exists():
+        raise ReleaseError(f"{folder} is not an hfpref release folder: {MANIFEST_FILE} is missing")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_manifest_and_card(folder: str | Path, manifest: Mapping[str, Any]) -> None:
+    folder = Path(folder)
+    text = json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    (folder / MANIFEST_FILE).write_text(text, encoding="utf-8")
+    (folder / CARD_FILE).write_text(render_card(manifest), encoding="utf-8")
+
+
+def set_release_version(folder: str | Path, version: str, repo_id: str | None = None) -> dict[str, Any]:
+    """Write ``version`` (and ``repo_id``) into the manifest and re-render the card; return the manifest."""
+    manifest = read_manifest(folder)
+    manifest["version"] = check_version(version)
+    manifest["recipe"].setdefault("output", {})["version"] = version
+    manifest["recipe_yaml"] = recipe_yaml(manifest["recipe"])
+    if repo_id is not None:
+        manifest["repo_id"] = repo_id
+    write_manifest_and_card(folder, manifest)
+    return manifest
+
+
+# ---- the card ----------------------------------------------------------------------------------------
+
+
+def _size_category(rows: int) -> str:
+    for limit, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
+        if rows < limit:
+            return label
+    return "n>1M"
+
+
+def card_header(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's YAML metadata: license, tags and the configs that ``load_dataset`` reads."""
+    configs = []
+    for name, config in manifest["configs"].items():
+        entry: dict[str, Any] = {
+            "config_name": name,
+            "data_files": [{"split": "train", "path": config["data_files"]}],
+        }
+        if name == manifest["default_config"]:
+            entry["default"] = True
+        configs.append(entry)
+    largest = max((c["rows"] for c in manifest["configs"].values()), default=0)
+    return {
+        "license": manifest["license"],
+        "pretty_name": manifest["name"],
+        "tags": ["dpo", "preference", "hfpref", "dcrm"],
+        "task_categories": ["text-generation"],
+        "size_categories": [_size_category(largest)],
+        "configs": configs,
+    }
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    """A number with ``digits`` significant digits (DCRM values are small, distances large)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def render_card(manifest: Mapping[str, Any]) -> str:
+    """The dataset card (README.md) for a manifest, from ``cards/dataset_card.md.j2``."""
+    import jinja2
+    import yaml
+
+    template_text = (resources.files("hfpref.cards") / CARD_TEMPLATE).read_text(encoding="utf-8")
+    env = jinja2.Environment(
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["fmt"] = _fmt
+    # embedded markdown (provenance notes) must not open new top-level sections of the card
+    env.filters["demote_headings"] = lambda text: re.sub(r"(?m)^(#+) ", r"###\1 ", text)
+    header = yaml.safe_dump(card_header(manifest), sort_keys=False, allow_unicode=True).strip()
+    pairs_configs = {k: v for k, v in manifest["configs"].items() if v["kind"] == "pairs"}
+    return env.from_string(template_text).render(
+        m=manifest,
+        header=header,
+        pairs_configs=pairs_configs,
+        candidates=manifest["configs"][CANDIDATES_CONFIG],
+        metrics=METRICS,
+        groups=strategy_groups(manifest["configs"]),
+        manifest_file=MANIFEST_FILE,
+        tag=f"v{manifest['version']}",
+    )
+
+
+# ---- pushing -----------------------------------------------------------------------------------------
+
+
+class ReleaseExistsError(ReleaseError):
+    """The Hub repository already has this version's tag; versions are never silently overwritten."""
+
+
+def release_branch(version: str) -> str:
+    """The branch a version is committed to when no revision is given (a tag of the same name would clash)."""
+    return f"release-v{version}"
+
+
+def push_release(
+    folder: str | Path,
+    repo_id: str,
+    version: str,
+    *,
+    revision: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    force: bool = False,
+    api: Any = None,
+) -> dict[str, Any]:
+    """Upload a release folder (card included) to a Hub dataset repo and tag the commit ``v{version}``.
+
+    The commit goes to ``revision`` (a branch; default ``release-v{version}``, created from main when
+    missing). Refuses, before changing anything, when the tag already exists, unless ``force`` (then the
+    tag is moved to the new commit). The version and repo id are written into the manifest and card first.
+    Returns {repo_id, revision, tag, commit, url}.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    read_manifest(folder)  # fail early on a folder that is not a release
+    check_version(version)
+    tag = f"v{version}"
+    branch = revision or release_branch(version)
+    api = api if api is not None else HfApi(token=token)
+
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    refs = api.list_repo_refs(repo_id, repo_type="dataset")
+    tag_exists = any(ref.name == tag for ref in refs.tags)
+    if tag_exists and not force:
+        raise ReleaseExistsError(
+            f"{repo_id} already has the tag {tag}; a released version is never overwritten. "
+            "Use a new --version, or --force to move the tag to this upload."
+        )
+    set_release_version(folder, version, repo_id)
+    if branch != "main" and not any(ref.name == branch for ref in refs.branches):
+        api.create_branch(repo_id, branch=branch, repo_type="dataset", exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="dataset",
+        revision=branch,
+        commit_message=f"hfpref release {tag}",
+        # data files of configs this version no longer has must not linger on the branch
+        delete_patterns=["data/**"],
+        ignore_patterns=[".cache/**", "**/.cache/**", "*.lock"],
+    )
+    if tag_exists:
+        api.delete_tag(repo_id, tag=tag, repo_type="dataset")
+    api.create_tag(
+        repo_id, tag=tag, revision=commit.oid, repo_type="dataset", tag_message=f"hfpref release {tag}"
+    )
+    return {
+        "repo_id": repo_id,
+        "revision": branch,
+        "tag": tag,
+        "commit": commit.oid,
+        "url": commit.commit_url,
+    }

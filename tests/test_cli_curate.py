@@ -1,0 +1,217 @@
+"""`hfpref curate` end to end on the embedded default (run once per module), checked against expectations
+computed here from the release's own candidates rows."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import datasets
+import pytest
+import yaml
+
+from hfpref.cli import main
+from hfpref.recipe import DEFAULT_STRATEGIES, default_recipe
+
+STRONGER, WEAKER = "gpt-4-20231107", "text-bison-001"
+REWARD_LABELLED = [s for s in DEFAULT_STRATEGIES if s != "ds_fix"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("curate")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(
+            ["curate", "--output", str(tmp / "release"), "--cache-dir", str(tmp / "cache"), "--no-progress"]
+        )
+    assert code == 0, err.getvalue()
+    folder = tmp / "release"
+    candidates = datasets.load_dataset(
+        str(folder), name="candidates", split="train", cache_dir=str(tmp / "lc")
+    )
+    return {"tmp": tmp, "folder": folder, "stdout": out.getvalue(), "candidates": candidates}
+
+
+def _pairs(run, name):
+    return datasets.load_dataset(
+        str(run["folder"]), name=name, split="train", cache_dir=str(run["tmp"] / "lc")
+    )
+
+
+def _manifest(run):
+    return json.loads((run["folder"] / "hfpref_manifest.json").read_text())
+
+
+def _expected_outcomes(candidates):
+    """Per row, what a reward-labelled strategy must do with N = 2 candidates: (reason or None)."""
+    outcomes = {}
+    for row in candidates:
+        responses, rewards = row["responses"], row["rewards"]
+        if len(responses) < 2:
+            outcomes[row["key"]] = "fewer_than_two_responses"
+        elif responses[0] == responses[1]:
+            outcomes[row["key"]] = "identical_responses"
+        elif rewards[0] == rewards[1]:
+            outcomes[row["key"]] = "rewards_tied"
+        else:
+            outcomes[row["key"]] = None
+    return outcomes
+
+
+def test_candidates_are_the_541_prompts_with_verdicts(run):
+    candidates = run["candidates"]
+    assert candidates.num_rows == 541
+    assert all(all(text.strip() for text in row["responses"]) for row in candidates)  # no empty response
+    for row in candidates:
+        # rewards are the strict fraction of constraints met, from the verdicts
+        assert row["rewards"] == pytest.approx([sum(v) / len(v) for v in row["ifeval_strict"]])
+    assert [r["generators"] for r in candidates if r["key"] == 2785] == [[WEAKER]]
+
+
+def test_row_counts_and_drop_reasons(run):
+    outcomes = _expected_outcomes(run["candidates"])
+    manifest = _manifest(run)
+    expected_reasons = {}
+    for reason in outcomes.values():
+        if reason:
+            expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
+    assert expected_reasons["fewer_than_two_responses"] == 1  # key 2785
+    kept_keys = sorted(k for k, reason in outcomes.items() if reason is None)
+    for name in REWARD_LABELLED:
+        config = manifest["configs"][name]
+        assert config["rows"] + config["dropped_total"] == 541
+        assert config["dropped"] == expected_reasons, name
+        pairs = _pairs(run, name)
+        assert sorted(pairs["key"]) == kept_keys
+        assert all(c > r for c, r in zip(pairs["reward_chosen"], pairs["reward_rejected"], strict=True))
+    fix = manifest["configs"]["ds_fix"]
+    not_fix = {k: v for k, v in expected_reasons.items() if k != "rewards_tied"}
+    assert fix["dropped"] == not_fix and fix["rows"] == 541 - sum(not_fix.values())
+    assert set(_pairs(run, "ds_fix")["chosen_generator"]) == {STRONGER}
+    for name in DEFAULT_STRATEGIES:
+        assert 2785 not in _pairs(run, name)["key"]
+
+
+def test_printed_summary(run):
+    stdout = run["stdout"]
+    manifest = _manifest(run)
+    candidates = run["candidates"]
+    outcomes = _expected_outcomes(candidates)
+    kept = [r for r in candidates if outcomes[r["key"]] is None]
+    stronger = sum(r["rewards"][0] > r["rewards"][1] for r in kept) / len(kept)  # GPT-4's response is first
+    for name in DEFAULT_STRATEGIES:
+        line = next(line for line in stdout.splitlines() if line.startswith(name + " "))
+        cells = line.split()
+        assert cells[1] == str(manifest["configs"][name]["rows"])
+        expected = 1.0 if name == "ds_fix" else stronger
+        assert f"{100 * expected:.1f}%" in cells
+    assert "rewards_tied" in stdout and "fewer_than_two_responses" in stdout
+    assert "e_Δ unit: word" in stdout and "release written to" in stdout
+
+
+def test_folder_loads_the_rows_a_rerun_computes_and_the_rerun_is_a_cache_hit(run):
+    cache = run["tmp"] / "cache"
+    arrow_files = sorted(str(p) for p in cache.rglob("*.arrow"))
+    result = default_recipe().run(cache_dir=cache, progress=False)
+    assert sorted(str(p) for p in cache.rglob("*.arrow")) == arrow_files, (
+        "a finished recipe must be all cache hits"
+    )
+    for name in DEFAULT_STRATEGIES:
+        assert _pairs(run, name).to_list() == result.pairs[name].to_list(), name
+
+
+def test_card_header_and_manifest(run):
+    folder = run["folder"]
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    header = yaml.safe_load(card.split("---\n")[1])
+    assert header["license"] == "apache-2.0"
+    assert [c["config_name"] for c in header["configs"]] == [*DEFAULT_STRATEGIES, "candidates"]
+    for config in header["configs"]:
+        assert len(list(folder.glob(config["data_files"][0]["path"]))) == 1
+    manifest = _manifest(run)
+    assert [s["step"] for s in manifest["steps"]] == [
+        "hfpref.ifeval.IFEvalVerifier",
+        "hfpref.pair_metrics.PairMetrics",
+    ]
+    assert manifest["steps"][0]["config"]["reward"] == "strict"
+    assert manifest["edit_distance_unit"] == "word" and manifest["models"] == []
+    assert manifest["input"]["kind"] == "default" and len(manifest["input"]["files_sha256"]) == 3
+    assert manifest["generator_ranking"] == [STRONGER, WEAKER]
+    for sha in manifest["input"]["files_sha256"].values():
+        assert sha in card
+    assert "n/a — no reference model" in card and "**word-level**" in card
+    assert (folder / manifest["plot"]).is_file() and f"]({manifest['plot']})" in card
+    assert "`gpt-4-20231107` > `text-bison-001`" in card
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["curate", "--help"])
+    text = capsys.readouterr().out
+    for option in (
+        "RECIPE.yaml", "--output", "--strategies", "--tokenizer", "--input", "--cache-dir", "--batch-size",
+        "--num-proc", "--version", "--push-to-hub", "--revision", "--private", "--token", "--force", "--no-progress",
+    ):  # fmt: skip
+        assert option in text, option
+    from hfpref.selection import STRATEGIES
+
+    for strategy in STRATEGIES:
+        assert strategy in text, strategy
+
+
+def test_recipe_file_with_overrides(tmp_path, capsys):
+    rows = [
+        {"key": 0, "prompt": "p", "responses": ["a b", "a"], "rewards": [1.0, 0.0]},
+        {"key": 1, "prompt": "q", "responses": ["x"], "rewards": [1.0]},
+    ]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "input: {default: ifeval}\nsteps: [{step: PairMetrics}]\n"
+        "pairs: {strategies: [best_of_n2, random]}\noutput: {name: small}\n"
+    )
+    args = ["curate", str(recipe), "--input", str(data), "--strategies", "max_margin", "--no-progress"]
+    args += ["--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--version", "2.1.0"]
+    assert main(args) == 0
+    manifest = json.loads((tmp_path / "out" / "hfpref_manifest.json").read_text())
+    assert list(manifest["pair_selection"]) == ["max_margin"] and manifest["version"] == "2.1.0"
+    assert manifest["configs"]["max_margin"]["rows"] == 1
+    assert manifest["configs"]["max_margin"]["dropped"] == {"fewer_than_two_responses": 1}
+    assert manifest["recipe"]["input"] == {"path": str(data)}
+
+
+def test_errors_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["curate", "--strategies", "best_of_n3", "--output", str(tmp_path / "o")]) == 2
+    assert "unknown strategy 'best_of_n3'" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: {default: ifeval}\nsteps: [{step: Nope}]\npairs: {strategies: all}\n")
+    assert main(["curate", str(bad)]) == 2
+    assert "unknown step 'Nope'" in capsys.readouterr().err
+
+
+def test_push_to_hub_after_curate(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+    from unittest import mock
+
+    api = mock.MagicMock()
+    api.list_repo_refs.return_value = SimpleNamespace(tags=[], branches=[], converts=[])
+    api.upload_folder.return_value = SimpleNamespace(oid="f" * 40, commit_url="u")
+    monkeypatch.setattr("huggingface_hub.HfApi", lambda token=None: api)
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "responses": ["a b", "a"], "rewards": [1.0, 0.0]}) + "\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"input: {{path: {data}}}\nsteps: [{{step: PairMetrics}}]\npairs: {{strategies: [max_margin]}}\n"
+    )
+    args = ["curate", str(recipe), "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--push-to-hub", "me/pairs", "--version", "0.9.0", "--private", "--no-progress"]
+    assert main(args) == 0
+    assert api.create_repo.call_args.kwargs["private"] is True
+    assert api.upload_folder.call_args.kwargs["folder_path"] == str(tmp_path / "out")
+    assert api.create_tag.call_args.kwargs["tag"] == "v0.9.0"
+    assert "tag v0.9.0" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "hfpref_manifest.json").read_text())
+    assert manifest["repo_id"] == "me/pairs" and manifest["version"] == "0.9.0"

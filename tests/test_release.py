@@ -1,0 +1,299 @@
+"""Release folders: Parquet configs that load_dataset reads back, the card's header and facts, the manifest."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import yaml
+
+from hfpref import release as REL
+from hfpref.recipe import Recipe
+from hfpref.summary import describe_values, stronger_generator_share, summary_table
+
+# hand-built candidates: rewards given, so only PairMetrics (word-level) and selection run
+ROWS = [
+    {
+        "key": 0,
+        "prompt": "p0",
+        "responses": ["a b", "a c d", "x"],
+        "generators": ["g1", "g2", "g2"],
+        "rewards": [1.0, 0.0, 0.5],
+    },
+    {
+        "key": 1,
+        "prompt": "p1",
+        "responses": ["one two", "one"],
+        "generators": ["g2", "g1"],
+        "rewards": [1.0, 0.0],
+    },
+    {"key": 2, "prompt": "p2", "responses": ["solo"], "generators": ["g1"], "rewards": [1.0]},
+    {
+        "key": 3,
+        "prompt": "p3",
+        "responses": ["s t", "s u"],
+        "generators": ["g1", "g2"],
+        "rewards": [0.5, 0.5],
+    },
+]
+STRATEGIES = ["max_margin", "best_of_n2", "ds_fix"]
+
+
+def make_small_release(
+    tmp_path: Path, *, logps: bool = False, strategies=STRATEGIES, folder_name="release", **write
+):
+    """Run a three-strategy recipe on ROWS and write its release; returns (result, folder)."""
+    rows = [dict(r) for r in ROWS]
+    if logps:
+        for r in rows:
+            r["ref_logps"] = [-1.0 - 2.0 * i for i in range(len(r["responses"]))]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = Recipe.from_dict(
+        {
+            "description": "A tiny test release.",
+            "input": {"path": str(path)},
+            "steps": [{"step": "PairMetrics", "config": {"tokenizer": None}}],
+            "pairs": {"strategies": list(strategies), "config": {"generator_ranking": ["g1", "g2"]}},
+            "output": {"name": "tiny", "version": "0.3.0", "license": "cc-by-4.0"},
+        }
+    )
+    result = recipe.run(cache_dir=tmp_path / "cache", progress=False)
+    folder = REL.write_release(result, tmp_path / folder_name, **write)
+    return result, folder
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("small")
+    result, folder = make_small_release(tmp, created_at="2026-01-01T00:00:00+00:00")
+    return result, folder, tmp
+
+
+def _header(folder: Path) -> dict:
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_layout(small):
+    _, folder, _ = small
+    for name in [*STRATEGIES, "candidates"]:
+        assert (folder / f"data/{name}/train-00000-of-00001.parquet").is_file()
+    assert (folder / "README.md").is_file() and (folder / "hfpref_manifest.json").is_file()
+    assert (folder / REL.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_load_dataset_reads_back_each_strategy(small, name):
+    result, folder, tmp = small
+    loaded = datasets.load_dataset(str(folder), name=name, split="train", cache_dir=str(tmp / "load-cache"))
+    assert loaded.to_list() == result.pairs[name].to_list()
+
+
+def test_default_config_and_candidates(small):
+    result, folder, tmp = small
+    default = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp / "load-cache"))
+    assert default.to_list() == result.pairs["max_margin"].to_list()  # the first strategy is the default
+    candidates = datasets.load_dataset(
+        str(folder), name="candidates", split="train", cache_dir=str(tmp / "load-cache")
+    )
+    expected = result.candidates.remove_columns(list(REL.MATRIX_COLUMNS))
+    assert candidates.to_list() == expected.to_list()
+
+
+def test_selected_pairs_match_hand_computation(small):
+    result, _, _ = small
+    # p0: highest reward index 0 ("a b"), lowest index 1 ("a c d"); word Levenshtein: b->c, +d = 2
+    mm = result.pairs["max_margin"]
+    assert mm["key"] == [0, 1] and mm["chosen"] == ["a b", "one two"] and mm["rejected"] == ["a c d", "one"]
+    assert mm["edit_distance"] == [2.0, 1.0]
+    # ds_fix: g1 always chosen, whatever the reward; p3's tie is kept
+    fix = result.pairs["ds_fix"]
+    assert fix["key"] == [0, 1, 3] and set(fix["chosen_generator"]) == {"g1"}
+
+
+def test_card_header_declares_configs_license_and_default(small):
+    _, folder, _ = small
+    header = _header(folder)
+    assert header["license"] == "cc-by-4.0"
+    configs = {c["config_name"]: c for c in header["configs"]}
+    assert list(configs) == [*STRATEGIES, "candidates"]
+    assert configs["max_margin"].get("default") is True
+    assert sum(bool(c.get("default")) for c in configs.values()) == 1
+    for name, config in configs.items():
+        (entry,) = config["data_files"]
+        assert entry["split"] == "train"
+        assert [p.relative_to(folder).as_posix() for p in folder.glob(entry["path"])] == [
+            f"data/{name}/train-00000-of-00001.parquet"
+        ]
+
+
+def test_manifest_counts_stats_and_steps(small):
+    result, folder, _ = small
+    manifest = json.loads((folder / "hfpref_manifest.json").read_text())
+    assert manifest["version"] == "0.3.0" and manifest["license"] == "cc-by-4.0"
+    assert [s["step"] for s in manifest["steps"]] == ["hfpref.pair_metrics.PairMetrics"]
+    assert manifest["steps"][0]["rows_in"] == manifest["steps"][0]["rows_out"] == 4
+    assert set(manifest["pair_selection"]) == set(STRATEGIES)
+    assert manifest["edit_distance_unit"] == "word" and manifest["has_logp"] is False
+    assert manifest["models"] == []
+    for name in STRATEGIES:
+        config = manifest["configs"][name]
+        assert config["rows"] + config["dropped_total"] == len(ROWS)
+        assert config["rows"] == len(result.pairs[name])
+    # max_margin: p0 margin 1.0, e 2; p1 margin 1.0, e 1 -> DCRM = (σ(1) - .5) / (e + 1)
+    stats = manifest["configs"]["max_margin"]["stats"]
+    sig = 1 / (1 + math.exp(-1.0)) - 0.5
+    assert stats["reward_margin"]["mean"] == pytest.approx(1.0)
+    assert stats["edit_distance"]["median"] == pytest.approx(1.5)
+    assert stats["dcrm"]["mean"] == pytest.approx((sig / 3 + sig / 2) / 2)
+    assert stats["logp_diff"] is None
+    assert manifest["configs"]["max_margin"]["dropped"] == {"fewer_than_two_responses": 1, "rewards_tied": 1}
+    # g1 ranks higher: p0 chosen "a b" from g1 (stronger), p1 chosen from g2 (weaker) -> 1 of 2
+    share = manifest["configs"]["max_margin"]["stronger_generator"]
+    assert (share["stronger_chosen"], share["compared"]) == (1, 2)
+    assert manifest["configs"]["ds_fix"]["stronger_generator"]["fraction"] == 1.0
+    assert manifest["input"]["kind"] == "path" and len(manifest["input"]["files_sha256"]) == 1
+
+
+def test_card_states_what_a_reader_needs(small):
+    _, folder, _ = small
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert f"]({REL.PLOT_FILE})" in card
+    assert "n/a — no reference model" in card and "**word-level**" in card
+    assert 'load_dataset("path/to/this/folder", name="max_margin"' in card
+    assert "None, so there is no model commit to report" in card
+    assert "strategies:\n  - max_margin" in card  # the recipe as run, as YAML
+    for package in ("datasets", "transformers", "trl", "lm-eval", "rapidfuzz", "torch"):
+        assert f"| {package} |" in card
+    assert "`max_margin` | 2 | fewer_than_two_responses: 1; rewards_tied: 1 | 50.0% (1/2)" in card
+
+
+def test_rewrite_is_deterministic_except_the_timestamp(small, tmp_path):
+    result, folder, _ = small
+    again = REL.write_release(result, tmp_path / "again", created_at="2027-05-05T00:00:00+00:00")
+    first = json.loads((folder / "hfpref_manifest.json").read_text())
+    second = json.loads((again / "hfpref_manifest.json").read_text())
+    assert first.pop("created_at") != second.pop("created_at")
+    assert first == second
+    for name in [*STRATEGIES, "candidates"]:
+        path = f"data/{name}/train-00000-of-00001.parquet"
+        assert (folder / path).read_bytes() == (again / path).read_bytes()
+    assert (folder / REL.PLOT_FILE).read_bytes() == (again / REL.PLOT_FILE).read_bytes()
+
+
+def test_with_reference_logps_the_card_reports_p_delta(tmp_path):
+    result, folder = make_small_release(tmp_path, logps=True)
+    manifest = REL.read_manifest(folder)
+    assert manifest["has_logp"] is True
+    # max_margin p0: chosen index 0 (logp -1), rejected index 1 (logp -3) -> p_Δ 2; p1 the same -> 2
+    assert manifest["configs"]["max_margin"]["stats"]["logp_diff"]["mean"] == pytest.approx(2.0)
+    assert "n/a — no reference model" not in (folder / "README.md").read_text()
+
+
+def test_version_and_repo_rewritten_into_card_and_manifest(tmp_path):
+    _, folder = make_small_release(tmp_path)
+    REL.set_release_version(folder, "1.0.0", "me/tiny")
+    manifest = REL.read_manifest(folder)
+    assert manifest["version"] == "1.0.0" and manifest["repo_id"] == "me/tiny"
+    assert yaml.safe_load(manifest["recipe_yaml"])["output"]["version"] == "1.0.0"
+    card = (folder / "README.md").read_text()
+    assert 'load_dataset("me/tiny", name="max_margin", revision="v1.0.0", split="train")' in card
+    assert "# tiny — version 1.0.0" in card
+
+
+def test_refuses_foreign_folder_and_clears_old_configs(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(REL.ReleaseError, match="holds no hfpref_manifest.json"):
+        make_small_release(tmp_path, folder_name="foreign")
+    _, folder = make_small_release(tmp_path, folder_name="rel")
+    _, folder = make_small_release(tmp_path, folder_name="rel", strategies=["max_margin"])
+    assert sorted(p.name for p in (folder / "data").iterdir()) == ["candidates", "max_margin"]
+    assert [c["config_name"] for c in _header(folder)["configs"]] == ["max_margin", "candidates"]
+
+
+# ---- summary helpers, on hand-made values ------------------------------------------------------------
+
+
+def test_describe_values_skips_missing_and_nan():
+    stats = describe_values([1.0, None, 3.0, float("nan"), 5.0])
+    assert stats == {
+        "mean": 3.0,
+        "median": 3.0,
+        "std": pytest.approx(np.std([1, 3, 5])),
+        "min": 1.0,
+        "max": 5.0,
+        "count": 3,
+    }
+    assert describe_values([None]) is None
+
+
+def test_stronger_generator_share():
+    share = stronger_generator_share(["a", "b", "a", "c", "a"], ["b", "a", "a", "a", "b"], ["a", "b"])
+    # compared: (a,b) yes, (b,a) no, (a,b) yes; (a,a) same; (c,a) unranked
+    assert share == {
+        "stronger_chosen": 2,
+        "compared": 3,
+        "same_generator": 1,
+        "unranked": 1,
+        "fraction": 2 / 3,
+    }
+    assert stronger_generator_share(["a"], ["b"], None) is None
+
+
+def test_identical_strategies_are_marked(small):
+    _, folder, _ = small
+    configs = REL.read_manifest(folder)["configs"]
+    # hand check: best_of_n2 on p0 takes the DCRM-best positive-margin pair; it differs from max_margin iff pairs differ
+    same = configs["best_of_n2"]["same_pairs_as"]
+    mm = datasets.load_dataset(
+        str(folder), name="max_margin", split="train", cache_dir=str(folder.parent / "lc")
+    )
+    bo = datasets.load_dataset(
+        str(folder), name="best_of_n2", split="train", cache_dir=str(folder.parent / "lc")
+    )
+    identical = [(r["prompt"], r["chosen"], r["rejected"]) for r in mm] == [
+        (r["prompt"], r["chosen"], r["rejected"]) for r in bo
+    ]
+    assert (same == "max_margin") == identical
+    assert configs["max_margin"]["same_pairs_as"] is None
+
+
+def test_summary_table_lists_every_reason(small):
+    _, folder, _ = small
+    configs = {k: v for k, v in REL.read_manifest(folder)["configs"].items() if v["kind"] == "pairs"}
+    table = summary_table(configs)
+    lines = table.splitlines()
+    assert "fewer_than_two_responses" in lines[1] and "rewards_tied" in lines[1]
+    row = next(line.split() for line in lines if line.startswith("max_margin"))
+    assert row[1:4] == ["2", "1", "1"]  # kept, fewer_than_two_responses, rewards_tied
+    assert row[-2] == "50.0%"
+
+
+def test_model_references_from_step_descriptions():
+    refs = REL.model_references(
+        [
+            {
+                "step": "x.RewardAnnotator",
+                "config": {"model": "org/rm", "revision": "main"},
+                "revision": "abc",
+            },
+            {"step": "x.PairMetrics", "config": {"tokenizer": None}, "revision": None},
+        ]
+    )
+    assert refs == [
+        {
+            "step": "x.RewardAnnotator",
+            "field": "model",
+            "id": "org/rm",
+            "requested_revision": "main",
+            "revision": "abc",
+        }
+    ]
