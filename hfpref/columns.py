@@ -22,6 +22,7 @@ EDIT_DISTANCE_MATRIX = "edit_distance_matrix"
 LOGP_DIFF_MATRIX = "logp_diff_matrix"
 REWARD_MARGIN_MATRIX = "reward_margin_matrix"
 DCRM_MATRIX = "dcrm_matrix"
+EDIT_DISTANCE_UNIT = "edit_distance_unit"  # "word" or "token:<tokenizer>@<revision>"
 
 # pairs rows: TRL's preference format plus metadata
 CHOSEN = "chosen"
