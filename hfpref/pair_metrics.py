@@ -36,7 +36,8 @@ from rapidfuzz.process import cdist
 from hfpref import columns as C
 from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
 
-EDIT_DISTANCE_UNIT = "edit_distance_unit"
+EDIT_DISTANCE_UNIT = C.EDIT_DISTANCE_UNIT
+
 MATRIX_COLUMNS = (C.EDIT_DISTANCE_MATRIX, C.LOGP_DIFF_MATRIX, C.REWARD_MARGIN_MATRIX, C.DCRM_MATRIX)
 
 # files that decide how a local tokenizer folder encodes text (weights and chat templates do not)
