@@ -1,0 +1,500 @@
+"""Judge backends (an OpenAI-compatible endpoint, or a local transformers model), their on-disk cache, and
+``JudgeStep``, the base of the steps that ask a judge.
+
+A backend turns chat conversations (lists of ``{"role", "content"}`` messages) into ``Completion``s:
+
+* ``OpenAIBackend`` posts to any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, TGI,
+  ``transformers serve``, hosted APIs) through the ``openai`` client, ``concurrency`` requests at a time
+  in a thread pool. Retries with exponential backoff (and the server's ``Retry-After``) and per-request
+  timeouts are the client's own (``max_retries``, ``timeout``): it retries connection errors, timeouts,
+  408/409/429 and 5xx answers.
+* ``TransformersBackend`` runs a local causal LM: the tokenizer's chat template, greedy decoding,
+  left-padded batches.
+* Any other class named as ``"package.module:Class"`` in ``JudgeConfig.backend`` (tests use an
+  in-process one) that subclasses ``JudgeBackend`` and implements ``generate``.
+
+Every backend shares ``JudgeBackend.complete``: identical requests are sent once, and each reply is
+stored in a SQLite file under ``cache_dir`` as soon as it arrives, keyed by the model's identity, the
+messages and the sampling parameters (not the endpoint), so an interrupted run, or the same requests
+sent to another server of the same model, never pays twice. Failed requests are not cached.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import importlib
+import importlib.resources
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hfpref.transform import Batch, RowError, Step, row_label
+
+Messages = list[dict[str, str]]
+
+DEFAULT_CACHE_DIR = "~/.cache/hfpref/judge"
+BACKENDS = {
+    "openai": "hfpref.judges.backends:OpenAIBackend",
+    "transformers": "hfpref.judges.backends:TransformersBackend",
+}
+REQUEST_ERROR_POLICIES = ("raise", "missing")
+
+
+def _runtime(default: Any) -> Any:
+    """A config field that changes how fast or where results come, not what they are (not fingerprinted)."""
+    return dataclasses.field(default=default, metadata={"runtime": True})
+
+
+@dataclasses.dataclass
+class JudgeConfig:
+    """Which judge answers, and how.
+
+    What decides the answers (fingerprinted): ``backend`` ("openai", "transformers" or
+    "package.module:Class"), ``model`` (the endpoint's model name, or a Hub id / local folder for
+    transformers), ``revision`` (transformers only), ``temperature``, ``top_p``, ``max_new_tokens``,
+    ``seed``, ``extra_body`` (extra JSON fields for the endpoint, e.g. ``{"response_format": ...}``),
+    ``dtype`` (transformers), and ``on_request_error``: ``"raise"`` (default; a request that still fails
+    after the retries stops the step, and a rerun pays only for what the cache lacks) or ``"missing"``
+    (its scores are None and it is counted in ``*_request_failures``; ``datasets`` then caches those
+    rows like any others, so redo them with ``apply(..., load_from_cache_file=False)``, which re-sends
+    only the requests the reply cache lacks).
+
+    How (not fingerprinted): ``base_url`` (None: the client's default, ``OPENAI_BASE_URL``),
+    ``api_key_env`` (the environment variable holding the key; local servers need none),
+    ``concurrency``, ``max_retries``, ``timeout`` (seconds per attempt), ``cache_dir`` (None: no
+    cache), ``device`` and ``batch_size`` (transformers).
+    """
+
+    model: str = ""
+    backend: str = "openai"
+    revision: str | None = None
+    temperature: float = 0.0
+    top_p: float | None = None
+    max_new_tokens: int = 512
+    seed: int | None = None
+    extra_body: dict[str, Any] | None = None
+    dtype: str = "auto"
+    on_request_error: str = "raise"
+    base_url: str | None = _runtime(None)
+    api_key_env: str | None = _runtime("OPENAI_API_KEY")
+    concurrency: int = _runtime(8)
+    max_retries: int = _runtime(4)
+    timeout: float = _runtime(120.0)
+    cache_dir: str | None = _runtime(DEFAULT_CACHE_DIR)
+    device: str | None = _runtime(None)
+    batch_size: int = _runtime(8)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("JudgeConfig.model is required (the judge model's name, Hub id or folder)")
+        if self.backend not in BACKENDS and ":" not in self.backend:
+            raise ValueError(
+                f"JudgeConfig.backend {self.backend!r} is not one of {sorted(BACKENDS)} "
+                "or a 'package.module:Class' name"
+            )
+        if self.on_request_error not in REQUEST_ERROR_POLICIES:
+            raise ValueError(
+                f"JudgeConfig.on_request_error {self.on_request_error!r} is not one of {REQUEST_ERROR_POLICIES}"
+            )
+        if self.temperature < 0:
+            raise ValueError(f"JudgeConfig.temperature must be >= 0, got {self.temperature}")
+        for name in ("max_new_tokens", "concurrency", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"JudgeConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_retries < 0 or self.timeout <= 0:
+            raise ValueError("JudgeConfig.max_retries must be >= 0 and timeout > 0")
+
+    def sampling_params(self) -> dict[str, Any]:
+        """The request parameters that change the reply (part of the cache key)."""
+        params: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_new_tokens}
+        if self.top_p is not None:
+            params["top_p"] = self.top_p
+        if self.seed is not None:
+            params["seed"] = self.seed
+        if self.extra_body:
+            params["extra_body"] = self.extra_body
+        return params
+
+
+def as_judge_config(value: JudgeConfig | Mapping[str, Any] | None) -> JudgeConfig:
+    """A step config's ``judge`` field as a ``JudgeConfig`` (recipes give it as a mapping)."""
+    if isinstance(value, JudgeConfig):
+        return value
+    if isinstance(value, Mapping):
+        return JudgeConfig(**value)
+    raise ValueError(f"`judge` must be a JudgeConfig or a mapping of its fields, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """A judge's reply: ``text``, or ``error`` when the request failed; ``cached`` when read from the cache."""
+
+    text: str | None
+    error: str | None = None
+    cached: bool = False
+
+
+# ---- the cache -------------------------------------------------------------------------------------
+
+
+class ResponseCache:
+    """Judge replies on disk, one SQLite row per request key (safe across processes: SQLite's own locking)."""
+
+    FILENAME = "completions.sqlite3"
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / self.FILENAME
+        self._connection = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
+        with self._connection:
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute(
+                "CREATE TABLE IF NOT EXISTS completions "
+                "(key TEXT PRIMARY KEY, request TEXT NOT NULL, text TEXT NOT NULL, created REAL NOT NULL)"
+            )
+
+    def get(self, keys: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):  # SQLite limits the number of bound parameters
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._connection.execute(
+                f"SELECT key, text FROM completions WHERE key IN ({marks})", chunk
+            )
+            found.update(rows.fetchall())
+        return found
+
+    def put(self, key: str, request: str, text: str) -> None:
+        with self._connection:
+            self._connection.execute(
+                "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?)", (key, request, text, time.time())
+            )
+
+    def __len__(self) -> int:
+        return self._connection.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+# ---- backends --------------------------------------------------------------------------------------
+
+
+class JudgeBackend(abc.ABC):
+    """Sends conversations to a judge model. Subclasses implement ``generate``; callers use ``complete``.
+
+    ``stats`` counts requests asked for, cache hits, requests sent and failed requests.
+    """
+
+    def __init__(self, config: JudgeConfig, rank: int | None = None) -> None:
+        self.config = config
+        self.rank = rank
+        self.cache = ResponseCache(config.cache_dir) if config.cache_dir else None
+        self.stats = {"asked": 0, "cache_hits": 0, "sent": 0, "failed": 0}
+
+    def model_identity(self) -> str:
+        """What names the model in cache keys: its name, plus its exact revision where one is known."""
+        return self.config.model
+
+    def request_json(self, messages: Messages) -> str:
+        payload = {"model": self.model_identity(), "messages": messages, **self.config.sampling_params()}
+        return json.dumps(payload, sort_keys=True, ensure_ascii=False)
+
+    @staticmethod
+    def cache_key(request_json: str) -> str:
+        return hashlib.sha256(request_json.encode()).hexdigest()
+
+    @abc.abstractmethod
+    def generate(self, conversations: Sequence[Messages]) -> Iterator[tuple[int, Completion]]:
+        """Send each conversation; yield ``(index, Completion)`` as replies arrive, in any order."""
+
+    def complete(self, conversations: Sequence[Messages]) -> list[Completion]:
+        """One ``Completion`` per conversation: cached replies, then the rest sent (each distinct request once)."""
+        requests = [self.request_json(messages) for messages in conversations]
+        keys = [self.cache_key(r) for r in requests]
+        self.stats["asked"] += len(keys)
+        known = self.cache.get(keys) if self.cache is not None else {}
+        results: dict[str, Completion] = {k: Completion(text, cached=True) for k, text in known.items()}
+        self.stats["cache_hits"] += sum(1 for k in keys if k in known)
+        first: dict[str, int] = {}
+        for position, key in enumerate(keys):
+            first.setdefault(key, position)
+        to_send = [k for k in first if k not in known]
+        self.stats["sent"] += len(to_send)
+        for j, completion in self.generate([conversations[first[k]] for k in to_send]):
+            key = to_send[j]
+            results[key] = completion
+            if completion.text is not None and self.cache is not None:
+                self.cache.put(key, requests[first[key]], completion.text)
+        failed = [k for k in to_send if results.get(k) is None or results[k].text is None]
+        self.stats["failed"] += len(failed)
+        not_sent = Completion(None, error="not sent: an earlier request of the batch failed")
+        return [results.get(k, not_sent) for k in keys]
+
+    @property
+    def stop_on_error(self) -> bool:
+        return self.config.on_request_error == "raise"
+
+
+class OpenAIBackend(JudgeBackend):
+    """Chat completions from an OpenAI-compatible endpoint, ``concurrency`` requests at a time."""
+
+    def __init__(self, config: JudgeConfig, rank: int | None = None) -> None:
+        super().__init__(config, rank)
+        from openai import OpenAI
+
+        # local servers (vLLM, transformers serve) ignore the key, but the client insists on one
+        api_key = (os.environ.get(config.api_key_env) if config.api_key_env else None) or "not-needed"
+        self.client = OpenAI(
+            base_url=config.base_url, api_key=api_key, max_retries=config.max_retries, timeout=config.timeout
+        )
+
+    def request(self, messages: Messages) -> Completion:
+        """One chat completion (with the client's retries); a failure becomes ``Completion.error``."""
+        import openai
+
+        params = self.config.sampling_params()
+        try:
+            response = self.client.chat.completions.create(
+                model=self.config.model, messages=messages, **params
+            )
+        except openai.OpenAIError as error:
+            return Completion(None, error=f"{type(error).__name__}: {error}")
+        if not response.choices:
+            return Completion(None, error=f"the endpoint returned no choices: {response!r:.300}")
+        return Completion(response.choices[0].message.content or "")
+
+    def generate(self, conversations: Sequence[Messages]) -> Iterator[tuple[int, Completion]]:
+        if not conversations:
+            return
+        with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(conversations))) as pool:
+            futures = {pool.submit(self.request, messages): i for i, messages in enumerate(conversations)}
+            stopping = False
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                completion = future.result()
+                if completion.error is not None and self.stop_on_error and not stopping:
+                    stopping = (
+                        True  # requests already running finish (and are cached); queued ones are dropped
+                    )
+                    for queued in futures:
+                        queued.cancel()
+                yield futures[future], completion
+
+
+class TransformersBackend(JudgeBackend):
+    """A local causal LM as the judge: chat template, greedy decoding, left-padded batches."""
+
+    def __init__(self, config: JudgeConfig, rank: int | None = None) -> None:
+        super().__init__(config, rank)
+        if config.temperature != 0 or config.top_p is not None:
+            raise ValueError(
+                "the transformers judge backend decodes greedily: set temperature=0 and top_p=None"
+            )
+        from transformers import AutoModelForCausalLM
+
+        from hfpref.model_utils import load_model, load_tokenizer, resolve_revision, select_device
+
+        self.revision = resolve_revision(config.model, config.revision)
+        self.tokenizer = load_tokenizer(config.model, self.revision)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"judge model {config.model!r} has no chat template")
+        self.tokenizer.padding_side = "left"  # generation continues from the right end of every row
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = load_model(
+            AutoModelForCausalLM,
+            config.model,
+            self.revision,
+            dtype=config.dtype,
+            device=select_device(config.device, rank),
+        )
+
+    def model_identity(self) -> str:
+        return f"{self.config.model}@{self.revision}"
+
+    def generate(self, conversations: Sequence[Messages]) -> Iterator[tuple[int, Completion]]:
+        import torch
+        from transformers import GenerationConfig
+
+        token_ids = []
+        for messages in conversations:
+            encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            token_ids.append(list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded))
+        generation_config = GenerationConfig(  # fresh: the model's own sampling defaults must not apply
+            max_new_tokens=self.config.max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+        for start in range(0, len(order), self.config.batch_size):
+            batch = order[start : start + self.config.batch_size]
+            padded = self.tokenizer.pad({"input_ids": [token_ids[i] for i in batch]}, return_tensors="pt")
+            padded = {name: tensor.to(self.model.device) for name, tensor in padded.items()}
+            with torch.inference_mode():
+                output = self.model.generate(**padded, generation_config=generation_config)
+            texts = self.tokenizer.batch_decode(
+                output[:, padded["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+            for i, text in zip(batch, texts, strict=True):
+                yield i, Completion(text)
+
+
+def backend_class(name: str) -> type[JudgeBackend]:
+    """The backend class a ``JudgeConfig.backend`` names."""
+    target = BACKENDS.get(name, name)
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, JudgeBackend)):
+        raise TypeError(f"judge backend {name!r} is not a JudgeBackend subclass")
+    return cls
+
+
+def make_backend(config: JudgeConfig, rank: int | None = None) -> JudgeBackend:
+    return backend_class(config.backend)(config, rank)
+
+
+# ---- the step base ---------------------------------------------------------------------------------
+
+
+class JudgeRequestError(RuntimeError):
+    """A judge request failed after its retries (with ``on_request_error="raise"``)."""
+
+
+def text_of_prompt(prompt: Any) -> str | None:
+    """A prompt as the judge reads it: the string itself, or the conversation as ``[role]`` blocks."""
+    if isinstance(prompt, str):
+        return prompt
+    if _is_messages(prompt):
+        if len(prompt) == 1 and prompt[0]["role"] == "user":
+            return prompt[0]["content"]
+        return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in prompt)
+    return None
+
+
+def text_of_response(response: Any) -> str | None:
+    """A response as the judge reads it: the string, or the text of TRL's conversational completion."""
+    if isinstance(response, str):
+        return response
+    if _is_messages(response):
+        if len(response) == 1:
+            return response[0]["content"]
+        return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in response)
+    return None
+
+
+def _is_messages(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(
+            isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value
+        )
+    )
+
+
+class JudgeStep(Step):
+    """A step that asks a judge (``config.judge``, a ``JudgeConfig``) with a Jinja prompt template.
+
+    The template is ``config.template`` (a file path) or the package's ``default_template``. The
+    fingerprint covers the judge's answer-deciding fields, the template's text, and for a local judge
+    model its resolved revision; the backend loads lazily per worker and is never pickled.
+    """
+
+    default_template: ClassVar[str] = ""
+
+    def load(self, rank: int | None) -> JudgeBackend:
+        return make_backend(self.config.judge, rank)
+
+    def resolved_revision(self) -> str | None:
+        judge: JudgeConfig = self.config.judge
+        if judge.backend != "transformers":
+            return None
+        if getattr(self, "_revision", None) is None:
+            from hfpref.model_utils import resolve_revision
+
+            self._revision = resolve_revision(judge.model, judge.revision)
+        return self._revision
+
+    def template_text(self) -> str:
+        path = getattr(self.config, "template", None)
+        if path:
+            return Path(path).expanduser().read_text(encoding="utf-8")
+        return (
+            importlib.resources.files("hfpref.judges")
+            .joinpath("templates", self.default_template)
+            .read_text(encoding="utf-8")
+        )
+
+    def render(self, **values: Any) -> str:
+        if getattr(self, "_template", None) is None:
+            import jinja2
+
+            environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+            self._template = environment.from_string(self.template_text())
+        return self._template.render(**values).strip()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_template"] = None  # compiled templates do not pickle; they recompile on first use
+        return state
+
+    def describe(self) -> dict[str, Any]:
+        described = super().describe()
+        judge = described["config"]["judge"]
+        for field in dataclasses.fields(JudgeConfig):
+            if field.metadata.get("runtime"):
+                judge.pop(field.name, None)
+        described["template_sha256"] = hashlib.sha256(self.template_text().encode()).hexdigest()
+        return described
+
+    # ---- helpers for process() -------------------------------------------------------------
+    def prompt_text(self, batch: Batch, column: str, i: int, indices: list[int] | None) -> str:
+        text = text_of_prompt(batch[column][i])
+        if text is None:
+            raise RowError(
+                f"{self.name}: {row_label(batch, i, indices)} column {column!r} must be a string or a list of "
+                f"{{'role', 'content'}} messages, got {batch[column][i]!r:.200}"
+            )
+        return text
+
+    def response_text(self, batch: Batch, column: str, i: int, indices: list[int] | None) -> str:
+        text = text_of_response(batch[column][i])
+        if text is None:
+            raise RowError(
+                f"{self.name}: {row_label(batch, i, indices)} column {column!r} must be a string or a list of "
+                f"{{'role', 'content'}} messages, got {batch[column][i]!r:.200}"
+            )
+        return text
+
+    def ask(
+        self,
+        conversations: Sequence[Messages],
+        owners: Sequence[int],
+        batch: Batch,
+        indices: list[int] | None,
+        rank,
+    ) -> list[Completion]:
+        """The judge's replies; ``owners[k]`` is the batch row of conversation k (named if a request fails)."""
+        completions = self.resources(rank).complete(conversations)
+        if self.config.judge.on_request_error == "raise":
+            for owner, completion in zip(owners, completions, strict=True):
+                if completion.error is not None and not completion.error.startswith("not sent"):
+                    raise JudgeRequestError(
+                        f"{self.name}: the judge request for {row_label(batch, owner, indices)} failed "
+                        f"(max_retries={self.config.judge.max_retries}): {completion.error}. Replies received "
+                        "so far are cached; rerun to continue, or set on_request_error='missing'."
+                    )
+        return completions

@@ -1,0 +1,258 @@
+"""Judge-reply parsing on hand-written replies, well- and ill-formed: values read, or None, never a guess."""
+
+from __future__ import annotations
+
+import pytest
+
+from hfpref.judges.parsing import (
+    FeatureVerdict,
+    find_json,
+    normalize_feature,
+    normalize_key,
+    parse_direction,
+    parse_failure_summary,
+    parse_feature_differences,
+    parse_quality,
+    parse_score,
+)
+
+DIMS = ["correctness", "logical_soundness", "clarity", "completeness"]
+
+
+# ---- find_json ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"a": 1}', {"a": 1}),
+        ('  \n{"a": 1}\n', {"a": 1}),
+        (
+            'Sure! Here is my verdict:\n```json\n{"a": 1, "b": [2, 3]}\n```\nHope it helps.',
+            {"a": 1, "b": [2, 3]},
+        ),
+        ('```\n[{"feature": "tone"}]\n```', [{"feature": "tone"}]),
+        ('My scores: {"a": {"score": 4}} and that is final. {"b": 2}', {"a": {"score": 4}}),
+        ('Braces in prose {like this} come first, then {"a": 1}', {"a": 1}),
+        ('A stray bracket [1] then [{"feature": "tone"}]', [{"feature": "tone"}]),
+    ],
+)
+def test_find_json_reads_objects_wherever_they_are(text, expected):
+    assert find_json(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", [None, "", "no json here", "{'single': 'quotes'}", '{"a": 1', "42", '"just a string"']
+)
+def test_find_json_gives_none_when_there_is_no_object(text):
+    assert find_json(text) is None
+
+
+# ---- scores -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (7, 7.0),
+        (1, 1.0),
+        (10, 10.0),
+        (7.5, 7.5),
+        ("8", 8.0),
+        (" 9 ", 9.0),
+        ("7/10", 7.0),
+        ({"score": 6, "reason": "ok"}, 6.0),
+        # unreadable or off the scale: None, never clipped or guessed
+        (0, None),
+        (11, None),
+        (-3, None),
+        ("7/5", None),
+        ("seven", None),
+        (True, None),
+        (None, None),
+        (float("nan"), None),
+        ([7], None),
+        ({"value": 7}, None),
+    ],
+)
+def test_parse_score(value, expected):
+    assert parse_score(value, 1, 10) == expected
+
+
+def test_normalize_key():
+    assert normalize_key("Logical soundness") == "logical_soundness"
+    assert normalize_key("  Logical-Soundness!") == "logical_soundness"
+    assert normalize_key("clarity") == "clarity"
+
+
+def test_parse_quality_well_formed_reply():
+    reply = (
+        '{"rationale": "Right answer, one skipped step.", "correctness": 9, "logical_soundness": 6, '
+        '"clarity": 8, "completeness": 7}'
+    )
+    verdict = parse_quality(reply, DIMS, 1, 10)
+    assert verdict.scores == {
+        "correctness": 9.0,
+        "logical_soundness": 6.0,
+        "clarity": 8.0,
+        "completeness": 7.0,
+    }
+    assert verdict.complete
+    assert verdict.overall == pytest.approx((9 + 6 + 8 + 7) / 4)
+
+
+def test_parse_quality_accepts_nested_scores_and_loose_keys():
+    reply = (
+        "Here you go:\n```json\n"
+        '{"scores": {"Correctness": {"score": 3}, "Logical soundness": "4/10", "CLARITY": 5, "completeness": 6}}'
+        "\n```"
+    )
+    verdict = parse_quality(reply, DIMS, 1, 10)
+    assert verdict.scores == {
+        "correctness": 3.0,
+        "logical_soundness": 4.0,
+        "clarity": 5.0,
+        "completeness": 6.0,
+    }
+    assert verdict.overall == pytest.approx(4.5)
+
+
+def test_parse_quality_partial_reply_keeps_readable_dimensions_and_no_overall():
+    reply = (
+        '{"correctness": 8, "logical_soundness": 12, "clarity": "good"}'  # 12 off scale, completeness missing
+    )
+    verdict = parse_quality(reply, DIMS, 1, 10)
+    assert verdict.scores == {
+        "correctness": 8.0,
+        "logical_soundness": None,
+        "clarity": None,
+        "completeness": None,
+    }
+    assert not verdict.complete
+    assert verdict.overall is None
+
+
+@pytest.mark.parametrize("reply", [None, "", "I would rate it highly.", "[1, 2, 3]", "�\x1f��  3�v�ĺt"])
+def test_parse_quality_unreadable_reply_is_all_missing(reply):
+    verdict = parse_quality(reply, DIMS, 1, 10)
+    assert verdict.scores == dict.fromkeys(DIMS)
+    assert verdict.overall is None and not verdict.complete
+
+
+# ---- feature differences --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("A", (True, "A")),
+        ("b", (True, "B")),
+        ("Response A", (True, "A")),
+        ("response b is better", (True, "B")),
+        ("y1", (True, "A")),
+        ("y2", (True, "B")),
+        ('"A".', (True, "A")),
+        ("neither", (True, None)),
+        ("Not applicable", (True, None)),
+        ("N/A", (True, None)),
+        (None, (True, None)),
+        ("both", (False, None)),
+        ("A and B", (False, None)),
+        ("C", (False, None)),
+    ],
+)
+def test_parse_direction(value, expected):
+    assert parse_direction(value) == expected
+
+
+def test_normalize_feature():
+    assert normalize_feature("Instruction-Following") == "instruction following"
+    assert normalize_feature("  word_usage   diversity. ") == "word usage diversity"
+    assert normalize_feature('"Tone"') == "tone"
+
+
+def test_parse_feature_differences_our_format():
+    reply = (
+        '{"differences": ['
+        '{"feature": "Correctness", "justification": "A gets 4, B gets 5.", "better": "A"},'
+        '{"feature": "verbosity", "justification": "B rambles.", "better": "A"},'
+        '{"feature": "tone", "justification": "B is chattier.", "better": "neither"}]}'
+    )
+    assert parse_feature_differences(reply, 3) == [
+        FeatureVerdict("correctness", "A", "A gets 4, B gets 5."),
+        FeatureVerdict("verbosity", "A", "B rambles."),
+        FeatureVerdict("tone", None, "B is chattier."),
+    ]
+
+
+def test_parse_feature_differences_keyed_by_feature_like_the_paper():
+    reply = (
+        'Answer:\n{"helpfulness": {"justification": "y2 answers the question.", "better response": "y2"}, '
+        '"humor": {"justification": "y1 jokes.", "better response": "Not applicable"}}'
+    )
+    assert parse_feature_differences(reply, 3) == [
+        FeatureVerdict("helpfulness", "B", "y2 answers the question."),
+        FeatureVerdict("humor", None, "y1 jokes."),
+    ]
+
+
+def test_parse_feature_differences_bare_list_dedupes_and_keeps_first_k():
+    reply = (
+        '[{"feature": "tone", "better": "neither"}, {"feature": "Tone", "better": "A"}, '
+        '{"feature": "honesty", "better": "B"}, {"feature": "creativity", "better": "A"}, '
+        '{"feature": "humor", "better": "neither"}]'
+    )
+    assert parse_feature_differences(reply, 3) == [
+        FeatureVerdict("tone", None),
+        FeatureVerdict("honesty", "B"),
+        FeatureVerdict("creativity", "A"),
+    ]
+    assert parse_feature_differences(reply, 1) == [FeatureVerdict("tone", None)]
+
+
+def test_parse_feature_differences_keeps_proposed_features():
+    reply = '{"differences": [{"feature": "use of emoji", "better": "neither"}]}'
+    assert parse_feature_differences(reply, 3) == [FeatureVerdict("use of emoji", None)]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        None,
+        "",
+        "Response A is more helpful.",
+        '{"differences": []}',
+        '{"differences": [{"name": "tone"}]}',  # no "feature"
+        '{"differences": [{"feature": "tone", "better": "both"}]}',  # unreadable direction
+        '{"differences": [{"feature": 3, "better": "A"}]}',
+        '{"differences": [{"feature": "   ", "better": "A"}]}',
+        '{"differences": ["tone", "humor"]}',
+        '{"tone": "A", "humor": "B"}',  # keyed form needs an object per feature
+    ],
+)
+def test_parse_feature_differences_ill_formed_is_none(reply):
+    assert parse_feature_differences(reply, 3) is None
+
+
+# ---- dataset-level accounting --------------------------------------------------------------------
+
+
+def test_parse_failure_summary_counts_by_hand():
+    judged = {
+        "quality_judge_raw": [["{}", "x"], ['{"a": 1}', None], ["ok", "ok"]],
+        "quality_parse_failures": [2, 0, 0],
+        "quality_request_failures": [0, 1, 0],
+    }
+    assert parse_failure_summary(judged, "quality") == {
+        "rows": 3,
+        "requests": 6,
+        "parse_failures": 2,
+        "request_failures": 1,
+        "rows_with_failures": 2,
+        "parse_failure_rate": 2 / 6,
+    }
+
+
+def test_parse_failure_summary_names_a_missing_column():
+    with pytest.raises(KeyError, match="feature_parse_failures"):
+        parse_failure_summary({"feature_judge_raw": [[]]}, "feature")
