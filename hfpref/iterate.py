@@ -1,0 +1,955 @@
+"""Iterative preference learning with annotation by implicit-margin selection (arXiv 2406.17312).
+
+Each round r = 1..R:
+
+1. sample N responses per prompt from the current policy π_r (``ResponseSampler``);
+2. score them under π_r and under its DPO reference (``LogProbAnnotator``, ``output_prefix`` "policy" and
+   "ref"), and compute the implicit rewards and the margins of all pairs (``ImplicitMargins``);
+3. select the pairs to annotate under the round's budget (``AnnotationSelector``), annotate them with
+   the recipe's annotator (``AnnotateSelected``) and make TRL preference rows (``AnnotatedPairs``);
+4. write the round's release (``hfpref.release.write_release``: ``round-r/release``, with its card);
+5. train π_{r+1} from π_r with DPO on that release (``hfpref.train.train_dpo``: ``round-r/policy``).
+
+The reference. ``train_dpo`` trains with TRL's default reference, a frozen copy of the model it starts
+from, so π_{r+1} is DPO-trained against π_r. The implicit reward of π_r is therefore measured against
+the policy it was trained from: the reference of round r is π_{r−1} (round-(r−2)'s checkpoint, or the
+initial policy for r ≤ 2). In round 1 the policy *is* the reference: every margin is exactly 0 (the
+policy log-probs are copied from the reference's rather than recomputed, so they are equal to the bit), and
+``smallest_margin`` / ``largest_margin`` select at random by the selection seed (see ``hfpref.margins``).
+
+Budgets. ``budget.fraction`` F is the share of all sampled pairs annotated over all rounds (every round
+samples the same prompts with the same N, so each has the same number of pairs); round r annotates
+F · R · w_r of its pairs, where the schedule's weights w sum to 1: ``constant`` (1/R each),
+``increasing`` (∝ 1, 2, ..., R), ``decreasing`` (∝ R, ..., 2, 1: front-loading, which the paper finds
+better) or an explicit list. ``budget.pairs`` is a total count instead (corpus level only), split by the
+same weights with largest-remainder rounding so the rounds sum exactly to it.
+
+Resuming. ``iterate_state.json`` in the output folder records each round's release and checkpoint as they
+are written. A round is finished when the state says so and both folders exist; a rerun skips finished
+rounds, reuses a round's release when only its training is missing, and recomputes the rest (with the
+``datasets`` cache under ``cache/``, finished steps of an interrupted round are cache hits). A rerun
+with a different recipe is refused.
+
+Prompts. With ``chat_format: auto`` (the default), string prompts become one user message when the
+policy's tokenizer has a chat template, so sampling, log-probs, the reward model and TRL all see the same
+chat-formatted conversation (a string prompt would be sampled through the template but scored and
+trained on as raw text).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import gc
+import json
+import logging
+import math
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hfpref import columns as C
+from hfpref.annotate import RESPONSE_ANNOTATED, AnnotatedPairs, AnnotateSelected, AnnotateSelectedConfig
+from hfpref.margins import (
+    AnnotationSelectionConfig,
+    AnnotationSelector,
+    ImplicitMargins,
+    MarginConfig,
+    selection_summary,
+)
+from hfpref.recipe import (
+    InputSpec,
+    OutputSpec,
+    PairsSpec,
+    Recipe,
+    RecipeError,
+    RecipeResult,
+    StepSpec,
+    check_version,
+    load_input,
+    register_step,
+)
+from hfpref.train import DCRM_RECIPE, train_dpo
+from hfpref.transform import Batch, Step, StepConfig
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "iterate_state.json"
+STATE_FORMAT = "hfpref-iterate/1"
+SCHEDULES = ("constant", "increasing", "decreasing")
+CHAT_FORMATS = ("auto", "messages", "text")
+_TOP_LEVEL_KEYS = (
+    "description",
+    "input",
+    "policy",
+    "rounds",
+    "chat_format",
+    "sampling",
+    "logprobs",
+    "margins",
+    "selection",
+    "budget",
+    "annotation",
+    "training",
+    "output",
+)
+# fields the loop sets itself, per section
+_RESERVED = {
+    "sampling": ("model", "revision", "generator_name"),
+    "logprobs": ("model", "revision", "output_prefix"),
+    "margins": ("beta",),
+    "selection": ("fraction", "count"),
+    "training": ("output_dir", "model_revision"),
+}
+# DPOConfig defaults the loop changes: every round's checkpoint is one saved model (no intermediate
+# checkpoints inside it, which would also enter the next round's content hash)
+TRAINING_DEFAULTS: dict[str, Any] = {"save_strategy": "no"}
+
+for _name, _target in (
+    ("ImplicitMargins", "hfpref.margins:ImplicitMargins"),
+    ("AnnotationSelector", "hfpref.margins:AnnotationSelector"),
+    ("AnnotateSelected", "hfpref.annotate:AnnotateSelected"),
+):
+    register_step(_name, _target)
+
+
+class IterateError(RecipeError):
+    """An iterate recipe or output folder that cannot run as it is."""
+
+
+# ---- budgets -----------------------------------------------------------------------------------------------
+
+
+def schedule_weights(schedule: str | Sequence[float], rounds: int) -> list[float]:
+    """Per-round shares of the total budget (they sum to 1)."""
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULES:
+            raise IterateError(f"budget.schedule: {schedule!r} is not one of {list(SCHEDULES)} or a list")
+        raw = {
+            "constant": [1.0] * rounds,
+            "increasing": [float(r) for r in range(1, rounds + 1)],
+            "decreasing": [float(r) for r in range(rounds, 0, -1)],
+        }[schedule]
+    else:
+        raw = [float(w) for w in schedule]
+        if len(raw) != rounds or any(not math.isfinite(w) or w < 0 for w in raw) or sum(raw) <= 0:
+            raise IterateError(
+                f"budget.schedule: a list needs {rounds} non-negative weights (one per round), got {schedule!r}"
+            )
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
+    """Integers proportional to ``weights`` that sum exactly to ``total`` (Hamilton's method)."""
+    quotas = [total * w for w in weights]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(weights)), key=lambda k: (-(quotas[k] - counts[k]), k))
+    for k in by_remainder[: total - sum(counts)]:
+        counts[k] += 1
+    return counts
+
+
+@dataclasses.dataclass
+class BudgetSpec:
+    """Exactly one of ``fraction`` (share of all pairs over all rounds) or ``pairs`` (a total count), and
+    the ``schedule`` that spreads it over the rounds."""
+
+    fraction: float | None = None
+    pairs: int | None = None
+    schedule: str | list[float] = "decreasing"
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> BudgetSpec:
+        raw = _mapping(raw, "budget")
+        _check_keys(raw, ("fraction", "pairs", "schedule"), "budget")
+        spec = cls(**raw)
+        if (spec.fraction is None) == (spec.pairs is None):
+            raise IterateError(
+                "budget: give exactly one of 'fraction' (0 < F <= 1) or 'pairs' (a total count)"
+            )
+        if spec.fraction is not None and not (
+            isinstance(spec.fraction, (int, float)) and 0 < spec.fraction <= 1
+        ):
+            raise IterateError(f"budget.fraction must be in (0, 1], got {spec.fraction!r}")
+        if spec.pairs is not None and not (
+            isinstance(spec.pairs, int) and not isinstance(spec.pairs, bool) and spec.pairs >= 1
+        ):
+            raise IterateError(f"budget.pairs must be a positive int, got {spec.pairs!r}")
+        return spec
+
+    def per_round(self, rounds: int) -> list[dict[str, Any]]:
+        """Each round's budget as ``AnnotationSelectionConfig`` fields: ``{"fraction": f}`` or ``{"count": n}``."""
+        weights = schedule_weights(self.schedule, rounds)
+        if self.pairs is not None:
+            return [{"count": n} for n in largest_remainder(self.pairs, weights)]
+        fractions = [self.fraction * rounds * w for w in weights]
+        too_big = [(r + 1, f) for r, f in enumerate(fractions) if f > 1 + 1e-12]
+        if too_big:
+            raise IterateError(
+                f"budget: fraction {self.fraction} over {rounds} rounds with schedule {self.schedule!r} asks "
+                f"round(s) {[r for r, _ in too_big]} to annotate more than all their pairs "
+                f"({', '.join(f'{f:.3g}' for _, f in too_big)}); lower the fraction or flatten the schedule"
+            )
+        return [{"fraction": min(f, 1.0)} for f in fractions]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = (
+            {"fraction": self.fraction} if self.fraction is not None else {"pairs": self.pairs}
+        )
+        out["schedule"] = self.schedule if isinstance(self.schedule, str) else list(self.schedule)
+        return out
+
+
+# ---- the recipe ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """A model as a Hub id (with an optional revision) or a local folder."""
+
+    model: str
+    revision: str | None = None
+
+    def label(self) -> str:
+        return self.model if self.revision is None else f"{self.model}@{self.revision}"
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise IterateError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+    return dict(value)
+
+
+def _check_keys(mapping: Mapping, allowed: Sequence[str], where: str) -> None:
+    unknown = [k for k in mapping if k not in allowed]
+    if unknown:
+        raise IterateError(f"{where}: unknown field(s) {unknown}; allowed: {list(allowed)}")
+
+
+def _check_reserved(section: str, values: Mapping[str, Any]) -> None:
+    taken = [k for k in values if k in _RESERVED.get(section, ())]
+    if taken:
+        raise IterateError(f"{section}: {taken} are set by the loop itself (see hfpref.iterate), remove them")
+
+
+@dataclasses.dataclass
+class IterateRecipe:
+    """An ``hfpref iterate`` recipe (see ``dataset_scripts/iterative_margins.yaml``)::
+
+    description: ...
+    input: {hub: ID, revision: SHA, split: train, columns: [prompt]}   # as in curate recipes
+    policy: {model: ID_OR_FOLDER, revision: null}   # the initial policy, round 1's reference too
+    rounds: 3
+    chat_format: auto                 # auto | messages | text
+    sampling: {n: 8, temperature: 0.8, max_new_tokens: 512, seed: 0}       # SamplerConfig fields
+    logprobs: {dtype: float32}                                             # LogProbConfig fields
+    margins: {length_normalize: false}        # beta is training.beta (DPO's, default 0.1)
+    selection: {strategy: smallest_margin, level: corpus, seed: 0}
+    budget: {fraction: 0.5, schedule: decreasing}   # or {pairs: 20000, ...}
+    annotation: {annotator: RewardAnnotator, config: {model: ID}}
+    training: {learning_rate: 5.0e-7}               # trl.DPOConfig fields (train_dpo's defaults)
+    output: {folder: FOLDER, name: NAME, version: 0.1.0}
+    """
+
+    input: InputSpec
+    policy: ModelRef
+    rounds: int
+    budget: BudgetSpec
+    annotation: dict[str, Any]
+    output: OutputSpec
+    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
+    logprobs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    margins: dict[str, Any] = dataclasses.field(default_factory=dict)
+    selection: dict[str, Any] = dataclasses.field(default_factory=dict)
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    chat_format: str = "auto"
+    description: str = ""
+    source: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str | None = None, validate: bool = True) -> IterateRecipe:
+        try:
+            raw = _mapping(raw, "recipe")
+            _check_keys(raw, _TOP_LEVEL_KEYS, "recipe")
+            for required in ("input", "policy", "rounds", "budget", "annotation"):
+                if required not in raw:
+                    raise IterateError(f"recipe: missing '{required}'")
+            policy = _mapping(raw["policy"], "policy")
+            _check_keys(policy, ("model", "revision"), "policy")
+            if not isinstance(policy.get("model"), str) or not policy["model"]:
+                raise IterateError("policy: 'model' must name a Hub model id or a local folder")
+            rounds = raw["rounds"]
+            if not (isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 1):
+                raise IterateError(f"rounds must be a positive int, got {rounds!r}")
+            annotation = _mapping(raw["annotation"], "annotation")
+            _check_keys(annotation, ("annotator", "config"), "annotation")
+            output = OutputSpec.from_dict(raw.get("output"))
+            if output.push_to_hub is not None:
+                raise IterateError(
+                    "output.push_to_hub: rounds are not pushed by the loop; push each round's release "
+                    "folder with `hfpref push`"
+                )
+            chat_format = raw.get("chat_format", "auto")
+            if chat_format not in CHAT_FORMATS:
+                raise IterateError(f"chat_format must be one of {list(CHAT_FORMATS)}, got {chat_format!r}")
+            sections = {}
+            for section in ("sampling", "logprobs", "margins", "selection", "training"):
+                sections[section] = _mapping(raw.get(section), section)
+                _check_reserved(section, sections[section])
+            recipe = cls(
+                input=InputSpec.from_dict(raw["input"]),
+                policy=ModelRef(policy["model"], policy.get("revision")),
+                rounds=rounds,
+                budget=BudgetSpec.from_dict(raw["budget"]),
+                annotation=annotation,
+                output=output,
+                chat_format=chat_format,
+                description=str(raw.get("description") or ""),
+                source=source,
+                **sections,
+            )
+            if validate:
+                recipe.validate()
+        except RecipeError as err:
+            if source:
+                raise IterateError(f"recipe {source}: {err}") from None
+            raise
+        return recipe
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, validate: bool = True) -> IterateRecipe:
+        import yaml
+
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise IterateError(f"recipe {path}: not valid YAML: {err}") from err
+        return cls.from_dict(raw, source=str(path), validate=validate)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.description:
+            out["description"] = self.description
+        out["input"] = self.input.to_dict()
+        out["policy"] = {"model": self.policy.model, "revision": self.policy.revision}
+        out["rounds"] = self.rounds
+        out["chat_format"] = self.chat_format
+        for section in ("sampling", "logprobs", "margins", "selection"):
+            out[section] = copy.deepcopy(getattr(self, section))
+        out["budget"] = self.budget.to_dict()
+        out["annotation"] = copy.deepcopy(self.annotation)
+        out["training"] = copy.deepcopy(self.training)
+        out["output"] = self.output.to_dict()
+        return out
+
+    def with_overrides(self, *, folder: str | None = None, rounds: int | None = None) -> IterateRecipe:
+        raw = self.to_dict()
+        if folder is not None:
+            raw["output"]["folder"] = folder
+        if rounds is not None:
+            raw["rounds"] = rounds
+        return IterateRecipe.from_dict(raw, source=self.source)
+
+    # ---- what each round runs ---------------------------------------------------------------------
+    @property
+    def beta(self) -> float:
+        return float(self.training.get("beta", DCRM_RECIPE["beta"]))
+
+    def round_budgets(self) -> list[dict[str, Any]]:
+        budgets = self.budget.per_round(self.rounds)
+        if self.budget.pairs is not None and self.selection.get("level", "instance") != "corpus":
+            raise IterateError(
+                "budget.pairs is a total count of pairs, which only corpus-level selection can spend; "
+                "use budget.fraction with selection.level: instance"
+            )
+        return budgets
+
+    def sampler_config(self, policy: ModelRef, generator_name: str):
+        from hfpref.sampling import SamplerConfig
+
+        return SamplerConfig(
+            model=policy.model, revision=policy.revision, generator_name=generator_name, **self.sampling
+        )
+
+    def logprob_config(self, model: ModelRef, prefix: str):
+        from hfpref.logprobs import LogProbConfig
+
+        return LogProbConfig(
+            model=model.model, revision=model.revision, output_prefix=prefix, **self.logprobs
+        )
+
+    def margin_config(self) -> MarginConfig:
+        return MarginConfig(beta=self.beta, **self.margins)
+
+    def selection_config(self, round_number: int) -> AnnotationSelectionConfig:
+        fields = {"strategy": "smallest_margin", "level": "instance", "seed": 0, **self.selection}
+        fields["seed"] = int(fields["seed"]) + round_number - 1  # fresh tie-breaks each round
+        return AnnotationSelectionConfig(**fields, **self.round_budgets()[round_number - 1])
+
+    def annotate_config(self) -> AnnotateSelectedConfig:
+        return AnnotateSelectedConfig(
+            annotator=self.annotation.get("annotator", "RewardAnnotator"),
+            annotator_config=dict(self.annotation.get("config") or {}),
+        )
+
+    def training_overrides(self) -> dict[str, Any]:
+        return {**TRAINING_DEFAULTS, **self.training}
+
+    def validate(self) -> None:
+        """Build every config (no model is loaded, nothing is downloaded) and check the DPOConfig fields."""
+
+        def build(where: str, make):
+            try:
+                return make()
+            except (TypeError, ValueError) as err:
+                raise IterateError(f"{where}: {err}") from err
+
+        build("sampling", lambda: self.sampler_config(self.policy, "policy"))
+        build("logprobs", lambda: self.logprob_config(self.policy, "ref"))
+        build("margins", self.margin_config)
+        for r in range(1, self.rounds + 1):
+            build("selection", lambda r=r: self.selection_config(r))
+        build("annotation", lambda: AnnotateSelected(self.annotate_config()))
+        from trl import DPOConfig
+
+        known = {f.name for f in dataclasses.fields(DPOConfig)}
+        unknown = [k for k in self.training if k not in known]
+        if unknown:
+            raise IterateError(f"training: unknown trl.DPOConfig field(s) {unknown}")
+
+
+# ---- steps the loop adds ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CopyColumnsConfig(StepConfig):
+    """``columns``: {source: destination}; ``reason``: why the copy stands in for a computation."""
+
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)
+    reason: str = ""
+
+
+class CopyColumns(Step):
+    """Copies columns under new names (round 1: the policy's log-probs are the reference's).
+
+    Input columns: the keys of ``columns``; output columns: its values.
+    """
+
+    config_class = CopyColumnsConfig
+    version = "1"
+    config: CopyColumnsConfig
+
+    def input_columns(self) -> list[str]:
+        return list(self.config.columns)
+
+    def output_columns(self) -> list[str]:
+        return list(self.config.columns.values())
+
+    def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
+        return {dst: list(batch[src]) for src, dst in self.config.columns.items()}
+
+
+@dataclasses.dataclass
+class ChatPromptsConfig(StepConfig):
+    role: str = "user"
+
+
+class ChatPrompts(Step):
+    """String prompts become one chat message (``[{"role": "user", "content": prompt}]``).
+
+    Input column: ``prompt``; output column: ``prompt`` (message lists pass unchanged).
+    """
+
+    config_class = ChatPromptsConfig
+    version = "1"
+    config: ChatPromptsConfig
+
+    def input_columns(self) -> list[str]:
+        return [C.PROMPT]
+
+    def output_columns(self) -> list[str]:
+        return [C.PROMPT]
+
+    def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
+        return {
+            C.PROMPT: [
+                [{"role": self.config.role, "content": p}] if isinstance(p, str) else p
+                for p in batch[C.PROMPT]
+            ]
+        }
+
+
+# ---- state ----------------------------------------------------------------------------------------------------
+
+
+def _round_dir(folder: Path, round_number: int) -> Path:
+    return folder / f"round-{round_number}"
+
+
+def release_dir(folder: Path, round_number: int) -> Path:
+    return _round_dir(folder, round_number) / "release"
+
+
+def checkpoint_dir(folder: Path, round_number: int) -> Path:
+    return _round_dir(folder, round_number) / "policy"
+
+
+def _comparable(recipe_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe without the fields that do not change what a round computes."""
+    out = copy.deepcopy(dict(recipe_dict))
+    out.get("output", {}).pop("folder", None)
+    out.pop("description", None)
+    return out
+
+
+class LoopState:
+    """``iterate_state.json``: the recipe that owns the folder and what each round has written."""
+
+    def __init__(self, folder: Path, recipe: IterateRecipe) -> None:
+        self.folder = folder
+        self.path = folder / STATE_FILE
+        self.recipe = recipe
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text(encoding="utf-8"))
+            if _comparable(self.data.get("recipe", {})) != _comparable(recipe.to_dict()):
+                raise IterateError(
+                    f"{folder} holds rounds of a different recipe ({STATE_FILE}); use another output "
+                    "folder, or delete this one to start over"
+                )
+        else:
+            self.data = {"format": STATE_FORMAT, "recipe": recipe.to_dict(), "rounds": {}}
+
+    def round(self, round_number: int) -> dict[str, Any]:
+        return self.data["rounds"].setdefault(str(round_number), {"round": round_number})
+
+    def release_ready(self, round_number: int) -> bool:
+        entry = self.data["rounds"].get(str(round_number), {})
+        return (
+            bool(entry.get("release")) and (self.folder / entry["release"] / "hfpref_manifest.json").exists()
+        )
+
+    def finished(self, round_number: int) -> bool:
+        entry = self.data["rounds"].get(str(round_number), {})
+        return (
+            entry.get("status") == "finished"
+            and self.release_ready(round_number)
+            and (self.folder / entry.get("checkpoint", "") / "config.json").exists()
+        )
+
+    def save(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)  # atomic: an interruption leaves the old state or the new, never half
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RoundResult:
+    round: int
+    policy: ModelRef  # the policy that sampled (π_r)
+    reference: ModelRef  # its DPO reference
+    release: Path
+    checkpoint: Path  # π_{r+1}
+    config_name: str
+    pairs: int
+    reused: bool  # True when the round was finished before this run
+
+
+def models_of_round(recipe: IterateRecipe, folder: Path, round_number: int) -> tuple[ModelRef, ModelRef]:
+    """(π_r, its reference): π_1 = the initial policy, π_r = round r−1's checkpoint; reference π_{r−1}."""
+
+    def policy(r: int) -> ModelRef:
+        return recipe.policy if r <= 1 else ModelRef(str(checkpoint_dir(folder, r - 1)))
+
+    return policy(round_number), policy(round_number - 1)
+
+
+def run_iterations(
+    recipe: IterateRecipe,
+    *,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    num_proc: int | None = None,
+    progress: bool = True,
+) -> list[RoundResult]:
+    """Run (or resume) every round of ``recipe``; returns what each round produced."""
+    import datasets
+
+    folder = Path(recipe.output.folder)
+    state = LoopState(folder, recipe)
+    state.save()
+    cache = Path(cache_dir) if cache_dir is not None else folder / "cache"
+    prompts, input_info = None, {}
+    results = []
+    quiet = contextlib.nullcontext() if progress else _progress_off(datasets)
+    with quiet:
+        for r in range(1, recipe.rounds + 1):
+            policy, reference = models_of_round(recipe, folder, r)
+            config_name = recipe.selection_config(r).name
+            reused = state.finished(r)
+            entry = state.round(r)
+            if reused:
+                logger.info("round %d: finished before, reusing %s", r, entry["release"])
+            else:
+                if not state.release_ready(r):
+                    if prompts is None:
+                        prompts, input_info = _load_prompts(recipe, cache)
+                    pairs = _build_round(
+                        recipe, r, policy, reference, prompts, input_info, folder, batch_size, num_proc
+                    )
+                    entry.update(
+                        release=str(release_dir(folder, r).relative_to(folder)),
+                        config=config_name,
+                        pairs=pairs,
+                        policy=policy.label(),
+                        reference=reference.label(),
+                        status="released",
+                    )
+                    state.save()
+                _train_round(
+                    recipe, r, policy, folder, folder / entry["release"], config_name, entry["pairs"]
+                )
+                entry.update(checkpoint=str(checkpoint_dir(folder, r).relative_to(folder)), status="finished")
+                state.save()
+            results.append(
+                RoundResult(
+                    r,
+                    policy,
+                    reference,
+                    folder / entry["release"],
+                    folder / entry["checkpoint"],
+                    config_name,
+                    entry["pairs"],
+                    reused,
+                )
+            )
+    return results
+
+
+def _train_round(
+    recipe: IterateRecipe, r: int, policy: ModelRef, folder: Path, release: Path, config_name: str, pairs: int
+) -> None:
+    """DPO from π_r on round r's release into ``round-r/policy`` (TRL's reference: a frozen π_r)."""
+    _free_memory()
+    if not pairs:
+        raise IterateError(
+            f"round {r}: no annotated pair to train on (see {release}/hfpref_manifest.json for the drop "
+            "reasons); raise the budget or sample more diverse responses"
+        )
+    with release_datasets_cache(release):
+        train_dpo(
+            str(release),
+            policy.model,
+            checkpoint_dir(folder, r),
+            config=config_name,
+            model_revision=policy.revision,
+            **recipe.training_overrides(),
+        )
+    _free_memory()
+
+
+RELEASE_CACHE = ".cache"  # inside a release folder: hidden, so outside its content hash and its upload
+
+
+@contextlib.contextmanager
+def release_datasets_cache(release: Path) -> Iterator[None]:
+    """Make ``datasets`` cache what it loads from ``release`` inside that folder, for the block.
+
+    Written by hand because datasets 5.2 keys the cache of a local folder's card configs by the folder's
+    *name*, the config name and the data-file patterns — not by the folder's path or its files — so
+    ``load_dataset("round-2/release", name=C)`` returns the rows cached from ``round-1/release`` (both are
+    named "release"), and a rewritten release returns its old rows. ``train_dpo`` has no ``cache_dir``
+    argument, so the default cache root is pointed at the release's own ``.cache`` meanwhile.
+    """
+    import datasets
+
+    previous = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = Path(release) / RELEASE_CACHE
+    try:
+        yield
+    finally:
+        datasets.config.HF_DATASETS_CACHE = previous
+
+
+def _load_prompts(recipe: IterateRecipe, cache: Path):
+    """The recipe's prompts (other input columns come along into every row), chat-formatted if asked."""
+    prompts, info = load_input(recipe.input, cache_dir=cache)
+    if C.PROMPT not in prompts.column_names:
+        raise IterateError(f"input: no 'prompt' column; the input has {prompts.column_names}")
+    stale = [c for c in prompts.column_names if c in (C.RESPONSES, C.GENERATORS, C.REWARDS)]
+    if stale:
+        raise IterateError(
+            f"input: columns {stale} would clash with what each round writes; drop them with input.columns"
+        )
+    if _wants_messages(recipe):
+        prompts = ChatPrompts().apply(prompts)
+    return prompts, info
+
+
+def _wants_messages(recipe: IterateRecipe) -> bool:
+    if recipe.chat_format == "text":
+        return False
+    if recipe.chat_format == "messages":
+        return True
+    from hfpref.model_utils import load_tokenizer
+
+    tokenizer = load_tokenizer(recipe.policy.model, recipe.policy.revision)
+    return getattr(tokenizer, "chat_template", None) is not None
+
+
+def _build_round(
+    recipe: IterateRecipe,
+    r: int,
+    policy: ModelRef,
+    reference: ModelRef,
+    prompts,
+    input_info: dict[str, Any],
+    folder: Path,
+    batch_size: int,
+    num_proc: int | None,
+) -> int:
+    """Sample, score, select, annotate and write round ``r``'s release; returns its number of pairs."""
+    from hfpref.logprobs import LogProbAnnotator
+    from hfpref.release import read_manifest, write_manifest_and_card, write_release
+    from hfpref.sampling import ResponseSampler
+    from hfpref.selection import split_dropped
+
+    generator = recipe.policy.model if r == 1 else f"{recipe.output.name}/round-{r - 1}/policy"
+    steps: list[Step] = [
+        ResponseSampler(recipe.sampler_config(policy, generator)),
+        LogProbAnnotator(recipe.logprob_config(reference, "ref")),
+    ]
+    if policy == reference:
+        steps.append(
+            CopyColumns(
+                columns={C.REF_LOGPS: C.POLICY_LOGPS, C.REF_TOKEN_COUNTS: "policy_token_counts"},
+                reason="round 1: the policy is its own reference, so its log-probs are the reference's",
+            )
+        )
+    else:
+        steps.append(LogProbAnnotator(recipe.logprob_config(policy, "policy")))
+    selection_config = recipe.selection_config(r)
+    annotate = AnnotateSelected(recipe.annotate_config())
+    steps += [ImplicitMargins(recipe.margin_config()), AnnotationSelector(selection_config), annotate]
+
+    candidates = prompts
+    step_rows = []
+    for step in steps:
+        rows_in = len(candidates)
+        candidates = step.apply(
+            candidates, batch_size=batch_size, num_proc=num_proc if _is_model(step) else None
+        )
+        step_rows.append({"rows_in": rows_in, "rows_out": len(candidates)})
+        _unload(step)
+    pair_maker = AnnotatedPairs()
+    kept, dropped = split_dropped(pair_maker.apply(candidates, batch_size=batch_size))
+
+    name = selection_config.name
+    description = (
+        f"Round {r} of {recipe.rounds} of iterative DPO with annotation by implicit-margin selection "
+        f"({selection_config.strategy}, {selection_config.level} level)."
+        + (f" {recipe.description}" if recipe.description else "")
+    )
+    round_recipe = Recipe(
+        input=recipe.input,
+        steps=[StepSpec(step=type(s).__name__, config=s.describe()["config"]) for s in steps],
+        pairs=PairsSpec(strategies=[name], config={}),
+        output=OutputSpec(
+            folder=str(release_dir(folder, r)),
+            name=recipe.output.name,
+            version=round_version(recipe.output.version, r),
+            license=recipe.output.license,
+            candidate_matrices=recipe.output.candidate_matrices,
+        ),
+        description=description,
+        source=recipe.source,
+    )
+    result = RecipeResult(
+        recipe=round_recipe,
+        candidates=candidates,
+        steps=steps,
+        pairs={name: kept},
+        dropped={name: Counter(dropped)},
+        selectors={name: pair_maker},
+        input_info=input_info,
+        step_rows=step_rows,
+    )
+    target = release_dir(folder, r)
+    shutil.rmtree(target / RELEASE_CACHE, ignore_errors=True)  # rows cached from an older release here
+    write_release(result, target)
+    manifest = read_manifest(target)
+    manifest["iteration"] = iteration_record(
+        recipe, r, policy, reference, candidates, kept, dropped, annotate
+    )
+    manifest["models"] = manifest.get("models", []) + _annotator_models(annotate)
+    write_manifest_and_card(target, manifest)
+    with open(target / "README.md", "a", encoding="utf-8") as card:
+        card.write("\n" + iteration_card_section(manifest["iteration"]))
+    return len(kept)
+
+
+def _unload(step: Step) -> None:
+    """Drop a finished step's loaded models, so the next step (or training) has the accelerator's memory.
+
+    Written by hand: ``Step`` has no public way to unload; its lazy cache (``_loaded``) is emptied, as
+    pickling does, and the next use would load again.
+    """
+    for owner in (step, getattr(step, "annotator", None)):
+        if owner is not None:
+            owner._loaded.clear()
+    _free_memory()
+
+
+def _is_model(step: Step) -> bool:
+    from hfpref.model_utils import ModelStep
+
+    return isinstance(step, (ModelStep, AnnotateSelected))
+
+
+def round_version(version: str, round_number: int) -> str:
+    """The version of round r's release, e.g. ``0.1.0-round.2`` (a valid tag ``v0.1.0-round.2``)."""
+    return check_version(f"{version}-round.{round_number}")
+
+
+def _annotator_models(annotate: AnnotateSelected) -> list[dict[str, Any]]:
+    from hfpref.release import model_references
+
+    return model_references([annotate.annotator.describe()])
+
+
+def iteration_record(
+    recipe: IterateRecipe,
+    r: int,
+    policy: ModelRef,
+    reference: ModelRef,
+    candidates,
+    kept,
+    dropped: Mapping[str, int],
+    annotate: AnnotateSelected,
+) -> dict[str, Any]:
+    """What the manifest records about the round: models, budget, selection, annotation, training."""
+    selection_config = recipe.selection_config(r)
+    annotated = candidates[RESPONSE_ANNOTATED]
+    return {
+        "round": r,
+        "rounds": recipe.rounds,
+        "policy": policy.label(),
+        "reference": reference.label(),
+        "reference_rule": "the policy the sampling policy was DPO-trained from (the initial policy in rounds 1-2)",
+        "margins": dataclasses.asdict(recipe.margin_config()),
+        "budget": {
+            **recipe.budget.to_dict(),
+            "weights": schedule_weights(recipe.budget.schedule, recipe.rounds),
+            "per_round": recipe.round_budgets(),
+            "this_round": recipe.round_budgets()[r - 1],
+        },
+        "selection": {**dataclasses.asdict(selection_config), **selection_summary(candidates)},
+        "annotation": {
+            "annotator": annotate.config.annotator,
+            "responses": sum(len(row) for row in annotated),
+            "responses_annotated": sum(sum(row) for row in annotated),
+            "pairs_kept": len(kept),
+            "dropped": dict(sorted(dropped.items())),
+        },
+        "training": recipe.training_overrides(),
+        "next_policy": f"round-{r}/policy",
+    }
+
+
+def iteration_card_section(record: Mapping[str, Any]) -> str:
+    """A markdown section for the round's card, from the manifest's ``iteration`` record."""
+    selection, budget, annotation = record["selection"], record["budget"], record["annotation"]
+    this = budget["this_round"]
+    share = f"{100 * this['fraction']:.4g}% of the pairs" if "fraction" in this else f"{this['count']} pairs"
+    total = (
+        f"{100 * budget['fraction']:.4g}% of all pairs"
+        if budget.get("fraction")
+        else f"{budget['pairs']} pairs"
+    )
+    schedule = budget["schedule"] if isinstance(budget["schedule"], str) else f"weights {budget['schedule']}"
+
+    def stat(name: str) -> str:
+        s = selection.get(name)
+        return (
+            "n/a"
+            if not s
+            else f"mean {s['mean']:.4g}, median {s['median']:.4g}, range {s['min']:.4g}–{s['max']:.4g}"
+        )
+
+    excluded = ", ".join(f"{k}: {v}" for k, v in selection["excluded"].items()) or "none"
+    dropped = ", ".join(f"{k}: {v}" for k, v in annotation["dropped"].items()) or "none"
+    margins = record["margins"]
+    lines = [
+        f"## Iterative round {record['round']} of {record['rounds']} (annotation by implicit margins)",
+        "",
+        f"- Policy that sampled the responses: `{record['policy']}`; its DPO reference: `{record['reference']}`"
+        + (
+            " (the same model: every margin is 0, so the selection is random by seed)"
+            if record["policy"] == record["reference"]
+            else ""
+        )
+        + ".",
+        f"- Implicit reward r̂(y) = β·(log π(y|x) − log π_ref(y|x)), β = {margins['beta']}"
+        + (", per-token (length-normalised)" if margins["length_normalize"] else ", summed over tokens")
+        + "; a pair's margin is r̂(y_i) − r̂(y_j).",
+        f"- Selection: `{selection['strategy']}` at {selection['level']} level, seed {selection['seed']}; "
+        f"this round's budget: {share} (total {total} over {record['rounds']} rounds, schedule {schedule}).",
+        f"- Pairs: {selection['pairs']} in all, {selection['eligible']} eligible (excluded: {excluded}), "
+        f"{selection['selected']} selected in {selection['rows_with_selection']} of {selection['rows']} prompts.",
+        f"- |margin| of the selected pairs: {stat('abs_margin_selected')}; of the eligible unselected pairs: "
+        f"{stat('abs_margin_unselected')}.",
+        f"- Annotation by `{annotation['annotator']}`: {annotation['responses_annotated']} of "
+        f"{annotation['responses']} responses scored; {annotation['pairs_kept']} pairs kept, dropped: {dropped}.",
+        f"- Unselected pairs stay in the `candidates` config (`selected_for_annotation` is false); the trained "
+        f"policy is in `{record['next_policy']}` next to this release.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _progress_off(datasets_module) -> Iterator[None]:
+    was_enabled = datasets_module.is_progress_bar_enabled()
+    datasets_module.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets_module.enable_progress_bars()
+
+
+__all__ = [
+    "BudgetSpec",
+    "ChatPrompts",
+    "CopyColumns",
+    "IterateError",
+    "IterateRecipe",
+    "LoopState",
+    "ModelRef",
+    "RoundResult",
+    "largest_remainder",
+    "models_of_round",
+    "round_version",
+    "run_iterations",
+    "schedule_weights",
+]

@@ -1,0 +1,234 @@
+"""The iterative loop: budget schedules, recipes, and two rounds on the tiny models, interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+
+from hfpref import iterate as IT
+from hfpref.cli import main
+from hfpref.iterate import BudgetSpec, IterateError, IterateRecipe, largest_remainder, schedule_weights
+from hfpref.model_utils import content_hash
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
+
+# ---- budgets ---------------------------------------------------------------------------------------------
+
+
+def test_schedules_by_hand():
+    assert schedule_weights("constant", 4) == [0.25] * 4
+    assert schedule_weights("increasing", 3) == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert schedule_weights("decreasing", 3) == pytest.approx([3 / 6, 2 / 6, 1 / 6])
+    assert schedule_weights([2, 1, 1], 3) == [0.5, 0.25, 0.25]
+    with pytest.raises(IterateError, match="3 non-negative weights"):
+        schedule_weights([1, 1], 3)
+    with pytest.raises(IterateError, match="not one of"):
+        schedule_weights("front-loaded", 3)
+
+
+def test_round_budgets_sum_to_the_total():
+    # fraction: F · R · w_r of each round's pairs, so the rounds together annotate F of all pairs
+    per_round = BudgetSpec.from_dict({"fraction": 0.5, "schedule": "decreasing"}).per_round(3)
+    assert [b["fraction"] for b in per_round] == pytest.approx([0.75, 0.5, 0.25])
+    assert sum(b["fraction"] for b in per_round) / 3 == pytest.approx(0.5)
+    increasing = BudgetSpec.from_dict({"fraction": 0.3, "schedule": "increasing"}).per_round(2)
+    assert [b["fraction"] for b in increasing] == pytest.approx([0.2, 0.4])
+    # counts: 10 · (3, 2, 1)/6 = 5, 3.33, 1.67 -> floors 5, 3, 1, the spare one to the largest remainder
+    assert BudgetSpec.from_dict({"pairs": 10, "schedule": "decreasing"}).per_round(3) == [
+        {"count": 5},
+        {"count": 3},
+        {"count": 2},
+    ]
+    assert largest_remainder(7, [1 / 3] * 3) == [3, 2, 2]
+    with pytest.raises(IterateError, match=r"round\(s\) \[1\].*more than all their pairs"):
+        BudgetSpec.from_dict({"fraction": 0.8, "schedule": "decreasing"}).per_round(3)
+    with pytest.raises(IterateError, match="exactly one of 'fraction'"):
+        BudgetSpec.from_dict({"fraction": 0.5, "pairs": 3})
+
+
+# ---- recipes ---------------------------------------------------------------------------------------------
+
+
+def test_published_recipe_is_the_papers_setting():
+    recipe = IterateRecipe.from_yaml(SCRIPTS / "iterative_margins.yaml")  # validates every config offline
+    assert recipe.sampling["n"] == 8
+    assert recipe.selection == {"strategy": "smallest_margin", "level": "corpus", "seed": 0}
+    assert (recipe.budget.fraction, recipe.budget.schedule) == (0.5, "decreasing")
+    assert recipe.policy.model == "meta-llama/Meta-Llama-3-8B"
+    budgets = [recipe.selection_config(r) for r in (1, 2, 3)]
+    assert [b.fraction for b in budgets] == pytest.approx([0.75, 0.5, 0.25])
+    assert [b.seed for b in budgets] == [0, 1, 2]
+    assert recipe.annotate_config().annotator == "RewardAnnotator"
+
+
+def _raw(tmp_path: Path, models: dict, **changes) -> dict:
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [
+        {"id": 1, "prompt": "Write a short poem about the sea."},
+        {"id": 2, "prompt": "List the planets of the solar system."},
+        {"id": 3, "prompt": "Explain why the sky is blue."},
+    ]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    raw = {
+        "description": "tiny loop",
+        "input": {"path": str(prompts)},
+        "policy": {"model": str(models["policy"])},
+        "rounds": 2,
+        "sampling": {"n": 3, "max_new_tokens": 8, "seed": 0, "backend": "transformers"},
+        "selection": {"strategy": "smallest_margin", "level": "corpus", "seed": 0},
+        "budget": {"fraction": 0.5, "schedule": "decreasing"},
+        "annotation": {"annotator": "RewardAnnotator", "config": {"model": str(models["reward"])}},
+        "training": {
+            "max_steps": 1,
+            "learning_rate": 1e-3,  # large, so round 2's policy measurably differs from round 1's
+            "warmup_steps": 0,
+            "per_device_train_batch_size": 2,
+            "use_cpu": True,
+            "bf16": False,
+            "report_to": [],
+            "gradient_checkpointing": False,
+        },
+        "output": {"folder": str(tmp_path / "loop"), "name": "tiny-loop", "version": "0.1.0"},
+    }
+    raw.update(changes)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"sampling": {"model": "x"}}, r"sampling: \['model'\] are set by the loop"),
+        ({"training": {"betta": 0.1}}, r"unknown trl.DPOConfig field\(s\) \['betta'\]"),
+        ({"selection": {"level": "instance"}, "budget": {"pairs": 4}}, "only corpus-level selection"),
+        ({"selection": {"strategy": "smallest"}}, "unknown selection strategy"),
+        ({"annotation": {"annotator": "PairRM"}}, "unknown step 'PairRM'"),
+        ({"rounds": 0}, "rounds must be a positive int"),
+        ({"extra": 1}, r"unknown field\(s\) \['extra'\]"),
+        ({"output": {"push_to_hub": {"repo_id": "a/b"}}}, "push each round"),
+    ],
+)
+def test_recipe_errors_say_where(tiny_models, tmp_path, change, match):
+    with pytest.raises(IterateError, match=match):
+        IterateRecipe.from_dict(_raw(tmp_path, tiny_models, **change))
+
+
+# ---- the loop on the tiny models ---------------------------------------------------------------------------
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def _load(release: Path, config: str, tmp_path: Path) -> datasets.Dataset:
+    # a cache of its own: datasets 5.2 caches local folders by folder name, and both rounds' are "release"
+    cache = tmp_path / "read-cache" / release.parent.name / config
+    return datasets.load_dataset(str(release), name=config, split="train", cache_dir=str(cache))
+
+
+def test_two_rounds_interrupted_and_resumed(tiny_models, tmp_path, monkeypatch):
+    raw = _raw(tmp_path, tiny_models)
+    recipe_path = tmp_path / "loop.yaml"
+    recipe_path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    recipe = IterateRecipe.from_yaml(recipe_path)
+    folder = Path(recipe.output.folder)
+    real_train = IT.train_dpo
+    trained: list[str] = []
+
+    def failing_in_round_2(dataset, model, output_dir, **kwargs):
+        if Path(output_dir).parent.name == "round-2":
+            raise Interrupted("killed during round 2's training")
+        trained.append(Path(output_dir).parent.name)
+        return real_train(dataset, model, output_dir, **kwargs)
+
+    monkeypatch.setattr(IT, "train_dpo", failing_in_round_2)
+    with pytest.raises(Interrupted):
+        IT.run_iterations(recipe, progress=False)
+    state = json.loads((folder / IT.STATE_FILE).read_text())
+    assert state["rounds"]["1"]["status"] == "finished" and state["rounds"]["2"]["status"] == "released"
+    assert not (folder / "round-2" / "policy" / "config.json").exists()
+    marks = {p: p.stat().st_mtime_ns for p in folder.glob("round-*/**/*") if p.is_file()}
+
+    # rerun through the CLI: round 1 is not recomputed, round 2 reuses its release and only trains
+    selections: list[str] = []
+    real_apply = IT.AnnotationSelector.apply
+
+    def counting_apply(self, dataset, **kwargs):
+        selections.append(self.config.name)
+        return real_apply(self, dataset, **kwargs)
+
+    monkeypatch.setattr(IT.AnnotationSelector, "apply", counting_apply)
+
+    def recording(dataset, model, output_dir, **kwargs):
+        trained.append(Path(output_dir).parent.name)
+        return real_train(dataset, model, output_dir, **kwargs)
+
+    monkeypatch.setattr(IT, "train_dpo", recording)
+    assert main(["iterate", str(recipe_path), "--quiet"]) == 0
+    assert trained == ["round-1", "round-2"] and selections == []
+    assert all(p.stat().st_mtime_ns == mark for p, mark in marks.items())  # nothing rewritten
+    state = json.loads((folder / IT.STATE_FILE).read_text())
+    assert [state["rounds"][r]["status"] for r in ("1", "2")] == ["finished", "finished"]
+
+    # two releases and two checkpoints
+    for r in (1, 2):
+        assert (folder / f"round-{r}" / "policy" / "model.safetensors").exists()
+        assert (folder / f"round-{r}" / "release" / "README.md").exists()
+    # a third run has nothing left to do
+    assert IT.run_iterations(recipe, progress=False)[1].reused
+
+    # round 1: the policy is its own reference, so every margin is exactly 0
+    one = _load(folder / "round-1" / "release", "candidates", tmp_path)
+    assert {m for row in one["implicit_margins"] for m in row} == {0.0}
+    two = _load(folder / "round-2" / "release", "candidates", tmp_path)
+    assert any(m != 0.0 for row in two["implicit_margins"] for m in row)
+    assert all(isinstance(p, list) for p in two["prompt"])  # the tiny tokenizer has a chat template
+
+    manifests = [json.loads((folder / f"round-{r}/release/hfpref_manifest.json").read_text()) for r in (1, 2)]
+    first, second = (m["iteration"] for m in manifests)
+    assert first["policy"] == first["reference"] == str(tiny_models["policy"])
+    assert second["policy"] == str(folder / "round-1" / "policy")
+    assert second["reference"] == str(tiny_models["policy"])
+    assert [m["version"] for m in manifests] == ["0.1.0-round.1", "0.1.0-round.2"]
+    # 9 pairs a round; budget 0.5 over 2 decreasing rounds: 2/3 then 1/3 of them
+    for record, candidates, want in ((first, one, 6), (second, two, 3)):
+        selection = record["selection"]
+        assert selection["pairs"] == 9
+        assert selection["selected"] == min(want, selection["eligible"])
+        assert selection["selected"] == sum(map(sum, candidates["selected_for_annotation"]))
+        assert (
+            record["annotation"]["pairs_kept"] + sum(record["annotation"]["dropped"].values())
+            == selection["selected"]
+        )
+
+    # the pairs config is what round 2 trained on, with the margin TRL would log
+    pairs = _load(folder / "round-2" / "release", "smallest_margin_corpus", tmp_path)
+    assert len(pairs) == second["annotation"]["pairs_kept"] > 0
+    for row in pairs:
+        assert row["reward_chosen"] > row["reward_rejected"]
+        assert row["implicit_margin"] == pytest.approx(
+            row["implicit_reward_chosen"] - row["implicit_reward_rejected"]
+        )
+        assert row["pair_strategy"] == "smallest_margin_corpus" and row[
+            "selection_fraction"
+        ] == pytest.approx(1 / 3)
+    # each checkpoint was trained on its own round's pairs (its model card names the release and row count)
+    for r, record in ((1, first), (2, second)):
+        model_card = (folder / f"round-{r}" / "policy" / "README.md").read_text()
+        data = yaml.safe_load(model_card.split("---")[1])["hfpref"]["training_data"]
+        assert data["dataset"] == str(folder / f"round-{r}" / "release")
+        assert data["rows"] == record["annotation"]["pairs_kept"]
+        assert data["content_hash"] == content_hash(folder / f"round-{r}" / "release")
+    card = (folder / "round-2" / "release" / "README.md").read_text()
+    assert "## Iterative round 2 of 2" in card and "smallest_margin" in card
+
+
+def test_a_different_recipe_cannot_reuse_the_folder(tiny_models, tmp_path):
+    recipe = IterateRecipe.from_dict(_raw(tmp_path, tiny_models))
+    IT.LoopState(Path(recipe.output.folder), recipe).save()
+    changed = IterateRecipe.from_dict(_raw(tmp_path, tiny_models, rounds=3))
+    with pytest.raises(IterateError, match="different recipe"):
+        IT.run_iterations(changed, progress=False)
