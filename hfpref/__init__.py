@@ -32,6 +32,7 @@ _LAZY = {
     "load_ifeval_candidates": "hfpref.default_data",
     "Recipe": "hfpref.recipe",
     "write_release": "hfpref.release",
+    "load_release": "hfpref.release",
     "push_release": "hfpref.release",
     "train_dpo": "hfpref.train",
 }

@@ -46,7 +46,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -647,39 +646,15 @@ def _train_round(
             f"round {r}: no annotated pair to train on (see {release}/hfpref_manifest.json for the drop "
             "reasons); raise the budget or sample more diverse responses"
         )
-    with release_datasets_cache(release):
-        train_dpo(
-            str(release),
-            policy.model,
-            checkpoint_dir(folder, r),
-            config=config_name,
-            model_revision=policy.revision,
-            **recipe.training_overrides(),
-        )
+    train_dpo(
+        str(release),
+        policy.model,
+        checkpoint_dir(folder, r),
+        config=config_name,
+        model_revision=policy.revision,
+        **recipe.training_overrides(),
+    )
     _free_memory()
-
-
-RELEASE_CACHE = ".cache"  # inside a release folder: hidden, so outside its content hash and its upload
-
-
-@contextlib.contextmanager
-def release_datasets_cache(release: Path) -> Iterator[None]:
-    """Make ``datasets`` cache what it loads from ``release`` inside that folder, for the block.
-
-    Written by hand because datasets 5.2 keys the cache of a local folder's card configs by the folder's
-    *name*, the config name and the data-file patterns — not by the folder's path or its files — so
-    ``load_dataset("round-2/release", name=C)`` returns the rows cached from ``round-1/release`` (both are
-    named "release"), and a rewritten release returns its old rows. ``train_dpo`` has no ``cache_dir``
-    argument, so the default cache root is pointed at the release's own ``.cache`` meanwhile.
-    """
-    import datasets
-
-    previous = datasets.config.HF_DATASETS_CACHE
-    datasets.config.HF_DATASETS_CACHE = Path(release) / RELEASE_CACHE
-    try:
-        yield
-    finally:
-        datasets.config.HF_DATASETS_CACHE = previous
 
 
 def _load_prompts(recipe: IterateRecipe, cache: Path):
@@ -786,7 +761,6 @@ def _build_round(
         step_rows=step_rows,
     )
     target = release_dir(folder, r)
-    shutil.rmtree(target / RELEASE_CACHE, ignore_errors=True)  # rows cached from an older release here
     write_release(result, target)
     manifest = read_manifest(target)
     manifest["iteration"] = iteration_record(

@@ -271,6 +271,38 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def load_release(folder: str | Path, name: str | None = None, split: str = "train"):
+    """Load one config/split of a local release folder (or any folder of data files), keyed by its files.
+
+    Written by hand because datasets 5.2 caches ``load_dataset(folder, name=...)`` of a folder's card
+    configs by the folder's *name*, the config name and the file patterns, not by its path or files: two
+    releases both called ``release`` (or a release rewritten in place) would return the first one's
+    cached rows. Loading the config's Parquet files with the ``parquet`` builder hashes the files.
+    """
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    folder = Path(folder)
+    card_path = folder / CARD_FILE
+    configs = DatasetCard.load(card_path).data.to_dict().get("configs") if card_path.exists() else None
+    if not configs:  # a plain data folder: datasets' own layout rules, nothing cached by config name
+        return datasets.load_dataset(str(folder), name=name, split=split)
+    by_name = {c["config_name"]: c for c in configs}
+    if name is None:
+        defaults = [c for c in configs if c.get("default")]
+        name = (defaults or configs)[0]["config_name"]
+    if name not in by_name:
+        raise ReleaseError(f"{folder} has no config {name!r}; its configs are {sorted(by_name)}")
+    files = by_name[name]["data_files"]
+    patterns = [f["path"] for f in files if f.get("split") == split] if isinstance(files, list) else []
+    if not patterns:
+        raise ReleaseError(f"config {name!r} of {folder} has no split {split!r}")
+    paths = sorted(str(p) for pattern in patterns for p in folder.glob(pattern))
+    if not paths:
+        raise ReleaseError(f"config {name!r} of {folder}: no file matches {patterns}")
+    return datasets.load_dataset("parquet", data_files={split: paths}, split=split)
+
+
 def write_manifest_and_card(folder: str | Path, manifest: Mapping[str, Any]) -> None:
     folder = Path(folder)
     text = json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=False) + "\n"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hfpref.model_utils import content_hash, resolve_revision
+from hfpref.release import load_release
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def load_pairs(dataset: str, config: str | None = None, split: str = "train"):
     name, revision = parse_dataset_spec(dataset)
     folder = Path(name)
     if folder.is_dir():
-        rows = datasets.load_dataset(str(folder), name=config, split=split)
+        rows = load_release(folder, name=config, split=split)
         manifest = _read_manifest(folder)
         source = DatasetSource(
             dataset=name,

@@ -297,3 +297,20 @@ def test_model_references_from_step_descriptions():
             "revision": "abc",
         }
     ]
+
+
+def test_load_release_tells_apart_two_folders_with_the_same_name(tmp_path):
+    """datasets 5.2 caches a folder's card configs by folder *name*; load_release must read the files."""
+    import pandas as pd
+
+    from hfpref.release import load_release
+
+    card = "---\nconfigs:\n- config_name: best\n  data_files:\n  - split: train\n    path: data/best/train-*.parquet\n---\n"
+    for parent, value in (("a", 1), ("b", 2)):
+        data = tmp_path / parent / "release" / "data" / "best"
+        data.mkdir(parents=True)
+        (tmp_path / parent / "release" / "README.md").write_text(card)
+        pd.DataFrame({"x": [value, value]}).to_parquet(data / "train-00000-of-00001.parquet")
+    assert load_release(tmp_path / "a" / "release", "best")["x"] == [1, 1]
+    assert load_release(tmp_path / "b" / "release", "best")["x"] == [2, 2]
+    assert load_release(tmp_path / "b" / "release")["x"] == [2, 2]  # the only config is the default
