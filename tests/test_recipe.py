@@ -307,7 +307,25 @@ def test_input_rename_and_columns(registry, tmp_path):
 # ---- the published recipes ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", sorted(SCRIPTS.glob("*.yaml")), ids=lambda p: p.name)
+def _is_iterate_recipe(path) -> bool:
+    import yaml
+
+    return "rounds" in (yaml.safe_load(path.read_text()) or {})
+
+
+CURATE_SCRIPTS = [p for p in sorted(SCRIPTS.glob("*.yaml")) if not _is_iterate_recipe(p)]
+ITERATE_SCRIPTS = [p for p in sorted(SCRIPTS.glob("*.yaml")) if _is_iterate_recipe(p)]
+
+
+@pytest.mark.parametrize("path", ITERATE_SCRIPTS, ids=lambda p: p.name)
+def test_every_iterate_script_validates(path):
+    from hfpref.iterate import IterateRecipe
+
+    recipe = IterateRecipe.from_yaml(path)  # validates rounds, budget schedule, steps and training (offline)
+    assert recipe.rounds >= 1
+
+
+@pytest.mark.parametrize("path", CURATE_SCRIPTS, ids=lambda p: p.name)
 def test_every_dataset_script_validates(path):
     recipe = Recipe.from_yaml(path)  # validates step names, config fields and values, strategies (offline)
     configs, skipped = recipe.selection_configs()
