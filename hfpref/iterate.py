@@ -767,9 +767,9 @@ def _build_round(
         recipe, r, policy, reference, candidates, kept, dropped, annotate
     )
     manifest["models"] = manifest.get("models", []) + _annotator_models(annotate)
+    # rendered by the card template, so a later re-render (hfpref push sets the version) keeps it
+    manifest["extra_sections"] = [iteration_card_section(manifest["iteration"])]
     write_manifest_and_card(target, manifest)
-    with open(target / "README.md", "a", encoding="utf-8") as card:
-        card.write("\n" + iteration_card_section(manifest["iteration"]))
     return len(kept)
 
 

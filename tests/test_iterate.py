@@ -224,6 +224,11 @@ def test_two_rounds_interrupted_and_resumed(tiny_models, tmp_path, monkeypatch):
         assert data["content_hash"] == content_hash(folder / f"round-{r}" / "release")
     card = (folder / "round-2" / "release" / "README.md").read_text()
     assert "## Iterative round 2 of 2" in card and "smallest_margin" in card
+    # the round's section lives in the manifest, so re-rendering the card (as hfpref push does) keeps it
+    from hfpref.release import set_release_version
+
+    set_release_version(folder / "round-2" / "release", "0.2.0")
+    assert "## Iterative round 2 of 2" in (folder / "round-2" / "release" / "README.md").read_text()
 
 
 def test_a_different_recipe_cannot_reuse_the_folder(tiny_models, tmp_path):
