@@ -34,7 +34,7 @@ from hfpref.margins import (
     SELECTION_LEVEL,
     SELECTION_STRATEGY,
 )
-from hfpref.selection import PAIR_COLUMNS
+from hfpref.selection import PAIR_COLUMNS, pairs_features
 from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
 
 RESPONSE_ANNOTATED = "response_annotated"  # list[bool]: which responses the annotator scored
@@ -346,35 +346,8 @@ class AnnotatedPairs(Step):
 
     def output_features(self, input_features: datasets.Features) -> datasets.Features:
         """The pairs rows' features, fixed so a batch without selected pairs keeps the same types."""
-        prompt_feature = input_features[C.PROMPT]
-        if prompt_feature == datasets.Value("string"):
-            completion: Any = datasets.Value("string")
-        elif isinstance(prompt_feature, (datasets.List, datasets.LargeList)):
-            completion = datasets.List(
-                {"role": datasets.Value("string"), "content": datasets.Value("string")}
-            )
-        else:
-            raise TypeError(
-                f"{self.name}: column {C.PROMPT!r} must be a string or a list of messages, its feature is "
-                f"{prompt_feature}"
-            )
-        string, integer, real = datasets.Value("string"), datasets.Value("int64"), datasets.Value("float64")
-        features: dict[str, Any] = {
-            C.PROMPT: prompt_feature,
-            C.CHOSEN: completion,
-            C.REJECTED: completion,
-            C.CHOSEN_INDEX: integer,
-            C.REJECTED_INDEX: integer,
-            C.CHOSEN_GENERATOR: string,
-            C.REJECTED_GENERATOR: string,
-            **{name: real for name in PAIR_COLUMNS[6:]},
-            **{name: real for name in self.EXTRA_COLUMNS},
-            C.PAIR_STRATEGY: string,
-            C.DROP_REASON: string,
-        }
-        for name in self.passthrough_columns(list(input_features)):
-            features[name] = input_features[name]
-        return datasets.Features(features)
+        passthrough = self.passthrough_columns(list(input_features))
+        return pairs_features(input_features, passthrough, self.EXTRA_COLUMNS, step=self.name)
 
     def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
         """``Step.apply`` with the pairs' features fixed up front (see ``output_features``)."""

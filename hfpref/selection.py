@@ -50,7 +50,7 @@ import hashlib
 import json
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import datasets
@@ -381,39 +381,52 @@ class PairSelector(Step):
     # ---- datasets integration --------------------------------------------------------------
     def output_features(self, input_features: datasets.Features) -> datasets.Features:
         """The pairs dataset's features, fixed so batches whose rows were all dropped keep the same types."""
-        prompt_feature = input_features[C.PROMPT]
-        if prompt_feature == datasets.Value("string"):
-            completion: Any = datasets.Value("string")
-        elif isinstance(prompt_feature, (datasets.List, datasets.LargeList)):
-            completion = datasets.List(
-                {"role": datasets.Value("string"), "content": datasets.Value("string")}
-            )
-        else:
-            raise TypeError(
-                f"{self.name}: column {C.PROMPT!r} must be a string or a list of messages, "
-                f"its feature is {prompt_feature}"
-            )
-        string, integer, real = datasets.Value("string"), datasets.Value("int64"), datasets.Value("float64")
-        features = {
-            C.PROMPT: prompt_feature,
-            C.CHOSEN: completion,
-            C.REJECTED: completion,
-            C.CHOSEN_INDEX: integer,
-            C.REJECTED_INDEX: integer,
-            C.CHOSEN_GENERATOR: string,
-            C.REJECTED_GENERATOR: string,
-            **{name: real for name in PAIR_COLUMNS[6:]},
-            C.PAIR_STRATEGY: string,
-            C.DROP_REASON: string,
-        }
-        for name in self.passthrough_columns(list(input_features)):
-            features[name] = input_features[name]
-        return datasets.Features(features)
+        return pairs_features(input_features, self.passthrough_columns(list(input_features)), step=self.name)
 
     def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
         """``Step.apply`` with the pairs' features fixed up front (see ``output_features``)."""
         map_kwargs.setdefault("features", self.output_features(dataset.features))
         return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
+
+
+def pairs_features(
+    input_features: datasets.Features,
+    passthrough: Sequence[str],
+    extra_float_columns: Sequence[str] = (),
+    step: str = "pair selection",
+) -> datasets.Features:
+    """Features of pairs rows (TRL's preference format, DESIGN.md's pair metadata, ``drop_reason``).
+
+    Fixed up front, so a batch whose rows were all dropped (all pair columns None) keeps the same
+    Arrow types as the others. ``chosen``/``rejected`` follow the prompt: strings for a standard
+    prompt, a list of one assistant message for a conversational one.
+    """
+    prompt_feature = input_features[C.PROMPT]
+    if prompt_feature == datasets.Value("string"):
+        completion: Any = datasets.Value("string")
+    elif isinstance(prompt_feature, (datasets.List, datasets.LargeList)):
+        completion = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    else:
+        raise TypeError(
+            f"{step}: column {C.PROMPT!r} must be a string or a list of messages, its feature is {prompt_feature}"
+        )
+    string, integer, real = datasets.Value("string"), datasets.Value("int64"), datasets.Value("float64")
+    features: dict[str, Any] = {
+        C.PROMPT: prompt_feature,
+        C.CHOSEN: completion,
+        C.REJECTED: completion,
+        C.CHOSEN_INDEX: integer,
+        C.REJECTED_INDEX: integer,
+        C.CHOSEN_GENERATOR: string,
+        C.REJECTED_GENERATOR: string,
+        **{name: real for name in PAIR_COLUMNS[6:]},
+        **{name: real for name in extra_float_columns},
+        C.PAIR_STRATEGY: string,
+        C.DROP_REASON: string,
+    }
+    for name in passthrough:
+        features[name] = input_features[name]
+    return datasets.Features(features)
 
 
 def split_dropped(pairs: datasets.Dataset) -> tuple[datasets.Dataset, collections.Counter]:
