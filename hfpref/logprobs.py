@@ -22,6 +22,7 @@ from hfpref import columns
 from hfpref.model_utils import (
     HiddenStateRunner,
     ModelStep,
+    ModelStepConfig,
     Prompt,
     SequenceQuery,
     check_candidates_row,
@@ -30,9 +31,7 @@ from hfpref.model_utils import (
     max_length_of,
     select_device,
 )
-from hfpref.transform import Batch, RowError, StepConfig, row_label
-
-OVERFLOW_POLICIES = ("error", "truncate")
+from hfpref.transform import Batch, RowError, row_label
 
 
 def tokenize_responses(
@@ -149,38 +148,19 @@ class ResponseLogProbs:
 
 
 @dataclasses.dataclass
-class LogProbConfig(StepConfig):
-    """Which model scores the responses, and how.
+class LogProbConfig(ModelStepConfig):
+    """Which model scores the responses, and how (shared fields: see ``ModelStepConfig``).
 
-    ``model``: Hub id or local folder; ``revision``: branch, tag or commit (Hub ids only);
-    ``dtype``: "float32", "bfloat16", "float16" or "auto" (the checkpoint's); ``device``: None picks
-    ``cuda:{rank}`` (or ``cuda:0``) when CUDA is available, else the CPU; ``token_budget``: tokens per
-    forward pass (padding included; a single longer sequence runs alone); ``max_length``: context
-    limit, None for the model's ``max_position_embeddings``; ``overflow``: what a longer sequence
-    does, "error" or "truncate" (keep its first ``max_length`` tokens, as TRL's ``keep_start``, and
-    count the dropped response tokens in ``<prefix>_truncated_tokens``); ``output_prefix``: "ref"
-    writes ``ref_logps``/``ref_token_counts``, "policy" writes ``policy_logps``/``policy_token_counts``;
-    ``packing``: "auto", "tree" or "padded" (see ``hfpref.model_utils``).
+    ``output_prefix``: "ref" writes ``ref_logps``/``ref_token_counts``, "policy" writes
+    ``policy_logps``/``policy_token_counts`` (and ``<prefix>_truncated_tokens`` when truncating);
+    ``logit_chunk_mb``: the largest float32 [positions, vocab] block the log-softmax works on at once.
     """
 
-    model: str = ""
-    revision: str | None = None
-    dtype: str = "auto"
-    device: str | None = dataclasses.field(default=None, metadata={"runtime": True})
-    token_budget: int = dataclasses.field(default=16384, metadata={"runtime": True})
-    max_length: int | None = None
-    overflow: str = "error"
     output_prefix: str = "ref"
-    packing: str = dataclasses.field(default="auto", metadata={"runtime": True})
-    attn_implementation: str | None = dataclasses.field(default=None, metadata={"runtime": True})
     logit_chunk_mb: int = dataclasses.field(default=256, metadata={"runtime": True})
-    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("LogProbConfig needs `model` (a Hub id or a local folder)")
-        if self.overflow not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow {self.overflow!r} is not one of {OVERFLOW_POLICIES}")
+        super().__post_init__()
         if not self.output_prefix.isidentifier():
             raise ValueError(
                 f"output_prefix {self.output_prefix!r} must be an identifier such as 'ref' or 'policy'"

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from hfpref.transform import RowError, Step
+from hfpref.transform import RowError, Step, StepConfig
 
 # ---- devices and dtypes ----------------------------------------------------------------------
 
@@ -217,6 +217,41 @@ def check_candidates_row(prompt: Any, responses: Any, label: str) -> None:
         )
     if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
         raise RowError(f"{label}: column 'responses' must be a list of strings, got {responses!r}")
+
+
+OVERFLOW_POLICIES = ("error", "truncate")
+
+
+@dataclasses.dataclass
+class ModelStepConfig(StepConfig):
+    """Fields every model-scoring step shares.
+
+    ``model``: Hub id or local folder; ``revision``: branch, tag or commit (Hub ids only);
+    ``dtype``: "float32", "bfloat16", "float16" or "auto" (the checkpoint's); ``device``: None picks
+    ``cuda:{rank}`` (or ``cuda:0``) when CUDA is available, else the CPU; ``token_budget``: tokens per
+    forward pass (padding included; a single longer sequence runs alone); ``max_length``: context
+    limit, None for the model's ``max_position_embeddings``; ``overflow``: what a longer sequence
+    does, "error" or "truncate" (keep its first ``max_length`` tokens, as TRL's ``keep_start``, and
+    count the dropped tokens); ``packing``: "auto", "tree" or "padded" (see ``HiddenStateRunner``).
+    Fields marked ``runtime`` change speed, not results, and stay out of the fingerprint.
+    """
+
+    model: str = ""
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str | None = dataclasses.field(default=None, metadata={"runtime": True})
+    token_budget: int = dataclasses.field(default=16384, metadata={"runtime": True})
+    max_length: int | None = None
+    overflow: str = "error"
+    packing: str = dataclasses.field(default="auto", metadata={"runtime": True})
+    attn_implementation: str | None = dataclasses.field(default=None, metadata={"runtime": True})
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError(f"{type(self).__name__} needs `model` (a Hub id or a local folder)")
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow {self.overflow!r} is not one of {OVERFLOW_POLICIES}")
 
 
 class ModelStep(Step):

@@ -19,6 +19,7 @@ from hfpref import columns
 from hfpref.model_utils import (
     HiddenStateRunner,
     ModelStep,
+    ModelStepConfig,
     Prompt,
     SequenceQuery,
     check_candidates_row,
@@ -27,11 +28,10 @@ from hfpref.model_utils import (
     max_length_of,
     select_device,
 )
-from hfpref.transform import Batch, RowError, StepConfig, row_label
+from hfpref.transform import Batch, RowError, row_label
 
 REWARD_OUTPUTS = "reward_outputs"
 REWARD_TRUNCATED_TOKENS = "reward_truncated_tokens"
-OVERFLOW_POLICIES = ("error", "truncate")
 
 
 def conversation_ids(tokenizer: Any, prompt: Prompt, response: str) -> list[int]:
@@ -109,35 +109,21 @@ class SequenceScores:
 
 
 @dataclasses.dataclass
-class RewardConfig(StepConfig):
-    """Which reward model scores the responses, and how.
+class RewardConfig(ModelStepConfig):
+    """Which reward model scores the responses, and how (shared fields: see ``ModelStepConfig``; a
+    truncated conversation is scored on its first ``max_length`` tokens and the dropped tokens are
+    counted in ``reward_truncated_tokens``).
 
-    ``model``, ``revision``, ``dtype``, ``device``, ``token_budget``, ``max_length``, ``overflow``,
-    ``packing`` as in ``LogProbConfig`` (a truncated conversation is scored on its first
-    ``max_length`` tokens and the dropped tokens are counted in ``reward_truncated_tokens``).
     ``reward_index`` / ``reward_weights``: for a head with several outputs (multi-objective reward
     models), ``rewards`` is that output or the weighted sum of all; setting either also writes the
     raw outputs to ``reward_outputs``. A single-output head needs neither.
     """
 
-    model: str = ""
-    revision: str | None = None
-    dtype: str = "auto"
-    device: str | None = dataclasses.field(default=None, metadata={"runtime": True})
-    token_budget: int = dataclasses.field(default=16384, metadata={"runtime": True})
-    max_length: int | None = None
-    overflow: str = "error"
-    packing: str = dataclasses.field(default="auto", metadata={"runtime": True})
-    attn_implementation: str | None = dataclasses.field(default=None, metadata={"runtime": True})
     reward_index: int | None = None
     reward_weights: list[float] | None = None
-    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("RewardConfig needs `model` (a Hub id or a local folder)")
-        if self.overflow not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow {self.overflow!r} is not one of {OVERFLOW_POLICIES}")
+        super().__post_init__()
         if self.reward_index is not None and self.reward_weights is not None:
             raise ValueError("set reward_index or reward_weights, not both")
 
