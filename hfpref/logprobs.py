@@ -26,10 +26,7 @@ from hfpref.model_utils import (
     Prompt,
     SequenceQuery,
     check_candidates_row,
-    load_model,
-    load_tokenizer,
     max_length_of,
-    select_device,
 )
 from hfpref.transform import Batch, RowError, row_label
 
@@ -200,17 +197,7 @@ class LogProbAnnotator(ModelStep):
 
     def load(self, rank: int | None) -> _LoadedLM:
         config = self.config
-        revision = self.resolved_revision()
-        tokenizer = load_tokenizer(config.model, revision, config.trust_remote_code)
-        model = load_model(
-            AutoModelForCausalLM,
-            config.model,
-            revision,
-            dtype=config.dtype,
-            device=select_device(config.device, rank),
-            attn_implementation=config.attn_implementation,
-            trust_remote_code=config.trust_remote_code,
-        )
+        model, tokenizer = self.load_model_and_tokenizer(AutoModelForCausalLM, rank)
         scorer = ResponseLogProbs(
             model,
             token_budget=config.token_budget,

@@ -267,6 +267,22 @@ class ModelStep(Step):
             self._revision = resolve_revision(self.config.model, self.config.revision)
         return self._revision
 
+    def load_model_and_tokenizer(self, auto_class: Any, rank: int | None) -> tuple[Any, Any]:
+        """The config's model (through ``auto_class``) on this rank's device, and its own tokenizer."""
+        config = self.config
+        revision = self.resolved_revision()
+        tokenizer = load_tokenizer(config.model, revision, config.trust_remote_code)
+        model = load_model(
+            auto_class,
+            config.model,
+            revision,
+            dtype=config.dtype,
+            device=select_device(config.device, rank),
+            attn_implementation=config.attn_implementation,
+            trust_remote_code=config.trust_remote_code,
+        )
+        return model, tokenizer
+
     def describe(self) -> dict[str, Any]:
         described = super().describe()
         for field in dataclasses.fields(self.config):

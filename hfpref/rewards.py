@@ -23,10 +23,7 @@ from hfpref.model_utils import (
     Prompt,
     SequenceQuery,
     check_candidates_row,
-    load_model,
-    load_tokenizer,
     max_length_of,
-    select_device,
 )
 from hfpref.transform import Batch, RowError, row_label
 
@@ -166,17 +163,7 @@ class RewardAnnotator(ModelStep):
 
     def load(self, rank: int | None) -> _LoadedRM:
         config = self.config
-        revision = self.resolved_revision()
-        tokenizer = load_tokenizer(config.model, revision, config.trust_remote_code)
-        model = load_model(
-            AutoModelForSequenceClassification,
-            config.model,
-            revision,
-            dtype=config.dtype,
-            device=select_device(config.device, rank),
-            attn_implementation=config.attn_implementation,
-            trust_remote_code=config.trust_remote_code,
-        )
+        model, tokenizer = self.load_model_and_tokenizer(AutoModelForSequenceClassification, rank)
         num_labels = model.config.num_labels
         if num_labels > 1 and not config.multi_objective:
             raise ValueError(
