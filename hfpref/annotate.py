@@ -90,6 +90,7 @@ class AnnotateSelected(Step):
     first row is annotated twice: once to learn, once in the map).
     """
 
+    needs_whole_dataset = True  # its apply() looks at every row before mapping
     config_class = AnnotateSelectedConfig
     version = "1"
     config: AnnotateSelectedConfig

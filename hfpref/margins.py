@@ -300,6 +300,7 @@ class AnnotationSelector(Step):
     then maps); called on a lone batch it raises.
     """
 
+    needs_whole_dataset = True  # its apply() looks at every row before mapping
     config_class = AnnotationSelectionConfig
     version = "1"
     config: AnnotationSelectionConfig

@@ -22,9 +22,10 @@ A recipe looks like::
 Step names resolve through ``STEP_REGISTRY`` (name -> "module:Class" strings), so a step's module,
 and whatever heavy library it needs, is imported only when a recipe names it.
 
-``Recipe.run`` maps each step with ``Step.apply``: every step's output is a ``datasets`` cache file
-keyed by the input's fingerprint and the step's, so rerunning a finished recipe is all cache hits and a
-run stopped part-way (crash, Ctrl-C) resumes after the last finished step.
+``Recipe.run`` maps each step with an engine (``hfpref.engines``; by default ``Dataset.map`` in this
+process): every step's output is ``datasets`` cache files keyed by the input's fingerprint and the
+step's, written shard by shard (``hfpref.resume``), so rerunning a finished recipe is all cache hits and
+a run stopped part-way (crash, Ctrl-C, kill) resumes from the last finished shard of the step it was in.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hfpref import columns as C
+from hfpref.resume import DEFAULT_SHARD_ROWS
 
 STEP_REGISTRY: dict[str, str] = {
     "ResponseSampler": "hfpref.sampling:ResponseSampler",
@@ -525,11 +527,23 @@ class Recipe:
         batch_size: int = 64,
         num_proc: int | None = None,
         progress: bool = True,
+        gpus: int | None = None,
+        shard_rows: int | None = DEFAULT_SHARD_ROWS,
+        engine: Any = None,
     ) -> RecipeResult:
-        """Run the steps, then every pair strategy; finished steps are reused from the cache."""
+        """Run the steps, then every pair strategy; finished steps are reused from the cache.
+
+        ``engine``: where steps run (``hfpref.engines``); by default this process, with model steps in
+        ``gpus`` worker processes (one per GPU) when given, and every step in resumable shards of
+        ``shard_rows`` rows, so a run killed mid-step resumes from its last finished shard.
+        """
         import datasets
         from tqdm.auto import tqdm
 
+        from hfpref.engines.local import LocalEngine
+
+        if engine is None:
+            engine = LocalEngine(gpus=gpus, shard_rows=shard_rows)
         selection = importlib.import_module("hfpref.selection")
         selector_class = import_target(PAIR_SELECTOR)
         steps = [spec.build(i) for i, spec in enumerate(self.steps)]
@@ -553,7 +567,8 @@ class Recipe:
                 for spec, step in zip(self.steps, steps, strict=True):
                     bar.set_postfix_str(spec.step)
                     rows_in = len(candidates)
-                    candidates = step.apply(
+                    candidates = engine.map_step(
+                        step,
                         candidates,
                         batch_size=spec.batch_size or batch_size,
                         num_proc=spec.num_proc if spec.num_proc is not None else num_proc,
@@ -562,18 +577,13 @@ class Recipe:
                     bar.update(1)
                 pairs: dict[str, Any] = {}
                 dropped: dict[str, Counter] = {}
-                selectors: dict[str, Any] = {}
-                for strategy, config in configs.items():
-                    bar.set_postfix_str(strategy)
-                    if strategy not in skipped:
-                        selector = selector_class(config)
-                        selected = selector.apply(
-                            candidates, batch_size=batch_size, desc=f"pairs: {strategy}"
-                        )
-                        kept, reasons = selection.split_dropped(selected)
-                        pairs[strategy] = kept
-                        dropped[strategy] = Counter(reasons)
-                        selectors[strategy] = selector
+                selectors = {s: selector_class(c) for s, c in configs.items() if s not in skipped}
+                bar.update(len(configs) - len(selectors))
+                bar.set_postfix_str("pairs")
+                for strategy, selected in engine.select_pairs(selectors, candidates, batch_size=batch_size):
+                    kept, reasons = selection.split_dropped(selected)
+                    pairs[strategy] = kept
+                    dropped[strategy] = Counter(reasons)
                     bar.update(1)
         return RecipeResult(
             recipe=self,

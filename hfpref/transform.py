@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -116,6 +118,9 @@ class Step:
     config_class: ClassVar[type[StepConfig]] = StepConfig
     version: ClassVar[str] = "1"
     changes_row_count: ClassVar[bool] = False
+    # a step whose ``apply`` looks at the whole dataset (corpus-level ranking, type discovery) is run
+    # in one piece by the engines instead of in resumable shards
+    needs_whole_dataset: ClassVar[bool] = False
 
     def __init__(self, config: StepConfig | None = None, **overrides: Any) -> None:
         if config is None:
@@ -192,35 +197,66 @@ class Step:
         payload = json.dumps(self.describe(), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
-    def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
+    def output_fingerprint(self, dataset_fingerprint: str) -> str:
+        """The fingerprint of this step's output over a dataset with ``dataset_fingerprint``."""
+        return hashlib.sha256(f"{dataset_fingerprint}:{self.fingerprint()}".encode()).hexdigest()[:32]
+
+    def apply(
+        self,
+        dataset,
+        *,
+        batch_size: int = 64,
+        num_proc: int | None = None,
+        rank: int | None = None,
+        function: Any = None,
+        **map_kwargs: Any,
+    ):
         """Run the step over a ``datasets.Dataset`` with a fingerprint derived from the step.
 
-        ``num_proc=k`` runs k workers, each given its rank (one GPU each for model steps).
+        ``num_proc=k`` runs k workers, each given its rank (one GPU each for model steps); ``rank``
+        gives a single-process run the rank of the worker it runs in. ``function(batch, indices)``,
+        when given, is mapped instead of the step: an engine that computed the step's outputs
+        elsewhere (Ray) replays them through it, so they are encoded and cached as the step's own.
         """
         check_columns(dataset.column_names, self.input_columns(), self.name)
-        new_fingerprint = hashlib.sha256(f"{dataset._fingerprint}:{self.fingerprint()}".encode()).hexdigest()[
-            :32
-        ]
         if self.changes_row_count:
             map_kwargs.setdefault("remove_columns", dataset.column_names)
+        parallel = num_proc is not None and num_proc > 1
         return dataset.map(
-            _IndexedStep(self),
+            _IndexedStep(self, rank) if function is None else function,
             batched=True,
             batch_size=batch_size,
             with_indices=True,
-            with_rank=num_proc is not None and num_proc > 1,
+            with_rank=parallel and function is None,
             num_proc=num_proc,
-            new_fingerprint=new_fingerprint,
+            new_fingerprint=self.output_fingerprint(dataset._fingerprint),
             desc=map_kwargs.pop("desc", self.name),
             **map_kwargs,
         )
 
 
-class _IndexedStep:
-    """Adapter that hands ``Dataset.map``'s row indices to a step, so errors name dataset rows."""
+def make_fork_safe() -> None:
+    """Call first thing in a forked worker: run torch on one CPU thread there.
 
-    def __init__(self, step: Step) -> None:
+    GNU OpenMP's thread pool (torch's CPU parallelism) does not survive ``fork``: a worker forked
+    after the parent ran any torch operation hangs on its first parallel op unless it stays on one
+    thread. Workers are one per GPU or one per core, so one CPU thread each is what they want anyway.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+class _IndexedStep:
+    """Adapter that hands ``Dataset.map``'s row indices (and the worker's rank) to a step, so errors name
+    dataset rows; ``rank`` is the rank of a single-process run, which ``Dataset.map`` does not pass."""
+
+    def __init__(self, step: Step, rank: int | None = None) -> None:
         self.step = step
+        self.rank = rank
+        self.parent_pid = os.getpid()
 
     def __call__(self, batch: Batch, indices: list[int], rank: int | None = None) -> Batch:
-        return self.step(batch, rank=rank, indices=indices)
+        if os.getpid() != self.parent_pid:  # a Dataset.map(num_proc=k) worker
+            make_fork_safe()
+        return self.step(batch, rank=self.rank if rank is None else rank, indices=indices)

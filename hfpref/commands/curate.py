@@ -15,8 +15,11 @@ Without RECIPE it runs the embedded default: IFEval's 541 prompts with GPT-4's a
 (N = 2), IFEval constraint checks as strict rewards, word-level pair metrics (no model, no p_Δ), and every
 pair strategy that needs no reference model, into ./hfpref-release.
 
-Finished steps are cached by `datasets` (under --cache-dir), so a rerun is all cache hits and a run stopped
-part-way resumes after the last finished step."""
+Finished steps are cached by `datasets` (under --cache-dir), shard by shard (--shard-rows), so a rerun is all
+cache hits and a run stopped part-way (crash, Ctrl-C, kill) resumes from the last finished shard.
+
+Scaling out needs no change to the recipe: --gpus K runs each model step in K worker processes, one per GPU;
+--engine ray runs the recipe on a Ray cluster (model steps as actor pools, one GPU per actor)."""
 
 EPILOG = """\
 examples:
@@ -24,10 +27,43 @@ examples:
   hfpref curate dataset_scripts/ifeval_two_generators.yaml --strategies best_of_n2,max_margin
   hfpref curate my_recipe.yaml --input my_candidates.jsonl --tokenizer meta-llama/Llama-3.2-1B-Instruct
   hfpref curate --push-to-hub me/ifeval-pairs --version 0.1.0
+  hfpref curate my_recipe.yaml --gpus 8                      # model steps on 8 GPUs of this node
+  hfpref curate my_recipe.yaml --engine ray --address auto   # on a running Ray cluster
 """
 
 
+def build_engine(args: argparse.Namespace) -> Any:
+    """The engine the options ask for (``hfpref.engines``)."""
+    from hfpref.engines import make_engine
+    from hfpref.recipe import RecipeError
+
+    if args.gpus is not None and args.gpus < 1:
+        raise RecipeError(f"--gpus must be at least 1, got {args.gpus}")
+    if args.shard_rows < 0:
+        raise RecipeError(f"--shard-rows must be 0 or more, got {args.shard_rows}")
+    if args.engine == "local":
+        for flag, value in (("--address", args.address), ("--concurrency", args.concurrency)):
+            if value is not None:
+                raise RecipeError(f"{flag} applies to --engine ray only")
+        return make_engine("local", gpus=args.gpus, shard_rows=args.shard_rows)
+    if args.num_proc is not None:
+        raise RecipeError(
+            "--num-proc applies to the local engine; with --engine ray use --concurrency or --gpus"
+        )
+    return make_engine(
+        "ray",
+        address=args.address,
+        gpus=args.gpus,
+        concurrency=args.concurrency,
+        shard_rows=args.shard_rows,
+        progress=not args.no_progress,
+    )
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from hfpref.engines import ENGINES
+    from hfpref.resume import DEFAULT_SHARD_ROWS
+
     parser = subparsers.add_parser(
         "curate",
         help="run a recipe and write a carded release folder",
@@ -75,7 +111,42 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--batch-size", type=int, default=64, help="rows per batch of each step (default: 64)"
     )
     parser.add_argument(
-        "--num-proc", type=int, default=None, help="worker processes per step (one GPU each for model steps)"
+        "--num-proc",
+        type=int,
+        default=None,
+        help="worker processes per step, local engine (model steps take --gpus instead when it is given)",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        metavar="K",
+        help="GPUs for each model step: K worker processes with ranks 0..K-1 (local engine), or K actors with "
+        "one GPU each (Ray engine); pure-CPU steps are not affected",
+    )
+    parser.add_argument(
+        "--shard-rows",
+        type=int,
+        default=DEFAULT_SHARD_ROWS,
+        metavar="N",
+        help=f"rows per resumable shard of a step: a killed run resumes from its last finished shard "
+        f"(default: {DEFAULT_SHARD_ROWS}, rounded up to a multiple of --batch-size; 0: cache whole steps only)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="where steps run: 'local' (datasets, this machine) or 'ray' (Ray Data; pip install 'hfpref[ray]')",
+    )
+    parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster to join, e.g. 'auto' or 'ray://HEAD:10001' (default: start a local one); with --engine ray",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="actors per model step (default: --gpus, else the cluster's GPUs, else its CPUs); with --engine ray",
     )
     parser.add_argument(
         "--version", metavar="V", help="release version, e.g. 0.1.0 (default: the recipe's output.version)"
@@ -133,28 +204,35 @@ def build_recipe(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from hfpref.engines import EngineError
     from hfpref.recipe import RecipeError
     from hfpref.release import ReleaseError, push_release, read_manifest, write_release
     from hfpref.summary import summary_table
 
+    engine = None
     try:
         recipe = build_recipe(args)
+        engine = build_engine(args)
         result = recipe.run(
             cache_dir=args.cache_dir,
             batch_size=args.batch_size,
             num_proc=args.num_proc,
             progress=not args.no_progress,
+            engine=engine,
         )
         folder = write_release(result, recipe.output.folder, version=recipe.output.version)
-    except (RecipeError, ReleaseError) as err:
+    except (RecipeError, ReleaseError, EngineError) as err:
         print(f"hfpref curate: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
-            "\nhfpref curate: interrupted; run the same command again to resume after the finished steps",
+            "\nhfpref curate: interrupted; run the same command again to resume from the finished shards",
             file=sys.stderr,
         )
         return 130
+    finally:
+        if engine is not None:
+            engine.close()
 
     manifest = read_manifest(folder)
     pairs = {k: v for k, v in manifest["configs"].items() if v["kind"] == "pairs"}

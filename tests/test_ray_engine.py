@@ -1,0 +1,230 @@
+"""The Ray engine on a local two-CPU Ray cluster (one per test module): the same recipe gives the same
+release, row by row, as the single-process engine; model steps run in actors, pure-CPU steps in tasks;
+finished shards, whichever engine wrote them, are not recomputed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from datasets import Dataset
+
+from hfpref import recipe as R
+from hfpref.cli import main
+from hfpref.default_data import load_ifeval_candidates
+from hfpref.engines import EngineError
+from hfpref.model_utils import ModelStep
+from hfpref.recipe import DEFAULT_RECIPE, Recipe
+from hfpref.selection import PairSelector
+from hfpref.transform import RowError, StepConfig
+from tests.test_resume import logged, ray_actor, rows_file
+
+ray = pytest.importorskip("ray")
+
+from hfpref.engines.ray_engine import RayEngine  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster whose workers can import this test module's steps."""
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}},
+    )
+    yield
+    ray.shutdown()
+
+
+# ---- the embedded default recipe plus a log-prob model step, both engines -----------------------------
+
+
+def _table_rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def _same_row(got: dict, want: dict, where: str) -> None:
+    assert list(got) == list(want), where
+    for column, value in want.items():
+        _same_value(got[column], value, f"{where} column {column}")
+
+
+def _same_value(got, want, where: str) -> None:
+    """Equal, with floats to 1e-6 relative (model log-probs; every other float is computed identically)."""
+    if isinstance(want, float) and isinstance(got, float):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-6, nan_ok=True), where
+    elif isinstance(want, list) and isinstance(got, list):
+        assert len(got) == len(want), where
+        for g, w in zip(got, want, strict=True):
+            _same_value(g, w, where)
+    elif isinstance(want, dict) and isinstance(got, dict):
+        assert list(got) == list(want), where
+        for key in want:
+            _same_value(got[key], want[key], where)
+    else:
+        assert got == want and type(got) is type(want), f"{where}: {got!r} != {want!r}"
+
+
+def test_release_equals_the_single_process_engine_row_by_row(cluster, tmp_path, tiny_models):
+    subset = load_ifeval_candidates(tmp_path / "default").select(range(16))
+    raw = json.loads(json.dumps(DEFAULT_RECIPE))
+    raw["steps"].append(
+        {
+            "step": "LogProbAnnotator",
+            "config": {"model": str(tiny_models["policy"]), "dtype": "float32", "overflow": "truncate"},
+        }
+    )
+    raw["pairs"]["strategies"] = "all"  # with ref_logps every strategy runs, p_Δ ones included
+    releases = {}
+    for engine in ("local", "ray"):
+        subset.save_to_disk(str(tmp_path / f"input-{engine}"))  # its own copy: caches live next to the data
+        raw["input"] = {"path": str(tmp_path / f"input-{engine}")}
+        recipe = tmp_path / f"recipe-{engine}.yaml"
+        recipe.write_text(json.dumps(raw))
+        releases[engine] = tmp_path / f"release-{engine}"
+        args = ["curate", str(recipe), "-o", str(releases[engine]), "--batch-size", "8", "--no-progress"]
+        assert main([*args, "--engine", engine, *(["--concurrency", "1"] if engine == "ray" else [])]) == 0
+    local, on_ray = releases["local"], releases["ray"]
+
+    files = sorted(p.relative_to(local) for p in local.glob("data/*/*.parquet"))
+    assert len(files) == 13  # 12 strategies + candidates
+    assert files == sorted(p.relative_to(on_ray) for p in on_ray.glob("data/*/*.parquet"))
+    for name in files:
+        assert pq.read_schema(on_ray / name) == pq.read_schema(local / name), name
+        want, got = _table_rows(local / name), _table_rows(on_ray / name)
+        assert len(got) == len(want), name
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _same_row(g, w, f"{name} row {i}")
+
+    manifests = [json.loads((folder / "hfpref_manifest.json").read_text()) for folder in (local, on_ray)]
+    assert manifests[0]["configs"] == manifests[1]["configs"]  # row counts, drop reasons, statistics
+    candidates = _table_rows(on_ray / "data/candidates/train-00000-of-00001.parquet")
+    assert [row["key"] for row in candidates] == subset["key"], "rows come back in input order"
+    assert all(math.isfinite(x) for row in candidates for x in row["ref_logps"])
+
+
+# ---- where steps run, and resuming across engines -----------------------------------------------------
+
+
+@dataclasses.dataclass
+class WhereConfig(StepConfig):
+    model: str = ""  # a folder: its content hash is the model revision
+    revision: str | None = None
+    log: str = ""
+
+
+class WhereModel(ModelStep):
+    """A model step without weights: logs each load and batch with the Ray actor it ran in."""
+
+    config_class = WhereConfig
+    config: WhereConfig
+
+    def input_columns(self):
+        return ["responses"]
+
+    def output_columns(self):
+        return ["words"]
+
+    def load(self, rank):
+        _log(self.config.log, "load", None)
+        return "loaded"
+
+    def process(self, batch, rank, indices):
+        assert self.resources(rank) == "loaded"
+        _log(self.config.log, "model", indices)
+        return {"words": [[len(r.split()) for r in responses] for responses in batch["responses"]]}
+
+
+def _log(path: str, event: str, indices) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps([event, os.getpid(), ray_actor(), indices]) + "\n")
+
+
+def test_actors_for_model_steps_tasks_for_cpu_steps_and_resume_from_local_shards(
+    cluster, tmp_path, monkeypatch
+):
+    # the pure-CPU step lives in a module that does not import torch, so Ray task workers start fast
+    monkeypatch.setitem(R.STEP_REGISTRY, "CountedLengths", "tests.test_resume:CountedLengths")
+    monkeypatch.setitem(R.STEP_REGISTRY, "WhereModel", "tests.test_ray_engine:WhereModel")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    rows = rows_file(tmp_path, n=48)
+    cpu_log, model_log = tmp_path / "cpu-log", tmp_path / "model-log"
+    recipe = Recipe.from_dict(
+        {
+            "input": {"path": str(rows)},
+            "steps": [
+                {"step": "CountedLengths", "config": {"log": str(cpu_log), "fail_from_row": 32}},
+                {"step": "WhereModel", "config": {"model": str(model), "log": str(model_log)}},
+            ],
+            "pairs": {"strategies": ["max_margin", "reward_only"]},
+            "output": {"name": "ray-test", "version": "0.1.0"},
+        }
+    )
+
+    # a local run crashes in the CPU step at row 32: its shards of rows 0-15 and 16-31 are cached
+    Path(str(cpu_log) + ".fail").touch()
+    with pytest.raises(RuntimeError, match="simulated crash at rows 32"):
+        recipe.run(cache_dir=tmp_path / "cache", batch_size=4, shard_rows=16, progress=False)
+    Path(str(cpu_log) + ".fail").unlink()
+    local_batches = len(logged(cpu_log))
+
+    engine = RayEngine(concurrency=2, shard_rows=16, progress=False)
+    result = recipe.run(cache_dir=tmp_path / "cache", batch_size=4, engine=engine)
+    assert engine.executions == 3  # the CPU step's last shard, the model step, the pairs
+    cpu = logged(cpu_log, with_actor=True)[local_batches:]
+    assert sorted(first for *_, first, _ in cpu) == list(range(32, 48, 4)), (
+        "finished shards are not recomputed"
+    )
+    assert {(actor, rows) for _, _, actor, _, rows in cpu} == {(None, 4)}, (
+        "CPU steps run as tasks, in local batches"
+    )
+    assert os.getpid() not in {pid for pid, *_ in cpu}
+
+    events = [json.loads(line) for line in model_log.read_text().splitlines()]
+    batches = [(actor, indices) for kind, _, actor, indices in events if kind == "model"]
+    assert sorted(indices[0] for _, indices in batches) == list(range(0, 48, 4))
+    assert all(len(indices) == 4 for _, indices in batches), "Ray batches are the local batches"
+    actors = {actor for actor, _ in batches}
+    assert None not in actors and 1 <= len(actors) <= 2, "model steps run in (at most 2) actors"
+    loads = Counter(actor for kind, _, actor, _ in events if kind == "load")
+    assert set(loads) == actors and set(loads.values()) == {1}, "each actor loads its model once"
+
+    reference = recipe.run(cache_dir=tmp_path / "cache-ref", batch_size=4, progress=False)
+    assert result.candidates.to_list() == reference.candidates.to_list()
+    assert result.candidates.features == reference.candidates.features
+    for strategy in ("max_margin", "reward_only"):
+        assert result.pairs[strategy].to_list() == reference.pairs[strategy].to_list()
+        assert result.pairs[strategy].features == reference.pairs[strategy].features
+        assert result.dropped[strategy] == reference.dropped[strategy]
+
+    recipe.run(cache_dir=tmp_path / "cache", batch_size=4, engine=engine)
+    assert engine.executions == 3, "a finished run on Ray is all cache hits: Ray is not asked"
+
+
+def test_a_bad_row_raises_the_steps_own_error_naming_the_dataset_row(cluster):
+    rows = {"key": [7, 8, 9], "prompt": ["a", "b", "c"], "responses": [["x", "y"], ["x", "q"], ["z", "w"]]}
+    rows["rewards"] = [[1.0, 2.0], [1.0, 0.0], [0.5]]
+    with pytest.raises(
+        RowError, match=r"row 2 key=9 column 'rewards' must hold 2 numbers \(one per response\)"
+    ):
+        RayEngine(progress=False).map_step(
+            PairSelector(strategy="max_margin"), Dataset.from_dict(rows), batch_size=2
+        )
+
+
+def test_asking_for_gpus_a_cluster_lacks_is_an_error(cluster):
+    with pytest.raises(EngineError, match=r"1 model actors x 1 GPU need 1 GPUs; the Ray cluster has 0"):
+        RayEngine(gpus=1).actor_options()
+    assert RayEngine().actor_options() == {"concurrency": 2, "num_gpus": 0.0, "num_cpus": 1}
+    assert RayEngine(concurrency=1).actor_options()["concurrency"] == 1
