@@ -35,6 +35,22 @@ _LAZY = {
     "load_release": "hfpref.release",
     "push_release": "hfpref.release",
     "train_dpo": "hfpref.train",
+    "ImplicitMargins": "hfpref.margins",
+    "MarginConfig": "hfpref.margins",
+    "AnnotationSelector": "hfpref.margins",
+    "AnnotationSelectionConfig": "hfpref.margins",
+    "select_for_annotation": "hfpref.margins",
+    "AnnotateSelected": "hfpref.annotate",
+    "AnnotatedPairs": "hfpref.annotate",
+    "ConstrainedPrompts": "hfpref.constraints",
+    "ConstraintConfig": "hfpref.constraints",
+    "ContrastPairs": "hfpref.contrast",
+    "ContrastConfig": "hfpref.contrast",
+    "mix_contrast": "hfpref.contrast",
+    "MCTSPairGenerator": "hfpref.mcts",
+    "MCTSConfig": "hfpref.mcts",
+    "GeneratorDeltaTagger": "hfpref.generator_delta",
+    "measure_generator_capabilities": "hfpref.generator_delta",
 }
 
 __all__ = ["MissingColumnError", "RowError", "Step", "StepConfig", "__version__", *_LAZY]

@@ -53,8 +53,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hfpref import columns as C
-from hfpref.ifeval import _global_random_restored, checker_versions, instruction_registry
-from hfpref.recipe import register_step
+from hfpref.ifeval import checker_versions, global_random_restored, instruction_registry
 from hfpref.selection import prompt_seed
 from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
 
@@ -356,7 +355,7 @@ def build_constraint(
 ) -> tuple[str, dict]:
     """(the check's own description, the check's own record of its arguments) for explicit arguments."""
     check = registry[kind](kind)
-    with _global_random_restored():  # every argument is given, but lm-eval must never move our random
+    with global_random_restored():  # every argument is given, but lm-eval must never move our random
         description = check.build_description(**arguments)
         recorded = check.get_instruction_args() or {}
     return description, dict(recorded)
@@ -482,8 +481,6 @@ class ConstrainedPrompts(Step):
         map_kwargs.setdefault("features", self.output_features(dataset.features))
         return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
 
-
-register_step("ConstrainedPrompts", "hfpref.constraints:ConstrainedPrompts")
 
 __all__ = [
     "DIFFICULTY",

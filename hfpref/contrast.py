@@ -47,7 +47,6 @@ import numpy as np
 from hfpref import columns as C
 from hfpref.constraints import DIFFICULTY
 from hfpref.pair_metrics import dcrm
-from hfpref.recipe import register_step
 from hfpref.selection import PAIR_COLUMNS, PairSelector, pairs_features, prompt_seed
 from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
 
@@ -481,8 +480,6 @@ def mix_contrast(
     mixed = pairs.select(sorted(chosen))
     return mixed.remove_columns(C.DROP_REASON) if C.DROP_REASON in columns else mixed
 
-
-register_step("ContrastPairs", "hfpref.contrast:ContrastPairs")
 
 __all__ = [
     "CHOSEN_CORRECTNESS",

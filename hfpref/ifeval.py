@@ -81,7 +81,7 @@ def _lm_eval_version() -> str:
 @functools.cache
 def instruction_registry() -> Mapping[str, type]:
     """lm-eval's map from IFEval instruction id to check class, imported with the packaged NLTK data."""
-    with _global_random_restored():  # importing nltk draws from the global random
+    with global_random_restored():  # importing nltk draws from the global random
         use_packaged_nltk_data()  # before the import: lm-eval downloads Punkt at import when it finds none
         from lm_eval.tasks.ifeval import instructions_registry
 
@@ -89,7 +89,7 @@ def instruction_registry() -> Mapping[str, type]:
 
 
 @contextlib.contextmanager
-def _global_random_restored(seed: str | None = None) -> Iterator[None]:
+def global_random_restored(seed: str | None = None) -> Iterator[None]:
     """Run a block with the global ``random`` (which lm-eval's checks draw from) seeded, when a seed is
     given, and give the caller its own random state back afterwards."""
     saved = random.getstate()
@@ -243,7 +243,7 @@ def build_check(
     arguments = {name: value for name, value in kwargs.items() if value is not None}
     seed = f"{instruction_id}|{json.dumps(arguments, sort_keys=True, default=repr)}"
     check = registry[instruction_id](instruction_id)
-    with _global_random_restored(seed):
+    with global_random_restored(seed):
         try:
             check.build_description(**arguments)
             # IFEval's protocol: a check that declares a ``prompt`` argument is rebuilt with the prompt

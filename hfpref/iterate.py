@@ -70,7 +70,6 @@ from hfpref.recipe import (
     StepSpec,
     check_version,
     load_input,
-    register_step,
 )
 from hfpref.train import DCRM_RECIPE, train_dpo
 from hfpref.transform import Batch, Step, StepConfig
@@ -107,13 +106,6 @@ _RESERVED = {
 # DPOConfig defaults the loop changes: every round's checkpoint is one saved model (no intermediate
 # checkpoints inside it, which would also enter the next round's content hash)
 TRAINING_DEFAULTS: dict[str, Any] = {"save_strategy": "no"}
-
-for _name, _target in (
-    ("ImplicitMargins", "hfpref.margins:ImplicitMargins"),
-    ("AnnotationSelector", "hfpref.margins:AnnotationSelector"),
-    ("AnnotateSelected", "hfpref.annotate:AnnotateSelected"),
-):
-    register_step(_name, _target)
 
 
 class IterateError(RecipeError):

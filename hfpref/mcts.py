@@ -96,7 +96,7 @@ from hfpref.mcts_tree import (
     sibling_pairs,
 )
 from hfpref.model_utils import ModelStep, ModelStepConfig, Prompt, common_prefix, max_length_of
-from hfpref.sampling import ResponseSampler, _gumbel_noise_processor, length_groups, prompt_seed
+from hfpref.sampling import ResponseSampler, gumbel_noise_processor, length_groups, prompt_seed
 from hfpref.selection import PAIR_COLUMNS, pairs_features
 from hfpref.transform import Batch, RowError, StepConfig, row_label
 
@@ -429,7 +429,7 @@ class MCTSPairGenerator(ModelStep):
                 generators = [torch.Generator(device=device).manual_seed(seeds[k]) for k in group]
                 if self.config.temperature != 1.0:
                     processors.append(TemperatureLogitsWarper(self.config.temperature))
-                processors.append(_gumbel_noise_processor(generators, 1))  # one generator per row
+                processors.append(gumbel_noise_processor(generators, 1))  # one generator per row
             with torch.inference_mode():
                 output = model.generate(
                     **padded,

@@ -49,10 +49,20 @@ STEP_REGISTRY: dict[str, str] = {
     "PairMetrics": "hfpref.pair_metrics:PairMetrics",
     "LogProbAnnotator": "hfpref.logprobs:LogProbAnnotator",
     "RewardAnnotator": "hfpref.rewards:RewardAnnotator",
+    "ConstrainedPrompts": "hfpref.constraints:ConstrainedPrompts",
+    "ContrastPairs": "hfpref.contrast:ContrastPairs",
+    "MCTSPairGenerator": "hfpref.mcts:MCTSPairGenerator",
+    "ImplicitMargins": "hfpref.margins:ImplicitMargins",
+    "AnnotationSelector": "hfpref.margins:AnnotationSelector",
+    "AnnotateSelected": "hfpref.annotate:AnnotateSelected",
+    "QualityJudge": "hfpref.judges.quality:QualityJudge",
+    "FeatureDifferenceJudge": "hfpref.judges.features:FeatureDifferenceJudge",
+    "GeneratorDeltaTagger": "hfpref.generator_delta:GeneratorDeltaTagger",
 }
 PAIR_SELECTOR = "hfpref.selection:PairSelector"
-# strategies whose score is p_Δ-only or divides by p_Δ alone (hfpref.selection drops every row without
-# ref_logps for them), so a run without a reference model skips them instead of writing empty configs
+# strategies whose score is p_Δ alone (hfpref.selection drops every row without ref_logps for them): a run
+# without a reference model skips them instead of writing empty configs. Spelled out here so that reading
+# a recipe does not import hfpref.selection; tests/test_recipe.py checks it against selection's own list.
 STRATEGIES_NEEDING_REF_LOGPS = ("dcrm_no_edit", "logp_only")
 DEFAULT_INPUTS = ("ifeval",)
 ALL_STRATEGIES = "all"

@@ -102,7 +102,7 @@ def vllm_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _gumbel_noise_processor(generators: list[Any], n: int):
+def gumbel_noise_processor(generators: list[Any], n: int):
     """A logits processor adding Gumbel(0, 1) noise; rows ``[k*n, (k+1)*n)`` use ``generators[k]``."""
     import torch
     from transformers import LogitsProcessor
@@ -237,7 +237,7 @@ class ResponseSampler(ModelStep):
                 processors.append(TemperatureLogitsWarper(cfg.temperature))
                 if cfg.top_p < 1.0:
                     processors.append(TopPLogitsWarper(cfg.top_p))
-                processors.append(_gumbel_noise_processor(generators, copies))
+                processors.append(gumbel_noise_processor(generators, copies))
             with torch.inference_mode():
                 output = model.generate(
                     **padded, generation_config=generation_config, logits_processor=processors

@@ -76,6 +76,8 @@ _TERMS: dict[str, tuple[str, ...]] = {
     "reward_only": (),
 }
 STRATEGIES: tuple[str, ...] = tuple(_TERMS)
+# strategies that score p_Δ alone: every row without ref_logps is dropped (``no_ref_logps``)
+STRATEGIES_NEEDING_REF_LOGPS: tuple[str, ...] = tuple(name for name, terms in _TERMS.items() if "p!" in terms)
 CROSS_GENERATOR_STRATEGIES = ("best_of_n2_ds", "ds_rm")
 
 PAIR_COLUMNS = (

@@ -356,3 +356,16 @@ def test_missing_step_input_fails_before_any_step_runs(registry, rows_file, tmp_
     ):
         Recipe.from_dict(raw).run(cache_dir=tmp_path / "cache", progress=False)
     assert CopyScores.calls == 0
+
+
+def test_recipe_knows_which_strategies_need_ref_logps():
+    from hfpref.selection import STRATEGIES_NEEDING_REF_LOGPS
+
+    assert set(R.STRATEGIES_NEEDING_REF_LOGPS) == set(STRATEGIES_NEEDING_REF_LOGPS)
+
+
+def test_every_registered_step_imports_and_is_a_step():
+    from hfpref.transform import Step
+
+    for name in R.STEP_REGISTRY:
+        assert issubclass(R.step_class(name), Step), name
