@@ -74,7 +74,6 @@ import numpy as np
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    GenerationConfig,
     LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
@@ -96,7 +95,13 @@ from hfpref.mcts_tree import (
     sibling_pairs,
 )
 from hfpref.model_utils import ModelStep, ModelStepConfig, Prompt, common_prefix, max_length_of
-from hfpref.sampling import ResponseSampler, gumbel_noise_processor, length_groups, prompt_seed
+from hfpref.sampling import (
+    ResponseSampler,
+    gumbel_noise_processor,
+    length_groups,
+    plain_generation_config,
+    prompt_seed,
+)
 from hfpref.selection import PAIR_COLUMNS, pairs_features
 from hfpref.transform import Batch, RowError, StepConfig, row_label
 
@@ -433,7 +438,7 @@ class MCTSPairGenerator(ModelStep):
             with torch.inference_mode():
                 output = model.generate(
                     **padded,
-                    generation_config=_plain_generation_config(
+                    generation_config=plain_generation_config(
                         model, tokenizer, loaded.eos_ids, int(row_limits.max())
                     ),
                     logits_processor=processors,
@@ -649,21 +654,6 @@ def token_tables(tokenizer: Any, vocab: int) -> tuple[torch.Tensor, torch.Tensor
         sentence_end[i] = _SENTENCE_END.search(text) is not None
         blank[i] = not text.strip()
     return sentence_end, blank
-
-
-def _plain_generation_config(model: Any, tokenizer: Any, eos_ids: list[int], max_new_tokens: int):
-    """Greedy decoding with no logits processors: ``generate`` fills unset fields from the model's own
-    generation config, so the ones that would reshape the policy's distribution are set to neutral values."""
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,  # sampling, when wanted, is the Gumbel noise processor's
-        eos_token_id=eos_ids,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=model.generation_config.bos_token_id,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        min_length=0,
-    )
 
 
 def response_ids(node: Node) -> list[int]:

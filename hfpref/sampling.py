@@ -102,6 +102,27 @@ def vllm_available() -> bool:
     return torch.cuda.is_available()
 
 
+def plain_generation_config(model: Any, tokenizer: Any, eos_token_id: Any, max_new_tokens: int) -> Any:
+    """Greedy decoding with no processors of the model's own.
+
+    ``generate`` fills a config's unset fields from the checkpoint's generation config, so a model that
+    ships e.g. ``repetition_penalty: 1.05`` would reshape our samples: those fields are set to neutral
+    values. Sampling, when wanted, is the Gumbel noise processor's (``gumbel_noise_processor``).
+    """
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=model.generation_config.bos_token_id,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_length=0,
+    )
+
+
 def gumbel_noise_processor(generators: list[Any], n: int):
     """A logits processor adding Gumbel(0, 1) noise; rows ``[k*n, (k+1)*n)`` use ``generators[k]``."""
     import torch
@@ -208,21 +229,14 @@ class ResponseSampler(ModelStep):
     ) -> list[list[str]]:
         import torch
         from transformers import (
-            GenerationConfig,
             LogitsProcessorList,
             TemperatureLogitsWarper,
             TopPLogitsWarper,
         )
 
         cfg = self.config
-        # A fresh generation config: the model's own sampling defaults must not leak into our settings.
-        generation_config = GenerationConfig(
-            max_new_tokens=cfg.max_new_tokens,
-            do_sample=False,  # sampling happens through the Gumbel noise processor below
-            eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=model.generation_config.bos_token_id,
-        )
+        eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
+        generation_config = plain_generation_config(model, tokenizer, eos, cfg.max_new_tokens)
         greedy = cfg.temperature == 0
         copies = 1 if greedy else cfg.n  # greedy decoding gives n equal responses: decode once, repeat
         responses: list[list[str]] = [[] for _ in token_ids]

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hfpref.sampling import (
     ResponseSampler,
     SamplerConfig,
-    _gumbel_noise_processor,
+    gumbel_noise_processor,
     length_groups,
     prompt_seed,
 )
@@ -135,7 +135,7 @@ def test_gumbel_noise_samples_the_softmax_distribution():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     rows = 20000
     scores = probs.log().repeat(rows, 1)
-    processor = _gumbel_noise_processor([torch.Generator().manual_seed(7)], n=rows)
+    processor = gumbel_noise_processor([torch.Generator().manual_seed(7)], n=rows)
     picks = processor(None, scores).argmax(dim=-1)
     frequencies = torch.bincount(picks, minlength=4).double() / rows
     # binomial standard deviation is at most sqrt(0.25 / 20000) = 0.0035; 0.015 is over 4 of them
