@@ -1,4 +1,4 @@
-"""Recipes: a YAML file naming an input, a chain of candidate-level steps, pair strategies and an output.
+"""Recipes: a YAML file naming an input, a chain of candidate-level steps, pair configs and an output.
 
 A recipe looks like::
 
@@ -13,11 +13,34 @@ A recipe looks like::
     pairs:
       strategies: [best_of_n2, max_margin, ds_fix]     # or "all"
       config: {seed: 0, generator_ranking: [gpt-4-20231107, text-bison-001]}
+      makers:                           # optional: pair-making steps, one release config each
+        - {name: rs_high_contrast, step: ContrastPairs, config: {mode: high}}
+        - {name: rs_low_contrast, step: ContrastPairs, config: {mode: low}}
+        - {name: mcts_pairs, step: MCTSPairGenerator, config: {model: M}, source: prompts}
+      mixes:                            # optional: hfpref.contrast.mix_contrast over maker configs
+        - {name: rs_mixed, from: [rs_high_contrast, rs_low_contrast], ratio_high: 0.5, size: null}
     output:
       folder: hfpref-release
       name: hfpref-ifeval-two-generators
       version: 0.1.0
       push_to_hub: {repo_id: ORG/NAME}  # optional
+
+Every pair strategy, maker and mix becomes one release config, named by the strategy or by ``name``:
+
+* a *strategy* is ``hfpref.selection.PairSelector`` with ``pairs.config`` and that strategy, run over the
+  annotated candidates (at most one pair per prompt);
+* a *maker* is any registered step that changes the row count and writes ``drop_reason`` (a pair maker
+  such as ``ContrastPairs`` or ``MCTSPairGenerator``), mapped by the engine like the steps (cached,
+  resumable) over its ``source``: ``candidates`` (default: the output of the last step) or ``prompts``:
+  the rows as they were *before the first step that writes* ``responses`` (the output of the steps before
+  it, e.g. of ``ConstrainedPrompts`` when ``ResponseSampler`` comes next), for makers that answer the
+  prompts themselves (MCTS); ``batch_size`` / ``num_proc`` as for steps;
+* a *mix* draws ``hfpref.contrast.mix_contrast(pairs, ratio_high, size, seed, stratify=, allow_short=)``
+  from the kept pairs of the maker configs named in ``from`` (concatenated in that order; each must
+  write ``contrast_level``); ``size: null`` takes the largest size the pairs allow
+  (``largest_mix_size``), recorded in the manifest, and a mix with nothing to draw from is skipped.
+
+Drop reasons of strategies and makers are counted alike (``hfpref.selection.split_dropped``).
 
 Step names resolve through ``STEP_REGISTRY`` (name -> "module:Class" strings), so a step's module,
 and whatever heavy library it needs, is imported only when a recipe names it.
@@ -66,6 +89,11 @@ PAIR_SELECTOR = "hfpref.selection:PairSelector"
 STRATEGIES_NEEDING_REF_LOGPS = ("dcrm_no_edit", "logp_only")
 DEFAULT_INPUTS = ("ifeval",)
 ALL_STRATEGIES = "all"
+# the release config of the annotated candidates: no strategy, maker or mix may take its name
+CANDIDATES_CONFIG = "candidates"
+MAKER_SOURCES = ("candidates", "prompts")
+MIX_FUNCTION = "hfpref.contrast.mix_contrast"
+_CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name under data/ and a config name
 
 _TOP_LEVEL_KEYS = ("description", "input", "steps", "pairs", "output")
 _VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*([-+][0-9A-Za-z.]+)?$")
@@ -111,6 +139,14 @@ def _as_mapping(value: Any, where: str) -> dict:
     if not isinstance(value, Mapping):
         raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
     return dict(value)
+
+
+def _as_list(value: Any, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RecipeError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+    return value
 
 
 def build_config(config_class: type, values: Mapping[str, Any], where: str) -> Any:
@@ -254,40 +290,214 @@ class StepSpec:
         return out
 
 
+def _check_config_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not _CONFIG_NAME_RE.match(name):
+        raise RecipeError(
+            f"{where}.name: expected a config name (letters, digits, '_', '-', '.'; not starting with "
+            f"'_', '-' or '.'), got {name!r}"
+        )
+    if name == CANDIDATES_CONFIG:
+        raise RecipeError(f"{where}.name: {CANDIDATES_CONFIG!r} is the release's candidates config")
+    return name
+
+
+@dataclasses.dataclass
+class MakerSpec:
+    """A pair-making step (changes the row count, writes ``drop_reason``) whose kept pairs form config ``name``.
+
+    ``source``: "candidates" (the last step's output) or "prompts" (the rows before the first step that
+    writes ``responses``).
+    """
+
+    name: str
+    step: str
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    source: str = "candidates"
+    batch_size: int | None = None
+    num_proc: int | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any, index: int) -> MakerSpec:
+        where = f"pairs.makers[{index}]"
+        raw = _as_mapping(raw, where)
+        _check_keys(raw, tuple(f.name for f in dataclasses.fields(cls)), where)
+        for required in ("name", "step"):
+            if required not in raw:
+                raise RecipeError(f"{where}: missing '{required}'")
+        name = _check_config_name(raw["name"], where)
+        source = raw.get("source", "candidates")
+        if source not in MAKER_SOURCES:
+            raise RecipeError(
+                f"{where} ({name}).source: expected one of {list(MAKER_SOURCES)}, got {source!r}"
+            )
+        return cls(
+            name=name,
+            step=str(raw["step"]),
+            config=_as_mapping(raw.get("config"), f"{where} ({name}).config"),
+            source=source,
+            batch_size=raw.get("batch_size"),
+            num_proc=raw.get("num_proc"),
+        )
+
+    def where(self, index: int) -> str:
+        return f"pairs.makers[{index}] ({self.name}: {self.step})"
+
+    def build(self, index: int):
+        """The step, after checking that it makes pairs rows (row count changes, ``drop_reason`` written)."""
+        cls = step_class(self.step, self.where(index))
+        step = cls(build_config(cls.config_class, self.config, self.where(index)))
+        if not getattr(cls, "changes_row_count", False) or C.DROP_REASON not in step.output_columns():
+            raise RecipeError(
+                f"{self.where(index)}: {self.step} is not a pair maker: a maker must change the row count "
+                f"(changes_row_count = True) and write {C.DROP_REASON!r}, as ContrastPairs and "
+                "MCTSPairGenerator do; candidate-level steps go under 'steps'"
+            )
+        return step
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "step": self.step, "config": copy.deepcopy(self.config)}
+        if self.source != "candidates":
+            out["source"] = self.source
+        if self.batch_size is not None:
+            out["batch_size"] = self.batch_size
+        if self.num_proc is not None:
+            out["num_proc"] = self.num_proc
+        return out
+
+
+@dataclasses.dataclass
+class MixSpec:
+    """Config ``name``: ``mix_contrast`` over the concatenated kept pairs of the maker configs in ``from_``.
+
+    ``size`` None: the largest size the pairs allow at ``ratio_high`` (``largest_mix_size``).
+    """
+
+    name: str
+    from_: list[str]
+    ratio_high: float = 0.5
+    size: int | None = None
+    seed: int = 0
+    stratify: str | None = None
+    allow_short: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: Any, index: int) -> MixSpec:
+        where = f"pairs.mixes[{index}]"
+        raw = _as_mapping(raw, where)
+        allowed = ("name", "from", "ratio_high", "size", "seed", "stratify", "allow_short")
+        _check_keys(raw, allowed, where)
+        for required in ("name", "from"):
+            if required not in raw:
+                raise RecipeError(f"{where}: missing '{required}'")
+        name = _check_config_name(raw["name"], where)
+        where = f"{where} ({name})"
+        sources = raw["from"]
+        if not (isinstance(sources, list) and sources and all(isinstance(x, str) for x in sources)):
+            raise RecipeError(f"{where}.from: expected a non-empty list of config names, got {sources!r}")
+        if len(set(sources)) != len(sources):
+            raise RecipeError(f"{where}.from: a config is named twice in {sources}")
+        spec = cls(
+            name=name, from_=list(sources), **{k: v for k, v in raw.items() if k not in ("name", "from")}
+        )
+        ratio = spec.ratio_high
+        if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 <= ratio <= 1):
+            raise RecipeError(f"{where}.ratio_high: expected a number in [0, 1], got {ratio!r}")
+        if spec.size is not None and not (
+            isinstance(spec.size, int) and not isinstance(spec.size, bool) and spec.size >= 1
+        ):
+            raise RecipeError(
+                f"{where}.size: expected a positive int or null (the largest), got {spec.size!r}"
+            )
+        if not (isinstance(spec.seed, int) and not isinstance(spec.seed, bool) and spec.seed >= 0):
+            raise RecipeError(f"{where}.seed: expected a non-negative int, got {spec.seed!r}")
+        if spec.stratify is not None and not isinstance(spec.stratify, str):
+            raise RecipeError(f"{where}.stratify: expected a column name or null, got {spec.stratify!r}")
+        if not isinstance(spec.allow_short, bool):
+            raise RecipeError(f"{where}.allow_short: expected true or false, got {spec.allow_short!r}")
+        return spec
+
+    def arguments(self, size: int | None = None) -> dict[str, Any]:
+        """``mix_contrast``'s keyword arguments (``size`` resolved when given)."""
+        return {
+            "ratio_high": self.ratio_high,
+            "size": self.size if size is None else size,
+            "seed": self.seed,
+            "stratify": self.stratify,
+            "allow_short": self.allow_short,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "from": list(self.from_), **self.arguments()}
+
+
+@dataclasses.dataclass
+class MixRecord:
+    """How a mix config was drawn, described like a step for the manifest's ``pair_selection``."""
+
+    spec: MixSpec
+    size: int
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "step": MIX_FUNCTION,
+            "version": "1",
+            "config": {"from": list(self.spec.from_), **self.spec.arguments(self.size)},
+            "revision": None,
+        }
+
+
 @dataclasses.dataclass
 class PairsSpec:
-    """The pair strategies to run ("all" = every strategy that applies) and their shared config."""
+    """The pair strategies to run ("all" = every strategy that applies) and their shared config, plus
+    optional pair makers and mixes (see the module docstring); ``strategies`` may be [] with makers."""
 
     strategies: list[str] | str = ALL_STRATEGIES
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    makers: list[MakerSpec] = dataclasses.field(default_factory=list)
+    mixes: list[MixSpec] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_dict(cls, raw: Any) -> PairsSpec:
         where = "pairs"
         raw = _as_mapping(raw, where)
-        _check_keys(raw, ("strategies", "config"), where)
+        _check_keys(raw, ("strategies", "config", "makers", "mixes"), where)
+        makers = [
+            MakerSpec.from_dict(m, i) for i, m in enumerate(_as_list(raw.get("makers"), "pairs.makers"))
+        ]
+        mixes = [MixSpec.from_dict(m, i) for i, m in enumerate(_as_list(raw.get("mixes"), "pairs.mixes"))]
         strategies = raw.get("strategies", ALL_STRATEGIES)
         if isinstance(strategies, str) and strategies != ALL_STRATEGIES:
             strategies = [s.strip() for s in strategies.split(",") if s.strip()]
         if not isinstance(strategies, str) and (
             not isinstance(strategies, list)
-            or not strategies
+            or not (strategies or makers)
             or not all(isinstance(s, str) for s in strategies)
         ):
             raise RecipeError(
-                f"{where}.strategies: expected 'all' or a non-empty list of names, got {strategies!r}"
+                f"{where}.strategies: expected 'all' or a non-empty list of names (or [] when there are "
+                f"makers), got {strategies!r}"
             )
-        return cls(strategies=strategies, config=_as_mapping(raw.get("config"), f"{where}.config"))
+        return cls(
+            strategies=strategies,
+            config=_as_mapping(raw.get("config"), f"{where}.config"),
+            makers=makers,
+            mixes=mixes,
+        )
 
     @property
     def generator_ranking(self) -> list[str] | None:
         return self.config.get("generator_ranking")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "strategies": self.strategies if isinstance(self.strategies, str) else list(self.strategies),
             "config": copy.deepcopy(self.config),
         }
+        if self.makers:  # absent otherwise, so recipes without makers read and print as before
+            out["makers"] = [m.to_dict() for m in self.makers]
+        if self.mixes:
+            out["mixes"] = [m.to_dict() for m in self.mixes]
+        return out
 
 
 @dataclasses.dataclass
@@ -422,9 +632,64 @@ class Recipe:
 
         Imports each named step's module (not its models: those load on first use), never the network.
         """
-        for index, spec in enumerate(self.steps):
-            spec.build(index)
-        self.selection_configs()
+        steps = [spec.build(index) for index, spec in enumerate(self.steps)]
+        configs, _ = self.selection_configs()
+        self.check_pair_configs(list(configs), self.build_makers(steps))
+
+    def prompts_index(self, steps: list[Any]) -> int | None:
+        """The index of the first step that writes ``responses``: a maker's "prompts" source is the rows
+        that step receives (the input after the steps before it). None when no step writes responses."""
+        for index, step in enumerate(steps):
+            if C.RESPONSES in step.output_columns():
+                return index
+        return None
+
+    def build_makers(self, steps: list[Any]) -> list[Any]:
+        """The makers' steps, after checking that a "prompts" source exists."""
+        makers = [spec.build(index) for index, spec in enumerate(self.pairs.makers)]
+        for index, spec in enumerate(self.pairs.makers):
+            if spec.source == "prompts" and self.prompts_index(steps) is None:
+                raise RecipeError(
+                    f"{spec.where(index)}.source: 'prompts' are the rows before the first step that writes "
+                    f"{C.RESPONSES!r}, and no step does; use source: candidates to run on the steps' output"
+                )
+        return makers
+
+    def check_pair_configs(self, strategies: list[str], makers: list[Any]) -> None:
+        """Config names are unique; every mix draws from maker configs that write ``contrast_level``."""
+        taken = {name: f"pairs.strategies ({name})" for name in strategies}
+        for index, spec in enumerate(self.pairs.makers):
+            if spec.name in taken:
+                raise RecipeError(
+                    f"{spec.where(index)}: config name {spec.name!r} is taken by {taken[spec.name]}"
+                )
+            taken[spec.name] = spec.where(index)
+        maker_steps = {spec.name: step for spec, step in zip(self.pairs.makers, makers, strict=True)}
+        if self.pairs.mixes:
+            from hfpref.contrast import CONTRAST_LEVEL
+        for index, mix in enumerate(self.pairs.mixes):
+            where = f"pairs.mixes[{index}] ({mix.name})"
+            if mix.name in taken:
+                raise RecipeError(f"{where}: config name {mix.name!r} is taken by {taken[mix.name]}")
+            taken[mix.name] = where
+            for name in mix.from_:
+                if name in maker_steps:
+                    if CONTRAST_LEVEL not in maker_steps[name].output_columns():
+                        raise RecipeError(
+                            f"{where}.from: maker config {name!r} ({type(maker_steps[name]).__name__}) writes no "
+                            f"{CONTRAST_LEVEL!r} column, which mix_contrast draws by"
+                        )
+                    continue
+                what = (
+                    "a pair strategy, whose pairs have no contrast level"
+                    if name in strategies
+                    else "another mix"
+                    if name in taken
+                    else "not a config of this recipe"
+                )
+                raise RecipeError(
+                    f"{where}.from: {name!r} is {what}; a mix draws from maker configs: {list(maker_steps)}"
+                )
 
     def selection_configs(self) -> tuple[dict[str, Any], dict[str, str]]:
         """(strategy -> SelectionConfig, strategy -> why it is skipped).
@@ -465,11 +730,11 @@ class Recipe:
             )
         return configs, skipped
 
-    def preflight(self, steps: list[Any], input_columns: list[str]) -> list[str]:
+    def preflight(self, steps: list[Any], input_columns: list[str], stop: int | None = None) -> list[str]:
         """Check every step's input columns against the input's plus earlier steps' outputs; return the
-        columns the candidates will have after the last step."""
+        columns the candidates will have after the last step (after ``steps[:stop]`` when given)."""
         columns = list(input_columns)
-        for index, (spec, step) in enumerate(zip(self.steps, steps, strict=True)):
+        for index, (spec, step) in enumerate(zip(self.steps[:stop], steps[:stop], strict=True)):
             missing = [c for c in step.input_columns() if c not in columns]
             if missing:
                 raise RecipeError(
@@ -478,6 +743,17 @@ class Recipe:
                 )
             columns += [c for c in step.output_columns() if c not in columns]
         return columns
+
+    def preflight_makers(self, makers: list[Any], columns_by_source: Mapping[str, list[str]]) -> None:
+        """Check every maker's input columns against its source's columns."""
+        for index, (spec, maker) in enumerate(zip(self.pairs.makers, makers, strict=True)):
+            columns = columns_by_source[spec.source]
+            missing = [c for c in maker.input_columns() if c not in columns]
+            if missing:
+                raise RecipeError(
+                    f"{spec.where(index)}: needs column(s) {missing}, which its source ({spec.source}) lacks; "
+                    f"columns available: {columns}"
+                )
 
     def unservable_strategies(self, strategies: list[str], column_names: list[str]) -> dict[str, str]:
         """strategy -> what the candidates lack for it (an input column, or p_Δ's reference log-probs)."""
@@ -541,7 +817,8 @@ class Recipe:
         shard_rows: int | None = DEFAULT_SHARD_ROWS,
         engine: Any = None,
     ) -> RecipeResult:
-        """Run the steps, then every pair strategy; finished steps are reused from the cache.
+        """Run the steps, then every pair strategy, maker and mix; finished steps and makers are reused
+        from the cache.
 
         ``engine``: where steps run (``hfpref.engines``); by default this process, with model steps in
         ``gpus`` worker processes (one per GPU) when given, and every step in resumable shards of
@@ -558,12 +835,20 @@ class Recipe:
         selector_class = import_target(PAIR_SELECTOR)
         steps = [spec.build(i) for i, spec in enumerate(self.steps)]
         configs, skipped = self.selection_configs()
+        makers = self.build_makers(steps)
+        self.check_pair_configs(list(configs), makers)
+        uses_prompts = any(spec.source == "prompts" for spec in self.pairs.makers)
+        prompts_at = self.prompts_index(steps) if uses_prompts else None
 
         quiet = contextlib.nullcontext() if progress else _datasets_progress_off(datasets)
         with quiet:
             candidates, input_info = self.load_input(cache_dir)
             # preflight: a missing column fails now, not after hours of earlier (model) steps
             columns = self.preflight(steps, candidates.column_names)
+            columns_by_source = {"candidates": columns}
+            if prompts_at is not None:
+                columns_by_source["prompts"] = self.preflight(steps, candidates.column_names, stop=prompts_at)
+            self.preflight_makers(makers, columns_by_source)
             unservable = self.unservable_strategies(list(configs), columns)
             if unservable and self.pairs.strategies != ALL_STRATEGIES:
                 listed = "; ".join(f"{k}: {v}" for k, v in unservable.items())
@@ -571,10 +856,14 @@ class Recipe:
                     f"pairs.strategies: these strategies cannot run on the candidates: {listed}"
                 )
             skipped.update(unservable)
-            bar = tqdm(total=len(steps) + len(configs), desc="recipe", unit="step", disable=not progress)
+            total = len(steps) + len(configs) + len(makers) + len(self.pairs.mixes)
+            bar = tqdm(total=total, desc="recipe", unit="step", disable=not progress)
             with bar:
                 step_rows: list[dict[str, int]] = []
-                for spec, step in zip(self.steps, steps, strict=True):
+                prompts = None
+                for index, (spec, step) in enumerate(zip(self.steps, steps, strict=True)):
+                    if index == prompts_at:
+                        prompts = candidates  # the rows before the first step that writes responses
                     bar.set_postfix_str(spec.step)
                     rows_in = len(candidates)
                     candidates = engine.map_step(
@@ -595,17 +884,61 @@ class Recipe:
                     pairs[strategy] = kept
                     dropped[strategy] = Counter(reasons)
                     bar.update(1)
+                made_by: dict[str, Any] = dict(selectors)
+                for spec, maker in zip(self.pairs.makers, makers, strict=True):
+                    bar.set_postfix_str(spec.name)
+                    selected = engine.map_step(
+                        maker,
+                        prompts if spec.source == "prompts" else candidates,
+                        batch_size=spec.batch_size or batch_size,
+                        num_proc=spec.num_proc if spec.num_proc is not None else num_proc,
+                    )
+                    kept, reasons = selection.split_dropped(selected)
+                    pairs[spec.name] = kept
+                    dropped[spec.name] = Counter(reasons)
+                    made_by[spec.name] = maker
+                    bar.update(1)
+                for index, mix in enumerate(self.pairs.mixes):
+                    bar.set_postfix_str(mix.name)
+                    mixed = self.run_mix(index, pairs)
+                    if isinstance(mixed, str):
+                        skipped[mix.name] = mixed
+                    else:
+                        pairs[mix.name], made_by[mix.name] = mixed
+                        dropped[mix.name] = Counter()
+                    bar.update(1)
         return RecipeResult(
             recipe=self,
             candidates=candidates,
             steps=steps,
             pairs=pairs,
             dropped=dropped,
-            selectors=selectors,
+            selectors=made_by,
             input_info=input_info,
             skipped_strategies=skipped,
             step_rows=step_rows,
         )
+
+    def run_mix(self, index: int, pairs: Mapping[str, Any]) -> tuple[Any, MixRecord] | str:
+        """(mixed pairs, how they were drawn) for ``pairs.mixes[index]``, or why it was skipped."""
+        import datasets
+
+        from hfpref.contrast import MixError, largest_mix_size, mix_contrast
+
+        mix = self.pairs.mixes[index]
+        where = f"pairs.mixes[{index}] ({mix.name})"
+        try:
+            pool = datasets.concatenate_datasets([pairs[name] for name in mix.from_])
+        except ValueError as err:  # e.g. makers whose pairs have different columns
+            raise RecipeError(f"{where}: cannot concatenate the pairs of {mix.from_}: {err}") from err
+        size = mix.size if mix.size is not None else largest_mix_size(pool, mix.ratio_high)
+        if size == 0:
+            return f"no high- and low-contrast pairs to mix at ratio_high={mix.ratio_high} in {mix.from_}"
+        try:
+            mixed = mix_contrast(pool, **mix.arguments(size))
+        except (MixError, ValueError) as err:
+            raise RecipeError(f"{where}: {err}") from err
+        return mixed, MixRecord(mix, size)
 
 
 @dataclasses.dataclass
@@ -615,9 +948,9 @@ class RecipeResult:
     recipe: Recipe
     candidates: Any  # datasets.Dataset
     steps: list[Any]
-    pairs: dict[str, Any]  # strategy -> datasets.Dataset of kept pairs
-    dropped: dict[str, Counter]  # strategy -> drop reason -> count
-    selectors: dict[str, Any]
+    pairs: dict[str, Any]  # config (strategy, maker or mix name) -> datasets.Dataset of kept pairs
+    dropped: dict[str, Counter]  # config -> drop reason -> count
+    selectors: dict[str, Any]  # config -> what made it (anything with describe(): a step, a MixRecord)
     input_info: dict[str, Any]
     skipped_strategies: dict[str, str] = dataclasses.field(default_factory=dict)
     step_rows: list[dict[str, int]] = dataclasses.field(default_factory=list)  # rows in/out of each step

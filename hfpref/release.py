@@ -7,7 +7,7 @@ Layout (the same files are pushed to the Hub, so ``load_dataset(folder, name=...
       README.md                                   dataset card; its YAML header declares the configs
       hfpref_manifest.json                        the recipe as run, models, versions, counts, statistics
       pairs_distance_reward_margin.png            the pairs in the e_Δ / r_Δ plane
-      data/<strategy>/train-00000-of-00001.parquet   one config per pair strategy (kept pairs)
+      data/<config>/train-00000-of-00001.parquet     one config per pair strategy, maker and mix (kept pairs)
       data/candidates/train-00000-of-00001.parquet   the annotated candidates
 
 The card is rendered from the manifest alone (``render_card``), so ``hfpref push`` can rewrite the
@@ -28,13 +28,12 @@ from typing import Any
 
 from hfpref import columns as C
 from hfpref.plots import PLOT_FILE, plot_pairs_plane
-from hfpref.recipe import RecipeResult, check_version
+from hfpref.recipe import CANDIDATES_CONFIG, RecipeResult, check_version
 from hfpref.summary import METRICS, strategy_summary
 
 MANIFEST_FILE = "hfpref_manifest.json"
 CARD_FILE = "README.md"
 CARD_TEMPLATE = "dataset_card.md.j2"
-CANDIDATES_CONFIG = "candidates"
 MANIFEST_FORMAT = "hfpref-release/1"
 DATA_FILE = "data/{config}/train-00000-of-00001.parquet"
 DATA_GLOB = "data/{config}/train-*.parquet"
@@ -111,6 +110,7 @@ def build_manifest(
     ):
         steps.append({**described, **rows})
     selection = {strategy: selector.describe() for strategy, selector in result.selectors.items()}
+    origins = config_origins(recipe)
     configs: dict[str, Any] = {}
     first_with_digest: dict[str, str] = {}
     for strategy, pairs in result.pairs.items():
@@ -123,6 +123,8 @@ def build_manifest(
             "columns": [c for c in pairs.column_names if c != C.DROP_REASON],
             **strategy_summary(pairs, result.dropped[strategy], ranking),
         }
+        if strategy in origins:  # only makers and mixes: a strategy's entry stays as it always was
+            configs[strategy]["made_by"] = origins[strategy]
         first_with_digest.setdefault(digest, strategy)
     kept_candidate_columns, dropped_candidate_columns = _candidate_columns(result)
     configs[CANDIDATES_CONFIG] = {
@@ -135,7 +137,8 @@ def build_manifest(
     input_info = dict(result.input_info)
     license_ = recipe.output.license or input_info.get("license") or "other"
     recipe_as_run = recipe.to_dict()
-    recipe_as_run["pairs"]["strategies"] = list(result.pairs)  # "all" resolved to the strategies that ran
+    # "all" resolved to the strategies that ran (makers and mixes have their own lists)
+    recipe_as_run["pairs"]["strategies"] = [name for name in result.pairs if name not in origins]
     recipe_as_run["output"]["version"] = version
     return {
         "format": MANIFEST_FORMAT,
@@ -162,6 +165,16 @@ def build_manifest(
         "configs": configs,
         "plot": PLOT_FILE,
     }
+
+
+def config_origins(recipe: Any) -> dict[str, dict[str, Any]]:
+    """config -> what made it, for the configs of pair makers and mixes (strategies are not listed)."""
+    origins: dict[str, dict[str, Any]] = {}
+    for maker in recipe.pairs.makers:
+        origins[maker.name] = {"kind": "maker", "step": maker.step, "source": maker.source}
+    for mix in recipe.pairs.mixes:
+        origins[mix.name] = {"kind": "mix", "from": list(mix.from_)}
+    return origins
 
 
 def recipe_yaml(recipe: Mapping[str, Any]) -> str:
@@ -239,16 +252,21 @@ def write_release(
     unit = manifest["edit_distance_unit"] or "unknown unit"
     groups = strategy_groups(manifest["configs"])
     plot_pairs_plane(
-        {
-            tuple(members): (result.pairs[first][C.EDIT_DISTANCE], result.pairs[first][C.REWARD_MARGIN])
-            for first, members in groups.items()
-        },
+        {tuple(members): _plane_points(result.pairs[first]) for first, members in groups.items()},
         folder / PLOT_FILE,
         distance_label=f"e_Δ (edit distance, {unit})",
         title=f"{manifest['name']} {version}: pairs in the distance / reward-margin plane",
     )
     write_manifest_and_card(folder, manifest)
     return folder
+
+
+def _plane_points(pairs) -> tuple[Any, Any]:
+    """(e_Δ, r_Δ) columns of the pairs; a maker may write neither (then None each, as unknown values are)."""
+    names = pairs.column_names
+    distances = pairs[C.EDIT_DISTANCE] if C.EDIT_DISTANCE in names else [None] * len(pairs)
+    margins = pairs[C.REWARD_MARGIN] if C.REWARD_MARGIN in names else [None] * len(pairs)
+    return distances, margins
 
 
 def _write_parquet(dataset, path: Path) -> None:
@@ -386,6 +404,7 @@ def render_card(manifest: Mapping[str, Any]) -> str:
         m=manifest,
         header=header,
         pairs_configs=pairs_configs,
+        made={name: c["made_by"] for name, c in pairs_configs.items() if "made_by" in c},
         candidates=manifest["configs"][CANDIDATES_CONFIG],
         metrics=METRICS,
         groups=strategy_groups(manifest["configs"]),

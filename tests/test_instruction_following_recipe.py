@@ -1,28 +1,35 @@
-"""The instruction-following recipe (dataset_scripts/instruction_following.py), CPU-sized, on the tiny model.
+"""The instruction-following recipe (dataset_scripts/instruction_following_cpu.yaml), run by `hfpref curate`
+on the tiny model.
 
 The tiny model's responses are gibberish that meets few constraints, so a step registered for the test
 appends two hand-written responses to every prompt: one built to meet all of the prompt's constraints and
 one that meets only a title constraint. Their correctness is known by hand (and checked against lm-eval's
-own grading); the pairs are then checked against expectations computed from the candidates.
+own grading); the pairs are then checked against expectations computed from the candidates, and the MCTS
+pairs against MCTSPairGenerator run directly on the constrained prompts.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
-import importlib.util
+import io
 import json
-import sys
+import re
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
+import yaml
 
 from hfpref import recipe as recipe_module
-from hfpref.release import load_release, read_manifest, write_release
+from hfpref.cli import main
+from hfpref.release import load_release, read_manifest
 from hfpref.transform import Batch, Step, StepConfig
 
-SCRIPT = Path(__file__).resolve().parents[1] / "dataset_scripts" / "instruction_following.py"
+SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
+PAPER_RECIPE = SCRIPTS / "instruction_following.yaml"
+CPU_RECIPE = SCRIPTS / "instruction_following_cpu.yaml"
 KINDS = [
     "punctuation:no_comma",
     "detectable_format:title",
@@ -40,6 +47,8 @@ SEEDS = [
 ]
 PARTIAL = "<<A title>>, with a comma"  # meets a title constraint and nothing else of KINDS
 LOW_MAX_GAP = 0.34  # with k = 3, one constraint apart (1/3) is low contrast; 2/3 and 1 are high
+MAKER_CONFIGS = ["rs_high_contrast", "rs_low_contrast", "mcts_shared_prefix"]
+PAIR_CONFIGS = ["max_margin", *MAKER_CONFIGS, "rs_mixed_contrast"]
 
 
 def oracle_response(ids: list[str], kwargs: list[dict]) -> str:
@@ -92,39 +101,66 @@ class AppendHandWritten(Step):
         return out
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("instruction_following_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
+def cpu_recipe(seeds_file: Path, policy: str, folder: Path) -> dict:
+    """instruction_following_cpu.yaml with the tiny policy, the test's seeds, constraint kinds and low
+    threshold, and the hand-written responses appended after sampling."""
+    raw = yaml.safe_load(CPU_RECIPE.read_text(encoding="utf-8"))
+    raw["input"] = {"path": str(seeds_file)}
+    steps = {s["step"]: s for s in raw["steps"]}
+    steps["ConstrainedPrompts"]["config"]["kinds"] = KINDS
+    steps["ResponseSampler"]["config"]["model"] = policy
+    steps["PairMetrics"]["config"]["tokenizer"] = policy
+    raw["steps"].insert(2, {"step": "AppendHandWritten", "config": {}})
+    for maker in raw["pairs"]["makers"]:
+        if maker["step"] == "ContrastPairs":
+            maker["config"]["low_max_gap"] = LOW_MAX_GAP
+        else:
+            maker["config"]["model"] = policy
+    raw["output"] = {"folder": str(folder / "release"), "name": "if-test", "version": "0.0.1"}
+    return raw
+
+
+def curate(*args: str) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["curate", *args, "--no-progress"])
+    assert code == 0, err.getvalue()
 
 
 @pytest.fixture(scope="module")
-def script():
-    return load_script()
+def patch_registry():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(recipe_module.STEP_REGISTRY, "AppendHandWritten", f"{__name__}:AppendHandWritten")
+        yield
+
+
+@dataclasses.dataclass
+class Run:
+    folder: Path
+    release: Path
+    seeds_file: Path
+    raw: dict
+    manifest: dict
+    candidates: object
+
+    def pairs(self, name: str):
+        return load_release(self.release, name)
+
+    def dropped(self, name: str) -> collections.Counter:
+        return collections.Counter(self.manifest["configs"][name]["dropped"])
 
 
 @pytest.fixture(scope="module")
-def run(script, tiny_models, tmp_path_factory):
+def run(tiny_models, tmp_path_factory, patch_registry) -> Run:
     folder = tmp_path_factory.mktemp("instruction-following")
     seeds_file = folder / "seeds.jsonl"
     seeds_file.write_text("".join(json.dumps({"id": i, "prompt": s}) + "\n" for i, s in enumerate(SEEDS)))
-    settings = dataclasses.replace(
-        script.CPU,
-        input={"path": str(seeds_file)},
-        policy=str(tiny_models["policy"]),
-        constraints={"k_choices": [2, 3], "seed": 0, "kinds": KINDS},
-        extra_steps=[{"step": "AppendHandWritten", "config": {}}],
-        contrast={"high_min_gap": 0.5, "low_max_gap": LOW_MAX_GAP, "max_pairs_per_prompt": 1, "seed": 0},
-        mcts=None,  # MCTS pairs are hfpref.mcts's, tested there
-        output={"folder": str(folder / "release"), "name": "if-test", "version": "0.0.1"},
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(recipe_module.STEP_REGISTRY, "AppendHandWritten", f"{__name__}:AppendHandWritten")
-        result = script.run(settings, cache_dir=folder / "cache", progress=False)
-    release = write_release(result, created_at="2026-01-01T00:00:00+00:00")
-    return result, release
+    raw = cpu_recipe(seeds_file, str(tiny_models["policy"]), folder)
+    recipe_file = folder / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    curate(str(recipe_file), "--cache-dir", str(folder / "cache"))
+    release = folder / "release"
+    return Run(folder, release, seeds_file, raw, read_manifest(release), load_release(release, "candidates"))
 
 
 def usable_correctness(row: dict) -> dict[str, float]:
@@ -133,8 +169,7 @@ def usable_correctness(row: dict) -> dict[str, float]:
 
 
 def test_candidates_have_the_prompts_samples_and_known_correctness(run, tiny_models):
-    result, _ = run
-    candidates = result.candidates
+    candidates = run.candidates
     assert len(candidates) == len(SEEDS)
     assert candidates["seed_prompt"] == SEEDS and candidates["id"] == list(range(len(SEEDS)))
     from langdetect import DetectorFactory
@@ -163,11 +198,10 @@ def test_candidates_have_the_prompts_samples_and_known_correctness(run, tiny_mod
 
 
 def test_high_contrast_pairs_are_oracle_versus_worst(run):
-    result, _ = run
-    pairs = result.pairs["rs_high_contrast"]
-    assert result.dropped["rs_high_contrast"] == collections.Counter()
+    pairs = run.pairs("rs_high_contrast")
+    assert run.dropped("rs_high_contrast") == collections.Counter()
     assert len(pairs) == len(SEEDS)
-    by_prompt = {row["prompt"]: row for row in result.candidates}
+    by_prompt = {row["prompt"]: row for row in run.candidates}
     for pair in pairs:
         scores = usable_correctness(by_prompt[pair["prompt"]])
         worst = min(scores.values())
@@ -180,9 +214,8 @@ def test_high_contrast_pairs_are_oracle_versus_worst(run):
 
 
 def test_low_contrast_pairs_and_drop_reasons_match_a_brute_force_count(run):
-    result, _ = run
     expected_pairs, expected_drops = {}, collections.Counter()
-    for row in result.candidates:
+    for row in run.candidates:
         scores = usable_correctness(row)
         low = [(a, b) for a in scores.values() for b in scores.values() if 0 < a - b <= LOW_MAX_GAP + 1e-9]
         if low:
@@ -190,75 +223,135 @@ def test_low_contrast_pairs_and_drop_reasons_match_a_brute_force_count(run):
             expected_pairs[row["prompt"]] = (best, max(b for a, b in low if a == best))  # smallest gap
         else:
             expected_drops["no_low_contrast_pair"] += 1
-    pairs = result.pairs["rs_low_contrast"]
-    assert result.dropped["rs_low_contrast"] == expected_drops
+    pairs = run.pairs("rs_low_contrast")
+    assert run.dropped("rs_low_contrast") == expected_drops
     got = {p["prompt"]: (p["chosen_correctness"], p["rejected_correctness"]) for p in pairs}
     assert got == expected_pairs
     assert set(pairs["contrast_level"]) <= {"low"}
     # k = 2 prompts cannot have a gap of 1/3 or less: every one of them is dropped
-    k2 = sum(1 for d in result.candidates["difficulty"] if d == 2)
+    k2 = sum(1 for d in run.candidates["difficulty"] if d == 2)
     assert expected_drops["no_low_contrast_pair"] >= k2 >= 1
     assert len(pairs) >= 1, "the seeds were picked so that some prompt has a low-contrast pair"
 
 
 def test_max_margin_config_and_the_mix(run):
-    result, _ = run
-    by_prompt = {row["prompt"]: row for row in result.candidates}
-    for pair in result.pairs["max_margin"]:
+    by_prompt = {row["prompt"]: row for row in run.candidates}
+    for pair in run.pairs("max_margin"):
         rewards = by_prompt[pair["prompt"]]["rewards"]
         assert pair["reward_chosen"] == max(rewards) == 1.0
-    high, low = len(result.pairs["rs_high_contrast"]), len(result.pairs["rs_low_contrast"])
-    mixed = result.pairs["rs_mixed_contrast"]
+    high, low = run.pairs("rs_high_contrast"), run.pairs("rs_low_contrast")
+    mixed = run.pairs("rs_mixed_contrast")
     # ratio 1/2 at the largest size the levels allow: every low pair, and as many high (one more if any)
-    expected_high = min(high, low + 1)
-    assert collections.Counter(mixed["contrast_level"]) == {"high": expected_high, "low": low}
-    assert len(mixed) == expected_high + low
+    expected_high = min(len(high), len(low) + 1)
+    assert collections.Counter(mixed["contrast_level"]) == {"high": expected_high, "low": len(low)}
+    assert len(mixed) == expected_high + len(low)
+    pool = {(p["prompt"], p["chosen"], p["rejected"]) for p in [*high, *low]}
+    assert {(p["prompt"], p["chosen"], p["rejected"]) for p in mixed} <= pool
+    assert "drop_reason" not in mixed.column_names
+
+
+def test_mcts_pairs_are_the_makers_own_on_the_constrained_prompts(run, tiny_models):
+    """source: prompts = the rows before ResponseSampler: MCTSPairGenerator run by hand on
+    ConstrainedPrompts' output gives the same pairs, columns and drop reasons."""
+    import datasets
+
+    from hfpref.constraints import ConstrainedPrompts, ConstraintConfig
+    from hfpref.mcts import MCTSConfig, MCTSPairGenerator
+    from hfpref.selection import split_dropped
+
+    makers = {m["name"]: m for m in run.raw["pairs"]["makers"]}
+    steps = {s["step"]: s for s in run.raw["steps"]}
+    seeds = datasets.Dataset.from_list([{"id": i, "prompt": s} for i, s in enumerate(SEEDS)])
+    prompts = ConstrainedPrompts(ConstraintConfig(**steps["ConstrainedPrompts"]["config"])).apply(seeds)
+    assert "responses" not in prompts.column_names
+    maker = MCTSPairGenerator(MCTSConfig(**makers["mcts_shared_prefix"]["config"]))
+    expected, expected_drops = split_dropped(maker.apply(prompts))
+    got = run.pairs("mcts_shared_prefix")
+    assert got.column_names == expected.column_names  # no candidates column (responses, unit) carried
+    assert got.to_list() == expected.to_list()
+    assert run.dropped("mcts_shared_prefix") == expected_drops
+    assert len(got) + sum(expected_drops.values()) == len(SEEDS)  # one pair or one drop per prompt
+    assert set(got["pair_strategy"]) <= {"mcts_shared_prefix"}
+    assert all(c != r for c, r in zip(got["chosen"], got["rejected"], strict=True))
 
 
 def test_release_holds_every_config_with_its_counts(run):
-    result, release = run
-    manifest = read_manifest(release)
-    assert set(manifest["configs"]) == {
-        "max_margin",
-        "rs_high_contrast",
-        "rs_low_contrast",
-        "rs_mixed_contrast",
-        "candidates",
+    manifest = run.manifest
+    assert list(manifest["configs"]) == [*PAIR_CONFIGS, "candidates"]
+    assert manifest["recipe"]["pairs"]["strategies"] == ["max_margin"]
+    for name in PAIR_CONFIGS:
+        assert len(run.pairs(name)) == manifest["configs"][name]["rows"]
+    for name in ("rs_high_contrast", "rs_low_contrast"):
+        assert manifest["configs"][name]["made_by"] == {
+            "kind": "maker",
+            "step": "ContrastPairs",
+            "source": "candidates",
+        }
+        assert manifest["pair_selection"][name]["config"]["mode"] == name.split("_")[1]
+    assert manifest["configs"]["mcts_shared_prefix"]["made_by"]["source"] == "prompts"
+    assert manifest["configs"]["rs_mixed_contrast"]["made_by"] == {
+        "kind": "mix",
+        "from": ["rs_high_contrast", "rs_low_contrast"],
     }
-    for name, pairs in result.pairs.items():
-        loaded = load_release(release, name)
-        assert len(loaded) == len(pairs) == manifest["configs"][name]["rows"]
-        assert loaded["chosen"] == pairs["chosen"]
-    assert manifest["configs"]["rs_low_contrast"]["dropped"] == dict(result.dropped["rs_low_contrast"])
-    assert manifest["pair_selection"]["rs_mixed_contrast"]["config"]["size"] == len(
-        result.pairs["rs_mixed_contrast"]
-    )
-    candidates = load_release(release, "candidates")
-    assert candidates["kwargs"] == result.candidates["kwargs"]
+    assert "made_by" not in manifest["configs"]["max_margin"]
+    mix = manifest["pair_selection"]["rs_mixed_contrast"]
+    assert mix["step"] == "hfpref.contrast.mix_contrast"
+    assert mix["config"]["size"] == len(run.pairs("rs_mixed_contrast"))
     assert "ConstrainedPrompts" in {s["step"].rsplit(".", 1)[-1] for s in manifest["steps"]}
+    card = (run.release / "README.md").read_text(encoding="utf-8")
+    assert "| `mcts_shared_prefix` | `hfpref.mcts.MCTSPairGenerator` | prompts |" in card
+    assert "| `rs_mixed_contrast` | `rs_high_contrast`, `rs_low_contrast` | 0.5 |" in card
 
 
-def test_paper_settings_build_every_config(script):
-    recipe = recipe_module.Recipe.from_dict(script.candidate_recipe(script.PAPER))  # validates every step
+def test_the_cards_recipe_reruns_to_the_same_release(run):
+    card = (run.release / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"### The recipe as run\n\n```yaml\n(.*?)```", card, re.S).group(1)
+    rerun = yaml.safe_load(block)
+    assert rerun["pairs"] == run.raw["pairs"]
+    recipe_file = run.folder / "from_card.yaml"
+    recipe_file.write_text(block, encoding="utf-8")
+    again = run.folder / "again"
+    curate(str(recipe_file), "--output", str(again), "--cache-dir", str(run.folder / "cache"))
+    for name in [*PAIR_CONFIGS, "candidates"]:
+        path = f"data/{name}/train-00000-of-00001.parquet"
+        assert (again / path).read_bytes() == (run.release / path).read_bytes(), name
+
+
+def test_paper_recipe_builds_every_config():
+    recipe = recipe_module.Recipe.from_yaml(PAPER_RECIPE)  # validates every step, maker and mix
     assert [s.step for s in recipe.steps] == [
         "ConstrainedPrompts",
         "ResponseSampler",
         "IFEvalVerifier",
         "PairMetrics",
     ]
-    assert recipe.steps[1].config["model"] == "meta-llama/Llama-2-7b-chat-hf"
-    from hfpref.contrast import ContrastConfig
-
-    ContrastConfig(mode="high", **script.PAPER.contrast)
-    mcts = pytest.importorskip("hfpref.mcts")  # built in parallel; its own tests cover the search
-    assert mcts.MCTSConfig(model=script.PAPER.policy, **script.PAPER.mcts).lambda_self_eval == 0.2
-
-
-def test_command_line_settings(script):
-    args = script.build_parser().parse_args(
-        ["--size", "cpu", "--model", "m", "--input", "s.jsonl", "--no-mcts"]
+    policy = "meta-llama/Llama-2-7b-chat-hf"
+    assert recipe.steps[1].config["model"] == policy
+    steps = [spec.build(i) for i, spec in enumerate(recipe.steps)]
+    assert recipe.prompts_index(steps) == 1  # MCTS searches from the constrained prompts
+    makers = {spec.name: spec.build(i) for i, spec in enumerate(recipe.pairs.makers)}
+    assert list(makers) == MAKER_CONFIGS
+    assert (makers["rs_high_contrast"].config.mode, makers["rs_low_contrast"].config.mode) == ("high", "low")
+    mcts = makers["mcts_shared_prefix"]
+    assert (mcts.config.model, mcts.config.lambda_self_eval) == (policy, 0.2)
+    assert recipe.pairs.makers[2].source == "prompts"
+    (mix,) = recipe.pairs.mixes
+    assert (mix.from_, mix.ratio_high, mix.stratify) == (
+        ["rs_high_contrast", "rs_low_contrast"],
+        0.5,
+        "difficulty",
     )
-    settings = script.settings_from_args(args)
-    assert (settings.policy, settings.input, settings.mcts) == ("m", {"path": "s.jsonl"}, None)
-    with pytest.raises(SystemExit, match="--model is required"):
-        script.settings_from_args(script.build_parser().parse_args(["--size", "cpu"]))
+
+
+def test_cpu_recipe_is_the_paper_recipe_scaled_down(tmp_path):
+    paper, cpu = (yaml.safe_load(p.read_text(encoding="utf-8")) for p in (PAPER_RECIPE, CPU_RECIPE))
+    assert [s["step"] for s in cpu["steps"]] == [s["step"] for s in paper["steps"]]
+    assert [m["name"] for m in cpu["pairs"]["makers"]] == [m["name"] for m in paper["pairs"]["makers"]]
+    assert [m["name"] for m in cpu["pairs"]["mixes"]] == [m["name"] for m in paper["pairs"]["mixes"]]
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"prompt": SEEDS[0]}) + "\n", encoding="utf-8")
+    # what `hfpref curate instruction_following_cpu.yaml --input seeds.jsonl` runs
+    recipe = recipe_module.Recipe.from_yaml(CPU_RECIPE).with_overrides(
+        input=recipe_module.InputSpec.from_cli(str(seeds))
+    )
+    assert recipe.input.path == str(seeds) and recipe.pairs.to_dict() == cpu["pairs"]

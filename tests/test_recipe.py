@@ -369,3 +369,295 @@ def test_every_registered_step_imports_and_is_a_step():
 
     for name in R.STEP_REGISTRY:
         assert issubclass(R.step_class(name), Step), name
+
+
+# ---- pair makers and mixes ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EchoConfig(StepConfig):
+    skip: str = "p2"
+
+
+class EchoPairs(Step):
+    """A pair maker: chosen = prompt + "!", rejected = prompt; writes the columns it was given; drops
+    the prompt ``skip`` with reason ``no_pair``. Counts its batches."""
+
+    config_class = EchoConfig
+    changes_row_count = True
+    calls = 0
+
+    def input_columns(self):
+        return ["prompt"]
+
+    def output_columns(self):
+        return ["prompt", "chosen", "rejected", "seen", "drop_reason"]
+
+    def process(self, batch, rank, indices):
+        type(self).calls += 1
+        seen = ",".join(sorted(batch))
+        kept = [p != self.config.skip for p in batch["prompt"]]
+        return {
+            "prompt": list(batch["prompt"]),
+            "chosen": [p + "!" if k else None for p, k in zip(batch["prompt"], kept, strict=True)],
+            "rejected": [p if k else None for p, k in zip(batch["prompt"], kept, strict=True)],
+            "seen": [seen] * len(kept),
+            "drop_reason": [None if k else "no_pair" for k in kept],
+        }
+
+
+@dataclasses.dataclass
+class WriteConfig(StepConfig):
+    pass
+
+
+class WriteResponses(Step):
+    """Candidates from prompt rows: two responses and their scores (a stand-in for ResponseSampler)."""
+
+    config_class = WriteConfig
+
+    def input_columns(self):
+        return ["prompt"]
+
+    def output_columns(self):
+        return ["responses", "scores"]
+
+    def process(self, batch, rank, indices):
+        return {
+            "responses": [[p + " long answer", p] for p in batch["prompt"]],
+            "scores": [[1.0, 0.0] for _ in batch["prompt"]],
+        }
+
+
+@pytest.fixture
+def makers_registry(registry, monkeypatch):
+    monkeypatch.setitem(R.STEP_REGISTRY, "EchoPairs", "tests.test_recipe:EchoPairs")
+    monkeypatch.setitem(R.STEP_REGISTRY, "WriteResponses", "tests.test_recipe:WriteResponses")
+    EchoPairs.calls = 0
+
+
+CONTRAST = {"high_min_gap": 0.5, "low_max_gap": 0.45, "score_column": "scores"}
+
+
+def _contrast_recipe(rows_file: Path, mix: dict | None = None, **pairs) -> dict:
+    mixes = [{"name": "mixed", "from": ["high", "low"], **(mix or {})}]
+    return {
+        "input": {"path": str(rows_file)},
+        "steps": [],
+        "pairs": {
+            "strategies": ["max_margin"],
+            "config": {},
+            "makers": [
+                {"name": "high", "step": "ContrastPairs", "config": {"mode": "high", **CONTRAST}},
+                {"name": "low", "step": "ContrastPairs", "config": {"mode": "low", **CONTRAST}},
+            ],
+            "mixes": mixes,
+            **pairs,
+        },
+        "output": {"name": "test"},
+    }
+
+
+def _rewarded(rows_file: Path) -> Path:
+    """ROWS with rewards = scores (max_margin needs rewards), as a new file."""
+    path = rows_file.with_name("rewarded.jsonl")
+    rows = [{**r, "rewards": r["scores"]} for r in ROWS]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_contrast_makers_and_their_mix_by_hand(rows_file, tmp_path):
+    result = Recipe.from_dict(_contrast_recipe(_rewarded(rows_file))).run(
+        cache_dir=tmp_path / "cache", progress=False
+    )
+    assert list(result.pairs) == ["max_margin", "high", "low", "mixed"]
+    # p0 scores 0.1, 0.9, 0.5: gap 0.8 (1 over 0) is high; 0.4 (1 over 2, 2 over 0) is low, the better
+    # chosen first; p1 0.7 vs 0.2: gap 0.5, high; p2 has one response; p3 is tied
+    high, low = result.pairs["high"], result.pairs["low"]
+    assert (high["key"], high["chosen"], high["rejected"]) == ([0, 1], ["b c", "x"], ["a", "y"])
+    assert (low["key"], low["chosen"], low["rejected"]) == ([0], ["b c"], ["d e f"])
+    assert result.dropped["high"] == {"fewer_than_two_responses": 1, "scores_tied": 1}
+    assert result.dropped["low"] == {
+        "fewer_than_two_responses": 1,
+        "scores_tied": 1,
+        "no_low_contrast_pair": 1,
+    }
+    assert "drop_reason" not in high.column_names
+    # size null: the largest at ratio 1/2 is 3 (2 high, 1 low), i.e. every pair, in concatenation order
+    mixed = result.pairs["mixed"]
+    assert mixed["contrast_level"] == ["high", "high", "low"] and mixed["key"] == [0, 1, 0]
+    assert result.dropped["mixed"] == {}
+    assert result.selectors["mixed"].describe()["config"] == {
+        "from": ["high", "low"],
+        "ratio_high": 0.5,
+        "size": 3,
+        "seed": 0,
+        "stratify": None,
+        "allow_short": False,
+    }
+    assert result.selectors["high"].describe()["config"]["mode"] == "high"
+
+
+def test_mix_sizes_short_and_empty(rows_file, tmp_path):
+    rows = _rewarded(rows_file)
+    with pytest.raises(
+        RecipeError, match=r"pairs.mixes\[0\] \(mixed\): mix_contrast: size=4 .* needs 2 high and 2 low"
+    ):
+        Recipe.from_dict(_contrast_recipe(rows, {"size": 4})).run(
+            cache_dir=tmp_path / "cache", progress=False
+        )
+    short = Recipe.from_dict(_contrast_recipe(rows, {"size": 4, "allow_short": True})).run(
+        cache_dir=tmp_path / "cache", progress=False
+    )
+    assert short.pairs["mixed"]["contrast_level"] == ["high", "high", "low"]  # 1 low short of 2
+    raw = _contrast_recipe(rows, {"ratio_high": 0.0})
+    raw["pairs"]["makers"][1]["config"]["low_max_gap"] = 0.1  # no low pair at all: nothing to mix
+    result = Recipe.from_dict(raw).run(cache_dir=tmp_path / "cache", progress=False)
+    assert "mixed" not in result.pairs
+    assert result.skipped_strategies["mixed"].startswith("no high- and low-contrast pairs to mix")
+
+
+def test_maker_on_prompts_sees_the_rows_before_responses_and_is_cached(makers_registry, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"key": i, "prompt": f"p{i}"}) + "\n" for i in range(4)))
+    raw = {
+        "input": {"path": str(path)},
+        "steps": [{"step": "WriteResponses"}, {"step": "CopyScores"}],
+        "pairs": {
+            "strategies": ["max_margin"],
+            "makers": [
+                {"name": "from_prompts", "step": "EchoPairs", "source": "prompts"},
+                {"name": "from_candidates", "step": "EchoPairs", "config": {"skip": "p0"}},
+            ],
+        },
+        "output": {"name": "test"},
+    }
+    result = Recipe.from_dict(raw).run(cache_dir=tmp_path / "cache", progress=False)
+    prompts, candidates = result.pairs["from_prompts"], result.pairs["from_candidates"]
+    assert set(prompts["seen"]) == {"key,prompt"}
+    assert set(candidates["seen"]) == {"key,prompt,responses,rewards,scores"}
+    assert prompts["chosen"] == ["p0!", "p1!", "p3!"] and result.dropped["from_prompts"] == {"no_pair": 1}
+    assert candidates["prompt"] == ["p1", "p2", "p3"] and result.dropped["from_candidates"] == {"no_pair": 1}
+    calls = EchoPairs.calls
+    again = Recipe.from_dict(raw).run(cache_dir=tmp_path / "cache", progress=False)
+    assert EchoPairs.calls == calls  # both makers came from the cache
+    assert again.pairs["from_prompts"]["chosen"] == prompts["chosen"]
+    assert Recipe.from_dict(raw).to_dict()["pairs"]["makers"] == [
+        {"name": "from_prompts", "step": "EchoPairs", "config": {}, "source": "prompts"},
+        {"name": "from_candidates", "step": "EchoPairs", "config": {"skip": "p0"}},
+    ]
+
+
+def test_makers_only_and_yaml_round_trip(makers_registry, rows_file, tmp_path):
+    raw = _contrast_recipe(rows_file, strategies=[])
+    recipe = Recipe.from_dict(raw)
+    again = Recipe.from_dict(yaml.safe_load(recipe.to_yaml()))
+    assert again.to_dict() == recipe.to_dict() and again.pairs.to_dict()["strategies"] == []
+    result = recipe.run(cache_dir=tmp_path / "cache", progress=False)
+    assert list(result.pairs) == ["high", "low", "mixed"]
+    old = _recipe(rows_file).to_dict()["pairs"]
+    assert list(old) == ["strategies", "config"]  # no makers: printed as before
+
+
+def _invalid(raw: dict, match: str) -> None:
+    with pytest.raises(RecipeError, match=match):
+        Recipe.from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (
+            lambda p: p["makers"][0].update(step="Nope"),
+            r"pairs.makers\[0\] \(high: Nope\): unknown step 'Nope'",
+        ),
+        (
+            lambda p: p["makers"][0]["config"].update(colour=1),
+            r"pairs.makers\[0\] \(high: ContrastPairs\): unknown config field 'colour' for ContrastConfig",
+        ),
+        (
+            lambda p: p["makers"][0].update(step="CopyScores", config={}),
+            r"pairs.makers\[0\] \(high: CopyScores\): CopyScores is not a pair maker",
+        ),
+        (lambda p: p["makers"][0].update(colour=1), r"pairs.makers\[0\]: unknown field\(s\) \['colour'\]"),
+        (
+            lambda p: p["makers"][0].update(source="outputs"),
+            r"pairs.makers\[0\] \(high\).source: expected one of",
+        ),
+        (lambda p: p["makers"][0].pop("name"), r"pairs.makers\[0\]: missing 'name'"),
+        (
+            lambda p: p["makers"][0].update(name="candidates"),
+            r"'candidates' is the release's candidates config",
+        ),
+        (lambda p: p["makers"][0].update(name="a/b"), r"pairs.makers\[0\].name: expected a config name"),
+        (
+            lambda p: p["makers"][0].update(name="max_margin"),
+            r"pairs.makers\[0\] \(max_margin: ContrastPairs\): config name 'max_margin' is taken by "
+            r"pairs.strategies \(max_margin\)",
+        ),
+        (
+            lambda p: p["makers"][1].update(name="high"),
+            r"pairs.makers\[1\] \(high: ContrastPairs\): config name 'high' is taken by pairs.makers\[0\]",
+        ),
+        (
+            lambda p: p["mixes"][0].update(name="low"),
+            r"pairs.mixes\[0\] \(low\): config name 'low' is taken by pairs.makers\[1\]",
+        ),
+        (
+            lambda p: p["mixes"][0].update({"from": ["high", "medium"]}),
+            r"pairs.mixes\[0\] \(mixed\).from: 'medium' is not a config of this recipe; a mix draws from "
+            r"maker configs: \['high', 'low'\]",
+        ),
+        (
+            lambda p: p["mixes"][0].update({"from": ["high", "max_margin"]}),
+            r"'max_margin' is a pair strategy, whose pairs have no contrast level",
+        ),
+        (
+            lambda p: p["mixes"].append({"name": "again", "from": ["mixed"]}),
+            r"pairs.mixes\[1\] \(again\).from: 'mixed' is another mix",
+        ),
+        (
+            lambda p: (
+                p["makers"].append({"name": "echo", "step": "EchoPairs"})
+                or p["mixes"][0].update({"from": ["echo"]})
+            ),
+            r"maker config 'echo' \(EchoPairs\) writes no 'contrast_level' column",
+        ),
+        (lambda p: p["mixes"][0].update({"from": ["high", "high"]}), r"a config is named twice"),
+        (
+            lambda p: p["mixes"][0].update(ratio_high=1.5),
+            r"pairs.mixes\[0\] \(mixed\).ratio_high: expected a number",
+        ),
+        (lambda p: p["mixes"][0].update(size=0), r"pairs.mixes\[0\] \(mixed\).size: expected a positive int"),
+        (lambda p: p["mixes"][0].update(seed=-1), r"seed: expected a non-negative int"),
+        (lambda p: p["mixes"][0].update(allow_short="yes"), r"allow_short: expected true or false"),
+        (lambda p: p["mixes"][0].update(size_max=3), r"pairs.mixes\[0\]: unknown field\(s\) \['size_max'\]"),
+        (lambda p: p.update(makers={"name": "x"}), r"pairs.makers: expected a list"),
+        (
+            lambda p: p.update(makers=[], mixes=[], strategies=[]),
+            r"pairs.strategies: expected 'all' or a non-empty",
+        ),
+        (
+            lambda p: p["makers"].append({"name": "echo", "step": "EchoPairs", "source": "prompts"}),
+            r"pairs.makers\[2\] \(echo: EchoPairs\).source: 'prompts' are the rows before the first step that "
+            r"writes 'responses', and no step does",
+        ),
+    ],
+)
+def test_invalid_makers_and_mixes(makers_registry, rows_file, change, match):
+    raw = _contrast_recipe(rows_file)
+    change(raw["pairs"])
+    _invalid(raw, match)
+
+
+def test_maker_missing_column_fails_before_any_step_runs(makers_registry, rows_file, tmp_path):
+    raw = _contrast_recipe(rows_file)
+    raw["steps"] = [{"step": "CopyScores"}]
+    raw["pairs"]["makers"][1]["config"]["score_column"] = "correctness"
+    with pytest.raises(
+        RecipeError,
+        match=r"pairs.makers\[1\] \(low: ContrastPairs\): needs column\(s\) \['correctness'\], which its "
+        r"source \(candidates\) lacks",
+    ):
+        Recipe.from_dict(raw).run(cache_dir=tmp_path / "cache", progress=False)
+    assert CopyScores.calls == 0

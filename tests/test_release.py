@@ -44,9 +44,16 @@ STRATEGIES = ["max_margin", "best_of_n2", "ds_fix"]
 
 
 def make_small_release(
-    tmp_path: Path, *, logps: bool = False, strategies=STRATEGIES, folder_name="release", **write
+    tmp_path: Path,
+    *,
+    logps: bool = False,
+    strategies=STRATEGIES,
+    folder_name="release",
+    pairs_extra: dict | None = None,
+    **write,
 ):
-    """Run a three-strategy recipe on ROWS and write its release; returns (result, folder)."""
+    """Run a three-strategy recipe on ROWS (plus ``pairs_extra``: makers, mixes) and write its release;
+    returns (result, folder)."""
     rows = [dict(r) for r in ROWS]
     if logps:
         for r in rows:
@@ -58,7 +65,11 @@ def make_small_release(
             "description": "A tiny test release.",
             "input": {"path": str(path)},
             "steps": [{"step": "PairMetrics", "config": {"tokenizer": None}}],
-            "pairs": {"strategies": list(strategies), "config": {"generator_ranking": ["g1", "g2"]}},
+            "pairs": {
+                "strategies": list(strategies),
+                "config": {"generator_ranking": ["g1", "g2"]},
+                **(pairs_extra or {}),
+            },
             "output": {"name": "tiny", "version": "0.3.0", "license": "cc-by-4.0"},
         }
     )
@@ -314,3 +325,99 @@ def test_load_release_tells_apart_two_folders_with_the_same_name(tmp_path):
     assert load_release(tmp_path / "a" / "release", "best")["x"] == [1, 1]
     assert load_release(tmp_path / "b" / "release", "best")["x"] == [2, 2]
     assert load_release(tmp_path / "b" / "release")["x"] == [2, 2]  # the only config is the default
+
+
+# ---- pair makers and mixes ---------------------------------------------------------------------------
+
+CONTRAST = {"score_column": "rewards", "high_min_gap": 0.6, "low_max_gap": 0.5}
+MAKERS_AND_MIXES = {
+    "makers": [
+        {"name": "rs_high", "step": "ContrastPairs", "config": {"mode": "high", **CONTRAST}},
+        {"name": "rs_low", "step": "ContrastPairs", "config": {"mode": "low", **CONTRAST}},
+        {"name": "echo", "step": "EchoPairs", "config": {}},  # pairs without e_Δ or r_Δ columns
+    ],
+    "mixes": [{"name": "rs_mix", "from": ["rs_high", "rs_low"], "ratio_high": 0.5}],
+}
+MADE = ["rs_high", "rs_low", "echo", "rs_mix"]
+
+
+@pytest.fixture(scope="module")
+def with_makers(small, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        from hfpref import recipe as R
+
+        patch.setitem(R.STEP_REGISTRY, "EchoPairs", "tests.test_recipe:EchoPairs")
+        tmp = tmp_path_factory.mktemp("makers")
+        result, folder = make_small_release(
+            tmp, pairs_extra=MAKERS_AND_MIXES, created_at="2026-01-01T00:00:00+00:00"
+        )
+        yield result, folder, tmp
+
+
+def test_strategy_configs_are_the_same_bytes_with_makers(small, with_makers):
+    _, plain, _ = small
+    _, folder, _ = with_makers
+    for name in [*STRATEGIES, "candidates"]:
+        path = f"data/{name}/train-00000-of-00001.parquet"
+        assert (folder / path).read_bytes() == (plain / path).read_bytes(), name
+    assert [c["config_name"] for c in _header(folder)["configs"]] == [*STRATEGIES, *MADE, "candidates"]
+    assert _header(folder)["configs"][0].get("default") is True
+
+
+def test_maker_and_mix_configs_by_hand(with_makers):
+    result, folder, _ = with_makers
+    # p0 rewards 1, 0, 0.5: gap 1 (0 over 1) high, gaps 0.5 low (0 over 2 first: better chosen);
+    # p1 1 vs 0: high only; p2 one response; p3 tied
+    high, low = REL.load_release(folder, "rs_high"), REL.load_release(folder, "rs_low")
+    assert (high["key"], high["chosen"], high["rejected"]) == ([0, 1], ["a b", "one two"], ["a c d", "one"])
+    assert high["edit_distance"] == [2.0, 1.0]  # from PairMetrics' matrices, as max_margin's
+    assert (low["key"], low["chosen"], low["rejected"]) == ([0], ["a b"], ["x"])
+    mix = REL.load_release(folder, "rs_mix")
+    assert mix.to_list() == result.pairs["rs_mix"].to_list()
+    assert mix["contrast_level"] == ["high", "high", "low"]
+    manifest = REL.read_manifest(folder)
+    assert manifest["configs"]["rs_low"]["dropped"] == {
+        "fewer_than_two_responses": 1,
+        "no_low_contrast_pair": 1,
+        "scores_tied": 1,
+    }
+    assert manifest["configs"]["echo"]["dropped"] == {"no_pair": 1}  # EchoPairs drops p2
+    assert manifest["configs"]["echo"]["stats"]["edit_distance"] is None
+
+
+def test_manifest_and_card_describe_makers_and_mixes(with_makers):
+    _, folder, _ = with_makers
+    manifest = REL.read_manifest(folder)
+    assert manifest["recipe"]["pairs"]["strategies"] == STRATEGIES
+    assert manifest["recipe"]["pairs"]["makers"] == MAKERS_AND_MIXES["makers"]
+    assert list(manifest["pair_selection"]) == [*STRATEGIES, *MADE]
+    assert manifest["configs"]["rs_low"]["made_by"] == {
+        "kind": "maker",
+        "step": "ContrastPairs",
+        "source": "candidates",
+    }
+    assert manifest["configs"]["rs_mix"]["made_by"] == {"kind": "mix", "from": ["rs_high", "rs_low"]}
+    assert all("made_by" not in manifest["configs"][name] for name in STRATEGIES)
+    mix = manifest["pair_selection"]["rs_mix"]
+    assert mix["step"] == "hfpref.contrast.mix_contrast" and mix["config"]["size"] == 3
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert "one per pair maker and per mix (`rs_high`, `rs_low`, `echo`, `rs_mix`" in card
+    assert "| `rs_low` | `hfpref.contrast.ContrastPairs` | candidates | 1 |" in card
+    assert '| `echo` | `tests.test_recipe.EchoPairs` | candidates | 1 | `{"skip": "p2"}` | — |' in card
+    assert "| `rs_mix` | `rs_high`, `rs_low` | 0.5 | 3 | 0 | — | False |" in card
+    strategies_table = card.split("Pair selection, one run per strategy:")[1].split("Pair makers")[0]
+    assert "`rs_high`" not in strategies_table and "`max_margin`" in strategies_table
+    assert (folder / REL.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_cards_recipe_is_the_recipe_as_run(with_makers):
+    result, folder, _ = with_makers
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    block = card.split("### The recipe as run\n\n```yaml\n")[1].split("```")[0]
+    from hfpref import recipe as R
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(R.STEP_REGISTRY, "EchoPairs", "tests.test_recipe:EchoPairs")
+        rerun = Recipe.from_dict(yaml.safe_load(block))  # validates: a recipe hfpref curate accepts
+    assert rerun.to_dict() == REL.read_manifest(folder)["recipe"]
+    assert rerun.pairs.to_dict() == {**result.recipe.pairs.to_dict(), "strategies": STRATEGIES}

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 DESCRIPTION = """\
-Run a curation recipe and write a release folder: Parquet data (one config per pair strategy, plus the
+Run a curation recipe and write a release folder: Parquet data (one config per pair strategy, maker and mix, plus the
 annotated candidates), a dataset card (README.md) with a plot, and hfpref_manifest.json.
 
 Without RECIPE it runs the embedded default: IFEval's 541 prompts with GPT-4's and text-bison's responses
