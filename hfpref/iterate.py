@@ -70,6 +70,7 @@ from hfpref.recipe import (
     StepSpec,
     check_version,
     load_input,
+    read_recipe_yaml,
 )
 from hfpref.train import DCRM_RECIPE, train_dpo
 from hfpref.transform import Batch, Step, StepConfig
@@ -316,14 +317,7 @@ class IterateRecipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path, validate: bool = True) -> IterateRecipe:
-        import yaml
-
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise IterateError(f"recipe {path}: not valid YAML: {err}") from err
-        return cls.from_dict(raw, source=str(path), validate=validate)
+        return cls.from_dict(read_recipe_yaml(path, IterateError), source=str(path), validate=validate)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -562,6 +562,16 @@ def check_version(version: str, where: str = "version") -> str:
 # ---- the recipe --------------------------------------------------------------------------------------
 
 
+def read_recipe_yaml(path: str | Path, error: type[Exception] = RecipeError) -> Any:
+    """The parsed YAML of a recipe file; a syntax error becomes ``error`` naming the file."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise error(f"recipe {path}: not valid YAML: {err}") from err
+
+
 @dataclasses.dataclass
 class Recipe:
     input: InputSpec
@@ -602,14 +612,7 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path, validate: bool = True) -> Recipe:
-        import yaml
-
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise RecipeError(f"recipe {path}: not valid YAML: {err}") from err
-        return cls.from_dict(raw, source=str(path), validate=validate)
+        return cls.from_dict(read_recipe_yaml(path, RecipeError), source=str(path), validate=validate)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
