@@ -418,6 +418,13 @@ class JudgeStep(Step):
     def load(self, rank: int | None) -> JudgeBackend:
         return make_backend(self.config.judge, rank)
 
+    # judge steps compare two responses to one prompt, in columns their configs name
+    def column(self, name: str) -> str:
+        return f"{self.config.column_prefix}{name}"
+
+    def input_columns(self) -> list[str]:
+        return [self.config.prompt_column, self.config.first_column, self.config.second_column]
+
     def resolved_revision(self) -> str | None:
         judge: JudgeConfig = self.config.judge
         if judge.backend != "transformers":

@@ -242,12 +242,6 @@ class FeatureDifferenceJudge(JudgeStep):
     default_template: ClassVar[str] = "features.j2"
     config: FeatureConfig
 
-    def column(self, name: str) -> str:
-        return f"{self.config.column_prefix}{name}"
-
-    def input_columns(self) -> list[str]:
-        return [self.config.prompt_column, self.config.first_column, self.config.second_column]
-
     def output_columns(self) -> list[str]:
         names = ["feature_differences", "f_delta", "f_rel", "f_des", "feature_order_agreement"]
         names += ["feature_judge_raw", "feature_parse_failures", "feature_request_failures"]

@@ -103,12 +103,6 @@ class QualityJudge(JudgeStep):
     config: QualityConfig
 
     # ---- columns ---------------------------------------------------------------------------
-    def column(self, name: str) -> str:
-        return f"{self.config.column_prefix}{name}"
-
-    def input_columns(self) -> list[str]:
-        return [self.config.prompt_column, self.config.first_column, self.config.second_column]
-
     def output_columns(self) -> list[str]:
         cfg = self.config
         return [
