@@ -236,6 +236,10 @@ def build_check(
         )
     if kwargs is None:  # Arrow writes a null struct for an instruction without arguments
         kwargs = {}
+    if isinstance(kwargs, str):
+        # a datasets Json() column (how the embedded data stores kwargs) reaches Ray Data batches undecoded
+        with contextlib.suppress(json.JSONDecodeError):  # undecodable text is reported just below
+            kwargs = json.loads(kwargs)
     if not isinstance(kwargs, Mapping):
         raise RowError(
             f"{where}: column {KWARGS!r} for instruction {instruction_id!r} must be a dict, got {kwargs!r}"

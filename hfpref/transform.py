@@ -5,8 +5,9 @@ batch (a dict of columns) and returns the columns it adds or replaces, so the sa
 
 * ``Dataset.map(step, batched=True)`` in one process,
 * ``Dataset.map(step, batched=True, with_rank=True, num_proc=k)`` on k GPUs,
-* ``ray.data.Dataset.map_batches(StepClass, fn_constructor_kwargs={"config": cfg})`` on a cluster,
-  where columns arrive as numpy arrays (and leave as numpy arrays).
+* ``ray.data.Dataset.map_batches(StepClass, fn_constructor_kwargs={"config": cfg}, batch_format="numpy")``
+  on a cluster, where columns arrive as numpy arrays and leave as numpy arrays, input columns included
+  (Ray keeps only what the function returns).
 
 Models load lazily on first use (``load``) and are dropped when the step is pickled, so workers
 never copy weights and ``datasets`` fingerprints stay stable. ``Step.fingerprint`` hashes the
@@ -172,7 +173,10 @@ class Step:
         check_columns(columns.keys(), self.input_columns(), self.name)
         out = self.process(columns, rank, indices)
         if from_numpy:
-            return {k: to_numpy_column(list(v)) for k, v in out.items()}
+            # Ray Data's map_batches replaces the batch with what the function returns (Dataset.map merges),
+            # so a step that keeps its rows hands the input columns back along with its own
+            converted = {k: to_numpy_column(list(v)) for k, v in out.items()}
+            return converted if self.changes_row_count else {**batch, **converted}
         return out
 
     # ---- pickling and fingerprints ---------------------------------------------------------

@@ -528,4 +528,7 @@ def test_numpy_batches_give_the_same_output_as_lists():
     }
     as_numpy = IFEvalVerifier()(ray_batch)
     assert all(isinstance(column, np.ndarray) for column in as_numpy.values())
-    assert {k: to_python(v) for k, v in as_numpy.items()} == as_lists
+    # Ray keeps only what map_batches returns: the input columns come back unchanged with the outputs
+    assert set(as_numpy) == set(ray_batch) | set(as_lists)
+    assert {k: to_python(as_numpy[k]) for k in as_lists} == as_lists
+    assert as_numpy["prompt"] is ray_batch["prompt"]

@@ -22,7 +22,7 @@ from hfpref.engines import EngineError
 from hfpref.model_utils import ModelStep
 from hfpref.recipe import DEFAULT_RECIPE, Recipe
 from hfpref.selection import PairSelector
-from hfpref.transform import RowError, StepConfig
+from hfpref.transform import RowError, StepConfig, to_python
 from tests.test_resume import logged, ray_actor, rows_file
 
 ray = pytest.importorskip("ray")
@@ -228,3 +228,37 @@ def test_asking_for_gpus_a_cluster_lacks_is_an_error(cluster):
         RayEngine(gpus=1).actor_options()
     assert RayEngine().actor_options() == {"concurrency": 2, "num_gpus": 0.0, "num_cpus": 1}
     assert RayEngine(concurrency=1).actor_options()["concurrency"] == 1
+
+
+def test_step_classes_run_directly_in_ray_map_batches_as_design_describes(cluster):
+    """DESIGN.md's protocol without the engine: map_batches(StepClass, fn_constructor_kwargs=...) on numpy
+    batches gives what Dataset.map gives (kwargs arrive as the Json() column's raw text, input columns must
+    come back since Ray keeps only what the function returns)."""
+    import hfpref
+    from hfpref.ifeval import IFEvalConfig, IFEvalVerifier
+    from hfpref.pair_metrics import PairMetrics, PairMetricsConfig
+
+    candidates = hfpref.load_ifeval_candidates().select(range(12))
+    local = candidates.map(IFEvalVerifier(), batched=True).map(PairMetrics(), batched=True)
+    ray_rows = (
+        ray.data.from_arrow(candidates.data.table)
+        .map_batches(
+            IFEvalVerifier,
+            fn_constructor_kwargs={"config": IFEvalConfig()},
+            batch_format="numpy",
+            concurrency=1,
+        )
+        .map_batches(
+            PairMetrics,
+            fn_constructor_kwargs={"config": PairMetricsConfig()},
+            batch_format="numpy",
+            concurrency=1,
+        )
+        .take_all()
+    )
+    by_key = {row["key"]: row for row in ray_rows}
+    assert sorted(by_key) == sorted(local["key"])
+    for want in local:
+        got = by_key[want["key"]]
+        for column in ("rewards", "correctness", "edit_distance_matrix", "dcrm_matrix", "responses"):
+            assert to_python(got[column]) == want[column], (want["key"], column)
