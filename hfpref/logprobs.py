@@ -83,11 +83,17 @@ class ResponseLogProbs:
     """
 
     def __init__(
-        self, model: Any, *, token_budget: int = 16384, packing: str = "auto", logit_chunk_mb: int = 256
+        self,
+        model: Any,
+        *,
+        token_budget: int = 16384,
+        packing: str = "auto",
+        logit_chunk_mb: int = 256,
+        compile: bool = False,
     ) -> None:
         self.lm_head = model.get_output_embeddings()
         self._check_head(model)
-        self.runner = HiddenStateRunner(model, token_budget=token_budget, packing=packing)
+        self.runner = HiddenStateRunner(model, token_budget=token_budget, packing=packing, compile=compile)
         vocab = self.lm_head.weight.shape[0]
         self.chunk_rows = max(1, (logit_chunk_mb << 20) // (vocab * 4))
 
@@ -203,6 +209,7 @@ class LogProbAnnotator(ModelStep):
             token_budget=config.token_budget,
             packing=config.packing,
             logit_chunk_mb=config.logit_chunk_mb,
+            compile=config.compile,
         )
         return _LoadedLM(tokenizer, scorer, config.max_length or max_length_of(model))
 

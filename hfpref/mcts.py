@@ -157,6 +157,8 @@ class MCTSConfig(ModelStepConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.search_settings()  # validates the search numbers
+        if self.compile:  # the same model also generates, with a KV cache a compiled layer would retrace
+            raise ValueError("MCTSConfig.compile is not supported: the policy both scores and generates")
         if self.rejected not in REJECTED_RULES:
             raise ValueError(f"MCTSConfig.rejected must be one of {REJECTED_RULES}, got {self.rejected!r}")
         for name in ("chunk_max_tokens", "max_new_tokens", "max_pairs_per_prompt"):

@@ -9,6 +9,7 @@ responses); the reward head is applied only to the pooled position of each seque
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,15 +74,24 @@ class SequenceScores:
     run packed; others run one sequence at a time through their own forward.
     """
 
-    def __init__(self, model: Any, *, token_budget: int = 16384, packing: str = "auto") -> None:
+    def __init__(
+        self, model: Any, *, token_budget: int = 16384, packing: str = "auto", compile: bool = False
+    ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.pad_token_id = model.config.get_text_config().pad_token_id
         score = getattr(model, "score", None)
         self.packed = isinstance(score, torch.nn.Linear) and model.base_model is not model
         self.runner = (
-            HiddenStateRunner(model, token_budget=token_budget, packing=packing) if self.packed else None
+            HiddenStateRunner(model, token_budget=token_budget, packing=packing, compile=compile)
+            if self.packed
+            else None
         )
+        if compile and not self.packed:
+            warnings.warn(
+                f"compile applies to packed reward models only; {type(model).__name__} runs eagerly",
+                stacklevel=2,
+            )
 
     def __call__(self, groups: Sequence[Sequence[Sequence[int]]]) -> list[list[list[float]]]:
         if not self.packed:
@@ -175,7 +185,9 @@ class RewardAnnotator(ModelStep):
             raise ValueError(
                 f"reward_weights has {len(config.reward_weights)} entries for {num_labels} outputs"
             )
-        scorer = SequenceScores(model, token_budget=config.token_budget, packing=config.packing)
+        scorer = SequenceScores(
+            model, token_budget=config.token_budget, packing=config.packing, compile=config.compile
+        )
         return _LoadedRM(tokenizer, scorer, config.max_length or max_length_of(model), num_labels)
 
     def reward_of(self, outputs: list[float]) -> float:

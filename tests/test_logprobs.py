@@ -328,7 +328,10 @@ def test_fingerprint_follows_weights_and_results_not_runtime_fields(tiny_models,
     shutil.copytree(tiny_models["policy"], copy)
     step = LogProbAnnotator(model=str(copy))
     assert step.resolved_revision() == content_hash(copy)
-    assert step.fingerprint() == LogProbAnnotator(model=str(copy), token_budget=7, device="cpu").fingerprint()
+    assert (
+        step.fingerprint()
+        == LogProbAnnotator(model=str(copy), token_budget=7, device="cpu", compile=True).fingerprint()
+    )
     assert step.fingerprint() != LogProbAnnotator(model=str(copy), dtype="bfloat16").fingerprint()
     before = step.fingerprint()
     model = AutoModelForCausalLM.from_pretrained(copy)
@@ -336,6 +339,38 @@ def test_fingerprint_follows_weights_and_results_not_runtime_fields(tiny_models,
         model.lm_head.weight.add_(0.01)
     model.save_pretrained(copy)
     assert LogProbAnnotator(model=str(copy)).fingerprint() != before
+
+
+@pytest.mark.parametrize("packing", ["tree", "padded"])
+def test_compiled_layers_give_the_eager_results(policy, expected, packing):
+    step = LogProbAnnotator(model=policy[0], packing=packing, token_budget=48, compile=True)
+    out = step(_batch(CANDIDATES))
+    runner = step.resources(None).scorer.runner
+    assert runner.compiled, runner.compile_error
+    layer = runner.backbone.layers[0]
+    assert layer._compiled_call_impl is not None  # the compiled forward really is the one that ran
+    for logps, want in zip(out["ref_logps"], expected, strict=True):
+        assert logps == pytest.approx([w[0] for w in want], abs=1e-4)
+
+
+def test_failed_compile_falls_back_to_eager_with_a_warning(policy, expected, monkeypatch):
+    def broken_compile(module, *args, **kwargs):
+        def fails(*a, **k):
+            raise RuntimeError("no C++ compiler here")
+
+        module._compiled_call_impl = fails
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    model = AutoModelForCausalLM.from_pretrained(policy[0], dtype=torch.float32).eval()
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler here"):
+        scorer = ResponseLogProbs(model, compile=True)
+    assert not scorer.runner.compiled and "RuntimeError" in scorer.runner.compile_error
+    assert all(layer._compiled_call_impl is None for layer in model.model.layers)
+    row = CANDIDATES[0]
+    tokenizer = policy[2]
+    prompt_ids = tokenizer(row["prompt"])["input_ids"]
+    full = tokenizer(row["prompt"] + row["responses"][0] + tokenizer.eos_token)["input_ids"]
+    assert scorer([[(full, len(prompt_ids))]])[0][0] == pytest.approx(expected[0][0][0], abs=1e-4)
 
 
 def test_pickle_drops_the_model(policy):

@@ -249,6 +249,8 @@ def test_search_settings_are_validated():
         SearchSettings(n_simulations=0, n_children=2, max_depth=2, c_puct=1.0, lambda_self_eval=0.2)
     with pytest.raises(ValueError, match="lambda"):
         SearchSettings(n_simulations=1, n_children=2, max_depth=2, c_puct=1.0, lambda_self_eval=1.5)
+    with pytest.raises(ValueError, match="compile is not supported"):
+        MCTSConfig(model="some/policy", compile=True)
 
 
 # ---- the step on the tiny model ------------------------------------------------------------------
