@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One prepared GPU run for summed response log-probs (hfpref.logprobs), sized for under 5 minutes on
-# one H100 (about 3 expected):
+# one H100 (about 3.5 expected; results of 2026-11-27 in benchmarks/results/h100/):
 #   1. env.json: torch / transformers / CUDA versions, the GPU, which fused varlen kernels exist;
 #   2. bench_qwen2-0.5b.json, bench_qwen2-1.5b.json: benchmarks/bench_logprobs.py in bfloat16 with sdpa,
 #      (a) one at a time on 48 sequences, (b) fixed batches of 16 with full logits, (c) ours;
 #      each JSON records (c)'s attention kernel, its check against the exact loop, and the targets;
+#      the 1.5B run adds (d), (c) with compile=True (torch.compile, about 20 s once);
 #   3. pytest_cuda.log: the log-prob and reward tests, which run on cuda:0 when CUDA is available
 #      (skipped when pytest, trl or datasets are missing).
 # Everything goes to $OUT (default ./gpu-out); status.txt has each step's exit code (124 = timed out).
@@ -30,13 +31,13 @@ print(json.dumps({
 EOF
 echo "env exit $?" >> "$OUT/status.txt"
 
-run_bench() {  # shape, time limit in seconds
+run_bench() {  # shape, time limit in seconds, extra flags
   timeout "$2" "$PYTHON" benchmarks/bench_logprobs.py --device cuda --shape "$1" --dtype bfloat16 \
-    --prompts 128 --repeats 3 --a-sequences 48 --output "$OUT/bench_$1.json" > "$OUT/bench_$1.log" 2>&1
+    --prompts 128 --repeats 3 --a-sequences 48 "${@:3}" --output "$OUT/bench_$1.json" > "$OUT/bench_$1.log" 2>&1
   echo "bench $1 exit $?" >> "$OUT/status.txt"
 }
 run_bench qwen2-0.5b 100
-run_bench qwen2-1.5b 140
+run_bench qwen2-1.5b 200 --compile
 
 if "$PYTHON" -c "import pytest, trl, datasets" 2>/dev/null; then
   timeout 60 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_logprobs.py tests/test_rewards.py \
