@@ -234,7 +234,7 @@ class ModelStepConfig(StepConfig):
     does, "error" or "truncate" (keep its first ``max_length`` tokens, as TRL's ``keep_start``, and
     count the dropped tokens); ``packing``: "auto", "tree" or "padded" (see ``HiddenStateRunner``);
     ``compile``: ``torch.compile`` the decoder layers (worth it on a GPU for large datasets: it costs
-    a minute or so once, and a compiled layer that fails its check falls back to eager).
+    tens of seconds once, and compiled layers that fail their check fall back to eager).
     Fields marked ``runtime`` change speed, not results, and stay out of the fingerprint.
     """
 
