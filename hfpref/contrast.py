@@ -46,6 +46,7 @@ import numpy as np
 
 from hfpref import columns as C
 from hfpref.constraints import DIFFICULTY
+from hfpref.errors import UserError
 from hfpref.pair_metrics import dcrm
 from hfpref.selection import PAIR_COLUMNS, PairSelector, pairs_features, prompt_seed
 from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
@@ -350,7 +351,7 @@ def _matrix(batch: Batch, column: str, i: int, n: int, where: str) -> np.ndarray
 # ---- dataset-level mixing ------------------------------------------------------------------------
 
 
-class MixError(ValueError):
+class MixError(UserError):
     """The pairs cannot give the mix asked for; the message gives the counts needed and available."""
 
 

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from hfpref import columns as C
+from hfpref.errors import UserError
 from hfpref.resume import DEFAULT_SHARD_ROWS
 
 STEP_REGISTRY: dict[str, str] = {
@@ -99,7 +100,7 @@ _TOP_LEVEL_KEYS = ("description", "input", "steps", "pairs", "output")
 _VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*([-+][0-9A-Za-z.]+)?$")
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe that cannot run as written; the message says where and what is wrong."""
 
 

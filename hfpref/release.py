@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hfpref import columns as C
+from hfpref.errors import UserError
 from hfpref.plots import PLOT_FILE, plot_pairs_plane
 from hfpref.recipe import CANDIDATES_CONFIG, RecipeResult, check_version
 from hfpref.summary import METRICS, strategy_summary
@@ -53,7 +54,7 @@ MATRIX_COLUMNS = (C.EDIT_DISTANCE_MATRIX, C.LOGP_DIFF_MATRIX, C.REWARD_MARGIN_MA
 MODEL_FIELDS = ("model", "tokenizer", "reward_model", "ref_model", "policy_model", "judge_model")
 
 
-class ReleaseError(ValueError):
+class ReleaseError(UserError):
     """A release folder that cannot be written or read as asked."""
 
 

@@ -27,14 +27,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from hfpref.errors import UserError
+
 Batch = dict[str, list]
 
 
-class MissingColumnError(ValueError):
+class MissingColumnError(UserError):
     """A step's input column is absent from the batch or dataset."""
 
 
-class RowError(ValueError):
+class RowError(UserError):
     """A row holds a value a step cannot work with; the message names the row, column and value."""
 
 
