@@ -509,13 +509,10 @@ def test_responses_end_at_max_new_tokens(policy):
     assert out["drop_reason"] == [None] and out["tree_depth"] == [0]
 
 
-IFEVAL_PROMPTS = "../shared/data/ifeval/prompts.jsonl"
-
-
 def test_apply_through_datasets_on_real_ifeval_prompts(step):
-    from pathlib import Path
+    from hfpref import default_data
 
-    path = Path(__file__).resolve().parents[1] / IFEVAL_PROMPTS
+    path = default_data.data_dir() / default_data.PROMPTS_FILE  # shipped in the package, not ../shared
     real = datasets.load_dataset("json", data_files=str(path), split="train")
     shortest = sorted(range(len(real)), key=lambda i: len(real[i]["prompt"]))[:2]  # the tiny context fits
     dataset = real.select(shortest)
