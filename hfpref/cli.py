@@ -9,7 +9,7 @@ import sys
 # Each module defines ``add_parser(subparsers)`` (which sets ``func`` on its parser) and is
 # imported lazily by name, so ``hfpref --help`` stays fast and a missing optional dependency
 # only breaks the subcommand that needs it.
-COMMAND_MODULES = ("curate", "push", "train", "eval", "iterate")
+COMMAND_MODULES = ("curate", "push", "train", "eval", "iterate", "annotate")
 
 
 def build_parser() -> argparse.ArgumentParser:
