@@ -178,23 +178,34 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def add_user(self, name: str) -> str:
-        token = secrets.token_hex(20)
+    def _user_args(self, name: str) -> list[str]:
+        token = self.tokens[name] = secrets.token_hex(20)
+        return [
+            "--username",
+            f"{name}@example.org",
+            "--password",
+            secrets.token_hex(8),
+            "--user-token",
+            token,
+        ]
+
+    def add_user(self, name: str) -> None:
+        """A user made by ``label-studio init`` (the first one's organization gets legacy tokens enabled)."""
         subprocess.run(
             [str(self.binary), "init", "--data-dir", str(self.data_dir), "-q", "--enable-legacy-api-token",
-             "--username", f"{name}@example.org", "--password", secrets.token_hex(8), "--user-token", token],
+             *self._user_args(name)],
             env=self.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300,
         )  # fmt: skip
-        self.tokens[name] = token
-        return token
 
-    def start(self, timeout: float = 180.0) -> None:
+    def start(self, timeout: float = 180.0, new_user: str | None = None) -> None:
+        """Start the server; ``new_user`` is created by the same process (one Django start-up less)."""
         import requests
 
+        extra = self._user_args(new_user) if new_user else []
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(
                 [str(self.binary), "start", "--data-dir", str(self.data_dir), "--port", str(self.port),
-                 "--internal-host", "127.0.0.1", "--no-browser"],
+                 "--internal-host", "127.0.0.1", "--no-browser", *extra],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -242,11 +253,8 @@ def label_studio(tmp_path_factory):
     if (template / "label_studio.sqlite3").is_file():  # migrated once by the setup script: saves ~1 min
         shutil.copytree(template, data_dir)
     server = Server(binary, data_dir, root / "server.log")
-    started = time.monotonic()
-    for name in ("alice", "bob"):  # the first user's organization gets legacy tokens enabled
-        server.add_user(name)
-    server.start()
-    server.startup_s = time.monotonic() - started
+    server.add_user("bob")
+    server.start(new_user="alice")
     for name, token in server.tokens.items():
         me = requests.get(
             f"{server.url}/api/current-user/whoami", headers={"Authorization": f"Token {token}"}
@@ -337,10 +345,13 @@ def _click(data: dict, want_good: bool) -> str:
     return "A" if a_good == want_good else "B"
 
 
-def _tasks_by_question(server: Server, project: str) -> dict[int, dict]:
+def _tasks_by_project(server: Server, project: str) -> list[dict]:
     client = LS.LabelStudioClient(server.url)
-    tasks = client.export(client.find_project(project)["id"])
-    return {int(t["data"]["prompt"].split()[1].rstrip("?")): t for t in tasks}
+    return client.export(client.find_project(project)["id"])
+
+
+def _tasks_by_question(server: Server, project: str) -> dict[int, dict]:
+    return {int(t["data"]["prompt"].split()[1].rstrip("?")): t for t in _tasks_by_project(server, project)}
 
 
 def _push(server: Server, release: Path, project: str, capsys) -> str:
@@ -444,6 +455,39 @@ def test_round_trip_two_annotators(server, release, tmp_path, capsys):
     assert {tasks[k]["data"]["pair_id"] for k in (7, 9)} == set(strict.pending)
 
 
+def test_an_iterate_round_stops_while_pending_and_resumes_from_the_labels(server):
+    import datasets
+
+    # two prompts, three responses each; the round selected two pairs of the first, one of the second
+    candidates = datasets.Dataset.from_list(
+        [
+            {
+                "prompt": "loop q0?",
+                "responses": ["bad 0a", "good 0", "bad 0b"],
+                "pair_indices": [[0, 1], [0, 2], [1, 2]],
+                "selected_for_annotation": [True, False, True],
+            },
+            {
+                "prompt": "loop q1?",
+                "responses": ["good 1", "bad 1"],
+                "pair_indices": [[0, 1]],
+                "selected_for_annotation": [True],
+            },
+        ]
+    )
+    kwargs = {"project": "hfpref iterate round 1", "url": server.url, "seed": 3}
+    first = LS.label_round(candidates, **kwargs)
+    assert (first.push.pushed, first.pending) == (3, 3)
+    assert "3 of 3 pairs are still pending" in first.pending_message(1)
+    for task in _tasks_by_project(server, kwargs["project"]):
+        _annotate(server, "alice", task["id"], _click(task["data"], True))
+    again = LS.label_round(candidates, **kwargs)
+    assert (again.push.pushed, again.push.already_there, again.pending) == (0, 3, 0)
+    rows = LS.labels_dataset(again.pull).to_list()
+    got = sorted((r["prompt"], r["chosen_index"], r["rejected_index"], r["chosen"]) for r in rows)
+    assert got == [("loop q0?", 1, 0, "good 0"), ("loop q0?", 1, 2, "good 0"), ("loop q1?", 0, 1, "good 1")]
+
+
 def test_restart_loses_nothing_and_a_stopped_server_is_a_clear_error(server, release, tmp_path, capsys):
     project = "hfpref restart check"
     _push(server, release, project, capsys)
@@ -471,6 +515,20 @@ def test_restart_loses_nothing_and_a_stopped_server_is_a_clear_error(server, rel
     server.start()
     after = LS.pull_labels(LS.LabelStudioClient(server.url), project)
     assert after.rows == before.rows and after.counts == before.counts
+
+
+def test_a_personal_access_token_works_too(server, monkeypatch):
+    import requests
+
+    # Label Studio's default token kind: a JWT refresh token the client exchanges for an access token
+    made = requests.post(
+        f"{server.url}/api/token/", headers={"Authorization": f"Token {server.tokens['bob']}"}, timeout=30
+    )
+    made.raise_for_status()
+    monkeypatch.setenv(LS.API_KEY_ENV, made.json()["token"])
+    client = LS.LabelStudioClient(server.url)
+    assert isinstance(client.projects(), list)  # a refused key would raise LabelStudioError
+    assert client._authorization().startswith("Bearer ")
 
 
 def test_a_wrong_key_is_refused_in_one_line(server, monkeypatch):

@@ -280,7 +280,7 @@ class LabelStudioClient:
     def _authorization(self) -> str:
         if self._auth is None:
             if self._key.count(".") == 2:  # a personal access token (JWT refresh token)
-                access = self._call("POST", "/api/token/refresh", json={"refresh": self._key}, auth=False)
+                access = self._call("POST", "/api/token/refresh/", json={"refresh": self._key}, auth=False)
                 self._auth = f"Bearer {access['access']}"
             else:
                 self._auth = f"Token {self._key}"
@@ -685,6 +685,53 @@ def labels_dataset(result: PullResult):
     return datasets.Dataset.from_list(result.rows)
 
 
+# ---- one round of the iterate loop -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RoundLabels:
+    """What ``label_round`` found: the push (new pairs, if any) and the labels so far."""
+
+    push: PushResult
+    pull: PullResult
+
+    @property
+    def pending(self) -> int:
+        return len(self.pull.pending)
+
+    def pending_message(self, round_number: int) -> str:
+        done = self.pull.counts["pairs"] - self.pending
+        return (
+            f"round {round_number}: {self.pending} of {self.pull.counts['pairs']} pairs are still pending in "
+            f"Label Studio project {self.pull.project!r} ({self.push.url}); {done} finished. Annotate them "
+            "there, then rerun the same command: the loop resumes from the pulled labels"
+        )
+
+
+def label_round(
+    candidates: Any,
+    *,
+    project: str,
+    url: str | None = None,
+    seed: int = 0,
+    rule: str = "majority",
+    min_annotations: int = 1,
+    annotators_per_pair: int = 1,
+    source: str = "iterate",
+) -> RoundLabels:
+    """Push a round's selected pairs (idempotent: a rerun pushes nothing new) and pull their labels.
+
+    Input columns of ``candidates``: ``prompt``, ``responses``, ``pair_indices``,
+    ``selected_for_annotation``. The loop stops while ``pending`` > 0 and trains on
+    ``labels_dataset(result.pull)`` once it is 0 (rows carry ``chosen_index`` / ``rejected_index``).
+    """
+    client = LabelStudioClient(url)
+    tasks = selected_pair_tasks(candidates, seed=seed, source=source)
+    pushed = push_pairs(client, project, tasks, annotators_per_pair=annotators_per_pair)
+    pulled = pull_labels(client, project, rule=rule, min_annotations=min_annotations)
+    return RoundLabels(pushed, pulled)
+
+
 # ---- the release folder ------------------------------------------------------------------------------
 
 
@@ -831,10 +878,12 @@ __all__ = [
     "PairTask",
     "PullResult",
     "PushResult",
+    "RoundLabels",
     "Vote",
     "agreement",
     "annotation_status",
     "collect_labels",
+    "label_round",
     "labels_dataset",
     "make_pair_id",
     "pair_tasks_from_release",
