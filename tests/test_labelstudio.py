@@ -135,6 +135,71 @@ def test_a_vote_maps_back_through_the_recorded_order():
         LS.parse_vote(task, annotation("maybe"))
 
 
+def test_push_source_defaults_to_the_pairs_margin_selection_picked(tmp_path):
+    from hfpref.release import write_release
+
+    # r̂ = β(log π − log π_ref) = [0, -0.1, -0.3] (β 0.1): margins (0,1) 0.1, (0,2) 0.3, (1,2) 0.2, so
+    # smallest-margin selection with one pair per prompt picks (0, 1)
+    row = {
+        "prompt": "pick one",
+        "responses": ["first", "second", "third"],
+        "policy_logps": [-1.0, -2.0, -4.0],
+        "ref_logps": [-1.0, -1.0, -1.0],
+        "rewards": [1.0, 0.5, 0.0],
+    }
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    recipe = Recipe.from_dict(
+        {
+            "input": {"path": str(path)},
+            "steps": [
+                {"step": "ImplicitMargins", "config": {"beta": 0.1}},
+                {"step": "AnnotationSelector", "config": {"strategy": "smallest_margin", "count": 1}},
+            ],
+            "pairs": {"strategies": ["max_margin"]},
+            "output": {"name": "margins", "version": "0.1.0"},
+        }
+    )
+    folder = write_release(recipe.run(cache_dir=tmp_path / "cache", progress=False), tmp_path / "release")
+    tasks = LS.pair_tasks_from_release(folder)
+    assert [(t.response_1, t.response_2, t.source["indices"]) for t in tasks] == [("first", "second", [0, 1])]
+    assert tasks[0].source["from"] == "release/candidates"
+    # a pairs config on request: the max_margin pair (0, 2)
+    (pair,) = LS.pair_tasks_from_release(folder, "max_margin")
+    assert {pair.response_1, pair.response_2} == {"first", "third"}
+    with pytest.raises(UserError, match="no config 'nope'"):
+        LS.pair_tasks_from_release(folder, "nope")
+
+
+def _fake_export(choice: str) -> list[dict]:
+    task = LS.PairTask.make("q", "good", "bad", seed=0, source={"row": 0})
+    result = [{"from_name": "preference", "value": {"choices": [choice]}}]
+    return [
+        {
+            "id": 1,
+            "data": task.data(),
+            "annotations": [{"completed_by": 1, "result": result, "lead_time": 1.0}],
+        }
+    ]
+
+
+def test_a_pulled_release_is_replaced_only_when_asked(tmp_path):
+    a_wins = LS.collect_labels(_fake_export("A"), project="p")
+    b_wins = LS.collect_labels(_fake_export("B"), project="p")
+    assert a_wins.rows[0]["chosen"] == b_wins.rows[0]["rejected"]
+    folder = LS.write_labels_release(a_wins, tmp_path / "out")
+    with pytest.raises(UserError, match="already holds a release"):
+        LS.write_labels_release(b_wins, folder)
+    assert load_release(folder, "human")["chosen"] == [a_wins.rows[0]["chosen"]]
+    LS.write_labels_release(b_wins, folder, overwrite=True)
+    assert load_release(folder, "human")["chosen"] == [b_wins.rows[0]["chosen"]]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary or old folder left behind
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not writing into it"):
+        LS.write_labels_release(a_wins, tmp_path / "other", overwrite=True)
+
+
 def test_missing_api_key_is_a_user_error(monkeypatch):
     monkeypatch.delenv(LS.API_KEY_ENV, raising=False)
     with pytest.raises(UserError, match=LS.API_KEY_ENV):
