@@ -169,7 +169,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="move an existing v<version> tag to the new upload (never by default)",
+        help="replace a release folder that holds a different release (another output.name), and move an "
+        "existing v<version> tag to the new upload (neither by default)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -205,23 +206,16 @@ def build_recipe(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from hfpref.engines import EngineError
-    from hfpref.recipe import RecipeError
-    from hfpref.release import ReleaseError, push_release, read_manifest, write_release
-    from hfpref.summary import summary_table
+    from hfpref.errors import UserError
+    from hfpref.release import release_lock
 
-    engine = None
     try:
         recipe = build_recipe(args)
-        engine = build_engine(args)
-        result = recipe.run(
-            cache_dir=args.cache_dir,
-            batch_size=args.batch_size,
-            num_proc=args.num_proc,
-            progress=not args.no_progress,
-            engine=engine,
-        )
-        folder = write_release(result, recipe.output.folder, version=recipe.output.version)
-    except (RecipeError, ReleaseError, EngineError) as err:
+        # the folder is locked from before the first step until the release is swapped in (and pushed):
+        # a second run into it fails at once instead of both writing it
+        with release_lock(recipe.output.folder):
+            return _run_locked(args, recipe)
+    except (UserError, EngineError) as err:
         print(f"hfpref curate: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -230,9 +224,24 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _run_locked(args: argparse.Namespace, recipe: Any) -> int:
+    from hfpref.release import push_release, read_manifest, write_release
+    from hfpref.summary import summary_table
+
+    engine = build_engine(args)
+    try:
+        result = recipe.run(
+            cache_dir=args.cache_dir,
+            batch_size=args.batch_size,
+            num_proc=args.num_proc,
+            progress=not args.no_progress,
+            engine=engine,
+        )
+        folder = write_release(result, recipe.output.folder, version=recipe.output.version, force=args.force)
     finally:
-        if engine is not None:
-            engine.close()
+        engine.close()
 
     manifest = read_manifest(folder)
     pairs = {k: v for k, v in manifest["configs"].items() if v["kind"] == "pairs"}
@@ -253,19 +262,15 @@ def run(args: argparse.Namespace) -> int:
 
     push = recipe.output.push_to_hub
     if push is not None:
-        try:
-            info = push_release(
-                folder,
-                push.repo_id,
-                recipe.output.version,
-                revision=push.revision,
-                private=push.private,
-                token=args.token,
-                force=args.force,
-            )
-        except ReleaseError as err:
-            print(f"hfpref curate: error: {err}", file=sys.stderr)
-            return 2
+        info = push_release(
+            folder,
+            push.repo_id,
+            recipe.output.version,
+            revision=push.revision,
+            private=push.private,
+            token=args.token,
+            force=args.force,
+        )
         print(
             f"pushed to {info['repo_id']} (branch {info['revision']}, tag {info['tag']}, commit {info['commit']})"
         )
