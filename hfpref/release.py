@@ -228,15 +228,21 @@ class ReleaseLockedError(ReleaseError):
     """Another run (or push) holds the release folder's lock."""
 
 
+def _real(folder: str | Path) -> Path:
+    """The absolute folder; a symlinked release folder is its target (the link stays, the target is
+    replaced, and the lock and staging folder lie beside the target)."""
+    return Path(os.path.realpath(folder) if Path(folder).is_symlink() else os.path.abspath(folder))
+
+
 def lock_path(folder: str | Path) -> Path:
     """The lock file of a release folder: beside it (``FOLDER.lock``), so it survives the folder's swap."""
-    folder = Path(os.path.abspath(folder))
+    folder = _real(folder)
     return folder.with_name(folder.name + ".lock")
 
 
 def staging_dir(folder: str | Path) -> Path:
     """Where the next release of ``folder`` is built: a hidden sibling, on the same file system."""
-    folder = Path(os.path.abspath(folder))
+    folder = _real(folder)
     return folder.with_name(f".{folder.name}.hfpref-new")
 
 
@@ -378,16 +384,17 @@ def write_release(
     if repo_id is None and recipe.output.push_to_hub is not None:
         repo_id = recipe.output.push_to_hub.repo_id
     with release_lock(folder):
-        _recover(folder)
-        _check_target(folder, recipe.output.name, overwrite, force)
-        staging = staging_dir(folder)
+        target = _real(folder)
+        _recover(target)
+        _check_target(target, recipe.output.name, overwrite, force)
+        staging = staging_dir(target)
         staging.mkdir(parents=True)
         try:
             _write_staged(result, staging, version=version, repo_id=repo_id, created_at=created_at)
-            _swap_in(staging, folder)
+            _swap_in(staging, target)
         except Exception:  # an error (not a kill): leave the old release as it was, and no staging folder
             shutil.rmtree(staging, ignore_errors=True)
-            _recover(folder)
+            _recover(target)
             raise
     return folder
 
@@ -671,7 +678,7 @@ def push_release(
     # locked like a curate run: the manifest and card are rewritten, and the folder must not be swapped
     # under the upload
     with release_lock(folder):
-        _recover(folder)
+        _recover(_real(folder))
         return _push_locked(
             folder, repo_id, version, revision=revision, private=private, token=token, force=force, api=api
         )

@@ -260,6 +260,19 @@ def test_refuses_a_folder_holding_another_release_unless_forced(tmp_path):
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
 
+def test_a_symlinked_release_folder_keeps_its_link(tmp_path):
+    _, real = make_small_release(tmp_path, folder_name="real")
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    make_small_release(tmp_path, folder_name="link", strategies=["max_margin"])
+    assert (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in (real / "data").iterdir()) == ["candidates", "max_margin"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "real" in p.name or "link" in p.name) == [
+        "link",
+        "real",
+        "real.lock",
+    ]
+
+
 # ---- summary helpers, on hand-made values ------------------------------------------------------------
 
 
