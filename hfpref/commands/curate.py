@@ -16,7 +16,12 @@ Without RECIPE it runs the embedded default: IFEval's 541 prompts with GPT-4's a
 pair strategy that needs no reference model, into ./hfpref-release.
 
 Finished steps are cached by `datasets` (under --cache-dir), shard by shard (--shard-rows), so a rerun is all
-cache hits and a run stopped part-way (crash, Ctrl-C, kill) resumes from the last finished shard.
+cache hits and a run stopped part-way (crash, Ctrl-C, kill) resumes from the last finished shard. Local input
+files are keyed by their content (sha256), not their path and modification time.
+
+The release is built beside the folder and swapped in whole, so a crash leaves the old release or the new one,
+never a mix; FOLDER.lock is held from the first step to the end, so a second run into the same folder fails at
+once. A folder holding a release of another name (output.name) is replaced only with --force.
 
 Scaling out needs no change to the recipe: --gpus K runs each model step in K worker processes, one per GPU;
 --engine ray runs the recipe on a Ray cluster (model steps as actor pools, one GPU per actor)."""
