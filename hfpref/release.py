@@ -12,6 +12,10 @@ Layout (the same files are pushed to the Hub, so ``load_dataset(folder, name=...
 
 The card is rendered from the manifest alone (``render_card``), so ``hfpref push`` can rewrite the
 version and repository id into both before uploading.
+
+Writing is atomic and locked (``write_release``): the release is built in a hidden sibling folder and
+swapped in when complete, while ``FOLDER.lock`` keeps other writers out; the manifest's ``files`` holds the
+sha256 of every file as written (``verify_release`` checks them).
 """
 
 from __future__ import annotations
@@ -469,6 +473,8 @@ def _fsync_tree(folder: Path) -> None:
     for name in (MANIFEST_FILE, CARD_FILE):
         with (folder / name).open("rb") as handle:
             os.fsync(handle.fileno())
+    if os.name != "posix":  # folders cannot be opened for fsync elsewhere
+        return
     for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
         fd = os.open(path, os.O_RDONLY)
         try:

@@ -189,8 +189,8 @@ def test_killed_runs_leave_a_consistent_folder_and_a_rerun_equals_an_uninterrupt
 def test_concurrent_runs_into_one_folder_one_wins_the_other_fails_at_once(tmp_path):
     recipe = _project(tmp_path)
     work = tmp_path / "work"
-    # the writer pauses 0.5 s per file, so the winner holds the lock for seconds after the loser asks
-    procs = [_curate(work, recipe, pause=0.5) for _ in range(2)]
+    # the writer pauses 0.8 s per file, so the winner holds the lock for seconds after the loser asks
+    procs = [_curate(work, recipe, pause=0.8) for _ in range(2)]
     results = [_finish(p) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
