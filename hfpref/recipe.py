@@ -779,7 +779,7 @@ class Recipe:
         self,
         *,
         input: InputSpec | None = None,
-        strategies: list[str] | None = None,
+        strategies: list[str] | str | None = None,
         tokenizer: str | None = None,
         folder: str | None = None,
         version: str | None = None,
@@ -790,7 +790,8 @@ class Recipe:
         if input is not None:
             raw["input"] = input.to_dict()
         if strategies is not None:
-            raw["pairs"]["strategies"] = list(strategies)
+            # "all" stays a string: list("all") would be the strategies 'a', 'l', 'l'
+            raw["pairs"]["strategies"] = strategies if isinstance(strategies, str) else list(strategies)
         if tokenizer is not None:
             metric_steps = [s for s in raw["steps"] if s["step"] == "PairMetrics"]
             if not metric_steps:
@@ -988,6 +989,7 @@ _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".cs
 
 
 def _sha256_files(paths: list[Path]) -> dict[str, str]:
+    """path -> sha256 of its bytes, for each path in order."""
     import hashlib
 
     out = {}
@@ -998,6 +1000,10 @@ def _sha256_files(paths: list[Path]) -> dict[str, str]:
                 digest.update(chunk)
         out[str(path)] = digest.hexdigest()
     return out
+
+
+# bump when the way a local input becomes rows changes: every input is then loaded afresh
+INPUT_LOADER_VERSION = "1"
 
 
 def load_input(spec: InputSpec, cache_dir: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
@@ -1023,6 +1029,9 @@ def load_input(spec: InputSpec, cache_dir: str | Path | None = None) -> tuple[An
 
 
 def _load_input_rows(spec: InputSpec, cache_dir: str | Path | None) -> tuple[Any, dict[str, Any]]:
+    import json
+    import shutil
+
     import datasets
 
     cache = str(cache_dir) if cache_dir is not None else None
@@ -1048,21 +1057,60 @@ def _load_input_rows(spec: InputSpec, cache_dir: str | Path | None) -> tuple[Any
         raise RecipeError(f"input.path: {spec.path!r} does not exist")
     info: dict[str, Any] = {"kind": "path", "path": str(path), "split": spec.split, "revision": None}
     if path.is_dir() and (path / "state.json").exists():  # a folder written by Dataset.save_to_disk
-        dataset = datasets.load_from_disk(str(path))
-        files = sorted(path.glob("*.arrow"))
+        kind = "arrow-folder"
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        # the files the dataset is made of (steps may write their own cache-*.arrow files beside them)
+        files = [path / entry["filename"] for entry in state.get("_data_files", [])]
     elif path.is_dir():
-        dataset = datasets.load_dataset(str(path), split=spec.split, cache_dir=cache)
+        kind = "folder"
         files = sorted(p for p in path.rglob("*") if p.is_file() and ".cache" not in p.parts)
     else:
-        builder = _FILE_BUILDERS.get("".join(path.suffixes[-1:]).lower())
-        if builder is None:
+        kind = _FILE_BUILDERS.get("".join(path.suffixes[-1:]).lower())
+        if kind is None:
             raise RecipeError(
                 f"input.path: cannot read {spec.path!r}; known file types: {sorted(_FILE_BUILDERS)}"
             )
-        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache)
         files = [path]
-    info["files_sha256"] = _sha256_files(files)
-    return dataset, info
+    hashes = _sha256_files(files)
+    info["files_sha256"] = hashes
+    # Rows are keyed by the bytes, not the path: datasets' json/csv/parquet builders key their cache on path
+    # and modification time, so a file rewritten with its old mtime (cp -p, rsync -a, unzip) would load the
+    # old rows. Each content gets its own builder cache folder and the dataset a fingerprint made from the
+    # hashes, so the step caches downstream follow the content too.
+    key = _content_key(kind, spec.split, path, hashes)
+    content_cache = Path(cache if cache is not None else datasets.config.HF_DATASETS_CACHE) / "hfpref-inputs"
+    content_cache = content_cache / key
+    if kind == "arrow-folder":
+        dataset = datasets.load_from_disk(str(path))  # memory-mapped as it is: no builder cache
+    elif kind == "folder":
+        dataset = datasets.load_dataset(str(path), split=spec.split, cache_dir=str(content_cache))
+    else:
+        dataset = datasets.load_dataset(
+            kind, data_files=str(path), split="train", cache_dir=str(content_cache)
+        )
+    if _sha256_files(files) != hashes:  # written to while it was read: the rows may be of neither version
+        shutil.rmtree(content_cache, ignore_errors=True)
+        raise RecipeError(
+            f"input.path: {spec.path!r} changed while it was being read; run again once it is no longer "
+            "being written"
+        )
+    # a contiguous select is a zero-copy view over the same Arrow files, with the fingerprint we give it
+    return dataset.select(range(len(dataset)), new_fingerprint=key), info
+
+
+def _content_key(kind: str, split: str, root: Path, hashes: Mapping[str, str]) -> str:
+    """A fingerprint of an input made from what it holds: its kind, split and files' names (relative to
+    the input path, since a folder's file names can name splits) and bytes, not where it lies or when it
+    was written."""
+    import hashlib
+    import json
+
+    files = {
+        (str(Path(name).relative_to(root)) if root.is_dir() else Path(name).suffix): digest
+        for name, digest in hashes.items()
+    }
+    record = {"loader": INPUT_LOADER_VERSION, "kind": kind, "split": split, "files": files}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _hub_commit(repo_id: str, revision: str | None) -> str | None:

@@ -12,16 +12,24 @@ Layout (the same files are pushed to the Hub, so ``load_dataset(folder, name=...
 
 The card is rendered from the manifest alone (``render_card``), so ``hfpref push`` can rewrite the
 version and repository id into both before uploading.
+
+Writing is atomic and locked (``write_release``): the release is built in a hidden sibling folder and
+swapped in when complete, while ``FOLDER.lock`` keeps other writers out; the manifest's ``files`` holds the
+sha256 of every file as written (``verify_release`` checks them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
+import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -211,17 +219,149 @@ def _candidate_columns(result: RecipeResult) -> tuple[list[str], list[str]]:
     return [c for c in names if c not in dropped], dropped
 
 
-def _prepare_folder(folder: Path, overwrite: bool) -> None:
-    """Refuse to write into a non-empty folder that is not an hfpref release; clear an old release's data."""
-    if folder.exists() and any(folder.iterdir()):
-        if not (folder / MANIFEST_FILE).exists():
-            raise ReleaseError(
-                f"{folder} exists, is not empty and holds no {MANIFEST_FILE}: not writing into it"
-            )
-        if not overwrite:
-            raise ReleaseError(f"{folder} already holds a release; pass overwrite=True to replace it")
-        shutil.rmtree(folder / "data", ignore_errors=True)  # configs of the old release must not linger
-    folder.mkdir(parents=True, exist_ok=True)
+# ---- writing a release: locked, staged beside the old one, swapped in ----------------------------------
+
+# Test hook, never set in normal use: seconds the writer sleeps after each file and swap step, so a test can
+# kill it (SIGKILL) at a known point of the write.
+PAUSE_ENV = "HFPREF_TEST_RELEASE_PAUSE"
+RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths atomically (renameat2)
+AT_FDCWD = -100
+
+
+class ReleaseLockedError(ReleaseError):
+    """Another run (or push) holds the release folder's lock."""
+
+
+def _real(folder: str | Path) -> Path:
+    """The absolute folder; a symlinked release folder is its target (the link stays, the target is
+    replaced, and the lock and staging folder lie beside the target)."""
+    return Path(os.path.realpath(folder) if Path(folder).is_symlink() else os.path.abspath(folder))
+
+
+def lock_path(folder: str | Path) -> Path:
+    """The lock file of a release folder: beside it (``FOLDER.lock``), so it survives the folder's swap."""
+    folder = _real(folder)
+    return folder.with_name(folder.name + ".lock")
+
+
+def staging_dir(folder: str | Path) -> Path:
+    """Where the next release of ``folder`` is built: a hidden sibling, on the same file system."""
+    folder = _real(folder)
+    return folder.with_name(f".{folder.name}.hfpref-new")
+
+
+def _backup_dir(folder: Path) -> Path:
+    """Where the old release waits during a swap by two renames (when renameat2 cannot exchange)."""
+    return folder.with_name(f".{folder.name}.hfpref-old")
+
+
+@contextlib.contextmanager
+def release_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold ``FOLDER.lock`` for a block, or fail at once if another process holds it.
+
+    Re-entrant in one thread (``curate`` holds it for the whole run, ``write_release`` takes it again).
+    The lock file stays after release, as filelock leaves it: deleting it could let two runs lock two
+    different files of the same name.
+    """
+    import filelock
+
+    path = lock_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(path), blocking=False, is_singleton=True)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise ReleaseLockedError(
+            f"{folder} is being written by another hfpref run: its lock {path} is held. Wait for that run "
+            "to finish, or write to another folder (--output)"
+        ) from None
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
+def _pause(where: str) -> None:
+    """The test hook between two writes (see ``PAUSE_ENV``); tests also replace it to simulate crashes."""
+    seconds = os.environ.get(PAUSE_ENV)
+    if seconds:
+        time.sleep(float(seconds))
+
+
+def _recover(folder: Path) -> None:
+    """Finish what a killed writer left (called under the lock): restore an old release that a swap by two
+    renames moved aside before the new one was in place, and remove the staging and backup folders."""
+    backup = _backup_dir(folder)
+    if backup.exists():
+        if folder.exists():  # killed after the new release was in place: the old one is just garbage
+            shutil.rmtree(backup)
+        else:  # killed between the two renames: put the old release back
+            os.rename(backup, folder)
+    shutil.rmtree(staging_dir(folder), ignore_errors=True)
+    for name in (MANIFEST_FILE, CARD_FILE):  # a rewrite of the manifest and card (push) killed midway
+        _temporary(folder / name).unlink(missing_ok=True)
+
+
+def _check_target(folder: Path, name: str, overwrite: bool, force: bool) -> None:
+    """Refuse a non-empty folder that is not an hfpref release, and one holding a different release
+    (another ``output.name``) unless ``force``."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ReleaseError(f"{folder} exists and is not a folder: not writing a release there")
+    if not any(folder.iterdir()):
+        return
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.exists():
+        raise ReleaseError(
+            f"{folder} exists, is not empty and holds no {MANIFEST_FILE}: not writing into it; "
+            "choose another --output or empty the folder"
+        )
+    if not overwrite:
+        raise ReleaseError(f"{folder} already holds a release; pass overwrite=True to replace it")
+    try:
+        existing = json.loads(manifest_path.read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError) as err:
+        existing = f"<unreadable {MANIFEST_FILE}: {err}>"
+    if existing != name and not force:
+        raise ReleaseError(
+            f"{folder} holds the release {existing!r}, not {name!r} (the recipe's output.name): not replacing "
+            "it. Pass --force (force=True) to replace it, or write to another folder (--output)"
+        )
+
+
+def _exchange(staging: Path, folder: Path) -> bool:
+    """Swap two existing folders in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system or file system cannot, and nothing changed."""
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without renameat2 (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    done = renameat2(AT_FDCWD, os.fsencode(staging), AT_FDCWD, os.fsencode(folder), RENAME_EXCHANGE)
+    return done == 0
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Put the finished release at ``staging`` in the place of ``folder`` (which may not exist)."""
+    if not folder.exists() or not any(folder.iterdir()):
+        os.replace(staging, folder)  # atomic; replaces an empty folder
+        return
+    if _exchange(staging, folder):  # readers see the old release or the new one, never neither
+        _pause("swap: exchanged")
+        shutil.rmtree(staging)  # it now holds the old release
+        return
+    # two renames: a crash between them leaves no folder, and the next run restores the old one (_recover)
+    backup = _backup_dir(folder)
+    os.rename(folder, backup)
+    _pause("swap: old moved aside")
+    os.rename(staging, folder)
+    _pause("swap: new in place")
+    shutil.rmtree(backup)
 
 
 def write_release(
@@ -231,35 +371,116 @@ def write_release(
     version: str | None = None,
     repo_id: str | None = None,
     overwrite: bool = True,
+    force: bool = False,
     created_at: str | None = None,
 ) -> Path:
-    """Write the data files, plot, manifest and card of ``result`` into ``folder``; return the folder."""
+    """Write the data files, plot, manifest and card of ``result`` as the release folder ``folder``.
+
+    The release is built in a hidden folder beside ``folder`` and swapped in when complete, under the
+    folder's lock (``FOLDER.lock``; a second writer fails at once): a crash or kill at any point leaves
+    either the old release or the new one, whole, and the next write cleans up after it. The manifest
+    lists the sha256 of each file as written. Refuses a non-empty folder that is not a release, and one
+    holding a release of another name (``output.name``) unless ``force``; returns the folder.
+    """
     recipe = result.recipe
     folder = Path(folder if folder is not None else recipe.output.folder)
     version = check_version(version or recipe.output.version)
     if repo_id is None and recipe.output.push_to_hub is not None:
         repo_id = recipe.output.push_to_hub.repo_id
-    _prepare_folder(folder, overwrite)
+    with release_lock(folder):
+        target = _real(folder)
+        _recover(target)
+        _check_target(target, recipe.output.name, overwrite, force)
+        staging = staging_dir(target)
+        staging.mkdir(parents=True)
+        try:
+            _write_staged(result, staging, version=version, repo_id=repo_id, created_at=created_at)
+            _swap_in(staging, target)
+        except Exception:  # an error (not a kill): leave the old release as it was, and no staging folder
+            shutil.rmtree(staging, ignore_errors=True)
+            _recover(target)
+            raise
+    return folder
 
+
+def _write_staged(
+    result: RecipeResult, staging: Path, *, version: str, repo_id: str | None, created_at: str | None
+) -> None:
+    """Every file of the release into the (empty) staging folder; the manifest hashes the files written."""
+    written = []
     for strategy, pairs in result.pairs.items():
         keep = [c for c in pairs.column_names if c != C.DROP_REASON]  # every kept row has drop_reason None
-        _write_parquet(pairs.select_columns(keep), folder / DATA_FILE.format(config=strategy))
+        written.append(DATA_FILE.format(config=strategy))
+        _write_parquet(pairs.select_columns(keep), staging / written[-1])
+        _pause(f"data: {strategy}")
     kept_columns, _ = _candidate_columns(result)
-    _write_parquet(
-        result.candidates.select_columns(kept_columns), folder / DATA_FILE.format(config=CANDIDATES_CONFIG)
-    )
+    written.append(DATA_FILE.format(config=CANDIDATES_CONFIG))
+    _write_parquet(result.candidates.select_columns(kept_columns), staging / written[-1])
+    _pause(f"data: {CANDIDATES_CONFIG}")
 
     manifest = build_manifest(result, version=version, repo_id=repo_id, created_at=created_at)
     unit = manifest["edit_distance_unit"] or "unknown unit"
     groups = strategy_groups(manifest["configs"])
     plot_pairs_plane(
         {tuple(members): _plane_points(result.pairs[first]) for first, members in groups.items()},
-        folder / PLOT_FILE,
+        staging / PLOT_FILE,
         distance_label=f"e_Δ (edit distance, {unit})",
         title=f"{manifest['name']} {version}: pairs in the distance / reward-margin plane",
     )
-    write_manifest_and_card(folder, manifest)
-    return folder
+    written.append(PLOT_FILE)
+    _pause("plot")
+    # hashed from the files on disk, so the manifest names exactly the bytes the release holds
+    manifest["files"] = hash_files(staging, written, sync=True)
+    write_manifest_and_card(staging, manifest)
+    _fsync_tree(staging)
+    _pause("manifest and card")
+
+
+def hash_files(folder: Path, names: Sequence[str], *, sync: bool = False) -> dict[str, dict[str, Any]]:
+    """relative name -> {sha256, bytes} of each file; ``sync``: also flush each file to disk."""
+    out = {}
+    for name in names:
+        digest = hashlib.sha256()
+        size = 0
+        with (folder / name).open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+                size += len(chunk)
+            if sync:
+                os.fsync(handle.fileno())
+        out[name] = {"sha256": digest.hexdigest(), "bytes": size}
+    return out
+
+
+def verify_release(folder: str | Path) -> list[str]:
+    """What is wrong with a release folder's files against its manifest's hashes ([] when all match)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    listed = manifest.get("files")
+    if listed is None:
+        return [f"{MANIFEST_FILE} lists no file hashes (written by an older hfpref)"]
+    problems = []
+    for name, entry in listed.items():
+        if not (folder / name).is_file():
+            problems.append(f"{name}: missing")
+        elif hash_files(folder, [name])[name] != entry:
+            problems.append(f"{name}: its bytes differ from the manifest's sha256")
+    return problems
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush the manifest and card and every folder entry, so a power cut cannot swap in a hollow release."""
+    for name in (MANIFEST_FILE, CARD_FILE):
+        with (folder / name).open("rb") as handle:
+            os.fsync(handle.fileno())
+    if os.name != "posix":  # folders cannot be opened for fsync elsewhere
+        return
+    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _plane_points(pairs) -> tuple[Any, Any]:
@@ -323,10 +544,25 @@ def load_release(folder: str | Path, name: str | None = None, split: str = "trai
 
 
 def write_manifest_and_card(folder: str | Path, manifest: Mapping[str, Any]) -> None:
+    """Write the manifest, then the card rendered from it; each file is replaced whole (temporary file,
+    then rename), so a reader or a kill never meets half a manifest."""
     folder = Path(folder)
     text = json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
-    (folder / MANIFEST_FILE).write_text(text, encoding="utf-8")
-    (folder / CARD_FILE).write_text(render_card(manifest), encoding="utf-8")
+    _replace_text(folder / MANIFEST_FILE, text)
+    _replace_text(folder / CARD_FILE, render_card(manifest))
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.hfpref-tmp")
+
+
+def _replace_text(path: Path, text: str) -> None:
+    temporary = _temporary(path)
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def set_release_version(folder: str | Path, version: str, repo_id: str | None = None) -> dict[str, Any]:
@@ -444,10 +680,37 @@ def push_release(
     tag is moved to the new commit). The version and repo id are written into the manifest and card first.
     Returns {repo_id, revision, tag, commit, url}.
     """
+    folder = Path(folder)
+    # locked like a curate run: the manifest and card are rewritten, and the folder must not be swapped
+    # under the upload
+    with release_lock(folder):
+        _recover(_real(folder))
+        return _push_locked(
+            folder, repo_id, version, revision=revision, private=private, token=token, force=force, api=api
+        )
+
+
+def _push_locked(
+    folder: Path,
+    repo_id: str,
+    version: str,
+    *,
+    revision: str | None,
+    private: bool,
+    token: str | None,
+    force: bool,
+    api: Any,
+) -> dict[str, Any]:
     from huggingface_hub import HfApi
 
-    folder = Path(folder)
-    read_manifest(folder)  # fail early on a folder that is not a release
+    manifest = read_manifest(folder)  # fail early on a folder that is not a release
+    if manifest.get("files") is not None:  # releases of older hfpref versions have no hashes to check
+        problems = verify_release(folder)
+        if problems:
+            raise ReleaseError(
+                f"{folder} does not match its {MANIFEST_FILE}, not pushing it: {'; '.join(problems)}. "
+                "Write the release again with hfpref curate"
+            )
     check_version(version)
     tag = f"v{version}"
     branch = revision or release_branch(version)

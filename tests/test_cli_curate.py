@@ -4,10 +4,13 @@ computed here from the release's own candidates rows."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import os
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -215,3 +218,65 @@ def test_push_to_hub_after_curate(tmp_path, monkeypatch, capsys):
     assert "tag v0.9.0" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "hfpref_manifest.json").read_text())
     assert manifest["repo_id"] == "me/pairs" and manifest["version"] == "0.9.0"
+
+
+def _tiny_recipe(tmp_path, rows, name="small"):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"input: {{path: {data}}}\nsteps: [{{step: PairMetrics}}]\npairs: {{strategies: [max_margin]}}\n"
+        f"output: {{name: {name}}}\n"
+    )
+    return recipe, data
+
+
+def test_strategies_all_runs_every_strategy_that_applies(tmp_path, capsys):
+    rows = [{"key": 0, "prompt": "p", "responses": ["a b", "a", "c"], "rewards": [1.0, 0.0, 0.5]}]
+    recipe, _ = _tiny_recipe(tmp_path, rows)
+    args = ["curate", str(recipe), "--strategies", "all", "-o", str(tmp_path / "out")]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 0, (
+        capsys.readouterr().err
+    )
+    manifest = json.loads((tmp_path / "out" / "hfpref_manifest.json").read_text())
+    ran = list(manifest["pair_selection"])
+    assert {"best_of_n2", "max_margin", "random", "edit_only", "reward_only"} <= set(ran)
+    # no reference log-probs: the p_Δ-only strategies are skipped with the reason, not run
+    assert "logp_only" in manifest["skipped_strategies"] and "logp_only" not in ran
+    assert manifest["recipe"]["pairs"]["strategies"] == ran
+
+
+def test_input_edited_in_place_with_its_old_mtime_is_read_again(tmp_path):
+    rows = [{"key": k, "prompt": f"p{k}", "responses": ["a b", "a"], "rewards": [1.0, 0.0]} for k in range(3)]
+    recipe, data = _tiny_recipe(tmp_path, rows)
+    args = ["curate", str(recipe), "--input", str(data), "-o", str(tmp_path / "out")]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main(args) == 0
+    stat = os.stat(data)
+    # what cp -p / rsync -a / unzip do: new bytes (here of the same size), the old modification time
+    edited = [{**r, "prompt": r["prompt"].replace("p", "q")} for r in rows]
+    data.write_text("".join(json.dumps(r) + "\n" for r in edited))
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(data).st_size == stat.st_size and os.stat(data).st_mtime_ns == stat.st_mtime_ns
+    assert main(args) == 0
+    folder = tmp_path / "out"
+    read = lambda config: pq.read_table(folder / f"data/{config}/train-00000-of-00001.parquet")  # noqa: E731
+    assert read("candidates").column("prompt").to_pylist() == ["q0", "q1", "q2"]
+    assert read("max_margin").column("prompt").to_pylist() == ["q0", "q1", "q2"]  # step caches follow
+    manifest = json.loads((folder / "hfpref_manifest.json").read_text())
+    assert manifest["input"]["files_sha256"] == {str(data): hashlib.sha256(data.read_bytes()).hexdigest()}
+
+
+def test_a_folder_holding_another_release_needs_force(tmp_path, capsys):
+    rows = [{"key": 0, "prompt": "p", "responses": ["a b", "a"], "rewards": [1.0, 0.0]}]
+    first, _ = _tiny_recipe(tmp_path, rows, name="first")
+    out = ["-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main(["curate", str(first), *out]) == 0
+    capsys.readouterr()
+    second, _ = _tiny_recipe(tmp_path, rows, name="second")
+    assert main(["curate", str(second), *out]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'out'} holds the release 'first', not 'second'" in err and "--force" in err
+    assert json.loads((tmp_path / "out" / "hfpref_manifest.json").read_text())["name"] == "first"
+    assert main(["curate", str(second), *out, "--force"]) == 0
+    assert json.loads((tmp_path / "out" / "hfpref_manifest.json").read_text())["name"] == "second"

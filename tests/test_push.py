@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
+import filelock
 import pytest
 
 from hfpref import release as REL
@@ -110,6 +111,23 @@ def test_explicit_revision_and_private(folder):
     api.create_branch.assert_not_called()
     assert api.upload_folder.call_args.kwargs["revision"] == "main"
     assert api.create_repo.call_args.kwargs["private"] is True
+
+
+def test_a_release_whose_files_differ_from_its_manifest_is_not_pushed(folder):
+    data = folder / "data/max_margin/train-00000-of-00001.parquet"
+    data.write_bytes(data.read_bytes() + b"\0")  # e.g. edited by hand after curate
+    api = _api()
+    with pytest.raises(REL.ReleaseError, match="max_margin/train-00000-of-00001.parquet: its bytes differ"):
+        REL.push_release(folder, "me/tiny", "1.0.0", api=api)
+    api.upload_folder.assert_not_called()
+    assert REL.read_manifest(folder)["version"] == "0.3.0", "nothing rewritten"
+
+
+def test_a_folder_locked_by_a_curate_run_is_not_pushed(folder):
+    held = filelock.FileLock(str(folder.parent / "release.lock"))  # held as another process would
+    message = f"{folder} is being written by another hfpref run"
+    with held, pytest.raises(REL.ReleaseLockedError, match=message):
+        REL.push_release(folder, "me/tiny", "1.0.0", api=_api())
 
 
 def test_not_a_release_folder(tmp_path):

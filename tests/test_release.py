@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -50,6 +51,7 @@ def make_small_release(
     strategies=STRATEGIES,
     folder_name="release",
     pairs_extra: dict | None = None,
+    name: str = "tiny",
     **write,
 ):
     """Run a three-strategy recipe on ROWS (plus ``pairs_extra``: makers, mixes) and write its release;
@@ -70,7 +72,7 @@ def make_small_release(
                 "config": {"generator_ranking": ["g1", "g2"]},
                 **(pairs_extra or {}),
             },
-            "output": {"name": "tiny", "version": "0.3.0", "license": "cc-by-4.0"},
+            "output": {"name": name, "version": "0.3.0", "license": "cc-by-4.0"},
         }
     )
     result = recipe.run(cache_dir=tmp_path / "cache", progress=False)
@@ -228,6 +230,47 @@ def test_refuses_foreign_folder_and_clears_old_configs(tmp_path):
     _, folder = make_small_release(tmp_path, folder_name="rel", strategies=["max_margin"])
     assert sorted(p.name for p in (folder / "data").iterdir()) == ["candidates", "max_margin"]
     assert [c["config_name"] for c in _header(folder)["configs"]] == ["max_margin", "candidates"]
+
+
+def test_manifest_hashes_the_files_written(small):
+    _, folder, _ = small
+    files = REL.read_manifest(folder)["files"]
+    expected = [f"data/{c}/train-00000-of-00001.parquet" for c in [*STRATEGIES, "candidates"]]
+    assert sorted(files) == sorted([*expected, REL.PLOT_FILE])
+    for name, entry in files.items():
+        data = (folder / name).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}, name
+
+
+def test_refuses_a_folder_holding_another_release_unless_forced(tmp_path):
+    _, folder = make_small_release(tmp_path, folder_name="rel")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(REL.ReleaseError, match=r"holds the release 'tiny', not 'other'.*--force"):
+        make_small_release(tmp_path, folder_name="rel", name="other")
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before, "nothing was touched"
+    make_small_release(tmp_path, folder_name="rel", name="tiny", strategies=["max_margin"])  # same name: ok
+    make_small_release(tmp_path, folder_name="rel", name="other", force=True)
+    assert REL.read_manifest(folder)["name"] == "other"
+    # a folder that is not a release is refused even with force: it may hold anything
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(REL.ReleaseError, match="holds no hfpref_manifest.json"):
+        make_small_release(tmp_path, folder_name="foreign", force=True)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_a_symlinked_release_folder_keeps_its_link(tmp_path):
+    _, real = make_small_release(tmp_path, folder_name="real")
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    make_small_release(tmp_path, folder_name="link", strategies=["max_margin"])
+    assert (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in (real / "data").iterdir()) == ["candidates", "max_margin"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "real" in p.name or "link" in p.name) == [
+        "link",
+        "real",
+        "real.lock",
+    ]
 
 
 # ---- summary helpers, on hand-made values ------------------------------------------------------------

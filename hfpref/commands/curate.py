@@ -16,7 +16,12 @@ Without RECIPE it runs the embedded default: IFEval's 541 prompts with GPT-4's a
 pair strategy that needs no reference model, into ./hfpref-release.
 
 Finished steps are cached by `datasets` (under --cache-dir), shard by shard (--shard-rows), so a rerun is all
-cache hits and a run stopped part-way (crash, Ctrl-C, kill) resumes from the last finished shard.
+cache hits and a run stopped part-way (crash, Ctrl-C, kill) resumes from the last finished shard. Local input
+files are keyed by their content (sha256), not their path and modification time.
+
+The release is built beside the folder and swapped in whole, so a crash leaves the old release or the new one,
+never a mix; FOLDER.lock is held from the first step to the end, so a second run into the same folder fails at
+once. A folder holding a release of another name (output.name) is replaced only with --force.
 
 Scaling out needs no change to the recipe: --gpus K runs each model step in K worker processes, one per GPU;
 --engine ray runs the recipe on a Ray cluster (model steps as actor pools, one GPU per actor)."""
@@ -169,7 +174,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="move an existing v<version> tag to the new upload (never by default)",
+        help="replace a release folder that holds a different release (another output.name), and move an "
+        "existing v<version> tag to the new upload (neither by default)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -205,23 +211,16 @@ def build_recipe(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from hfpref.engines import EngineError
-    from hfpref.recipe import RecipeError
-    from hfpref.release import ReleaseError, push_release, read_manifest, write_release
-    from hfpref.summary import summary_table
+    from hfpref.errors import UserError
+    from hfpref.release import release_lock
 
-    engine = None
     try:
         recipe = build_recipe(args)
-        engine = build_engine(args)
-        result = recipe.run(
-            cache_dir=args.cache_dir,
-            batch_size=args.batch_size,
-            num_proc=args.num_proc,
-            progress=not args.no_progress,
-            engine=engine,
-        )
-        folder = write_release(result, recipe.output.folder, version=recipe.output.version)
-    except (RecipeError, ReleaseError, EngineError) as err:
+        # the folder is locked from before the first step until the release is swapped in (and pushed):
+        # a second run into it fails at once instead of both writing it
+        with release_lock(recipe.output.folder):
+            return _run_locked(args, recipe)
+    except (UserError, EngineError) as err:
         print(f"hfpref curate: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -230,9 +229,24 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _run_locked(args: argparse.Namespace, recipe: Any) -> int:
+    from hfpref.release import push_release, read_manifest, write_release
+    from hfpref.summary import summary_table
+
+    engine = build_engine(args)
+    try:
+        result = recipe.run(
+            cache_dir=args.cache_dir,
+            batch_size=args.batch_size,
+            num_proc=args.num_proc,
+            progress=not args.no_progress,
+            engine=engine,
+        )
+        folder = write_release(result, recipe.output.folder, version=recipe.output.version, force=args.force)
     finally:
-        if engine is not None:
-            engine.close()
+        engine.close()
 
     manifest = read_manifest(folder)
     pairs = {k: v for k, v in manifest["configs"].items() if v["kind"] == "pairs"}
@@ -253,19 +267,15 @@ def run(args: argparse.Namespace) -> int:
 
     push = recipe.output.push_to_hub
     if push is not None:
-        try:
-            info = push_release(
-                folder,
-                push.repo_id,
-                recipe.output.version,
-                revision=push.revision,
-                private=push.private,
-                token=args.token,
-                force=args.force,
-            )
-        except ReleaseError as err:
-            print(f"hfpref curate: error: {err}", file=sys.stderr)
-            return 2
+        info = push_release(
+            folder,
+            push.repo_id,
+            recipe.output.version,
+            revision=push.revision,
+            private=push.private,
+            token=args.token,
+            force=args.force,
+        )
         print(
             f"pushed to {info['repo_id']} (branch {info['revision']}, tag {info['tag']}, commit {info['commit']})"
         )

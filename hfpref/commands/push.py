@@ -11,7 +11,8 @@ Upload a release folder written by `hfpref curate` (data files, README.md card, 
 Hugging Face Hub dataset repository, commit it to a branch (default: release-v<version>) and tag that
 commit v<version>. The version and repo id are written into the card and manifest first, so the card's
 load_dataset(..., revision="v<version>") snippet is right. A version that is already tagged is refused
-unless --force: a released version is never silently overwritten."""
+unless --force: a released version is never silently overwritten. The folder is locked (FOLDER.lock) while it
+is pushed, and a folder whose files do not match the sha256 in its manifest is refused."""
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
