@@ -71,6 +71,8 @@ class Setting:
 TOTAL_BATCH = "total_train_batch_size"  # per-device batch x gradient accumulation x devices
 BEST_METRIC = "best_metric"  # "loss" or "accuracy": what picks the kept checkpoint on held-out pairs
 
+KEEP_DEFAULT = "<TRL's default>"  # a preset value that sets nothing: the card still gives its source
+
 BEST_METRICS = {"loss": ("eval_loss", False), "accuracy": ("eval_rewards/accuracies", True)}
 
 _DCRM = "DCRM paper, appendix B"
@@ -91,7 +93,7 @@ PRESETS: dict[str, dict[str, Setting]] = {
         "lr_scheduler_type": Setting("cosine", _DCRM),
         "warmup_steps": Setting(0.1, _DCRM + " (warmup ratio 0.1)"),
         "weight_decay": Setting(0.0, _DCRM + ": Adam, i.e. AdamW without weight decay"),
-        TOTAL_BATCH: Setting(8, "DCRM paper is silent; we chose TRL's default per-device batch, 8"),
+        "per_device_train_batch_size": Setting(KEEP_DEFAULT, "DCRM paper is silent; we keep TRL's default"),
         BEST_METRIC: Setting(
             "loss",
             "DCRM paper, section 4: the best checkpoint by validation performance; it does not name the "
@@ -119,7 +121,7 @@ PRESETS: dict[str, dict[str, Setting]] = {
         "lr_scheduler_type": Setting("cosine", f"{_MARGINS_SILENT}; we chose the DCRM paper's cosine"),
         "warmup_steps": Setting(0.1, f"{_MARGINS_SILENT}; we chose the DCRM paper's warmup ratio 0.1"),
         "weight_decay": Setting(0.0, f"{_MARGINS_SILENT}; we chose Adam (no weight decay)"),
-        TOTAL_BATCH: Setting(8, f"{_MARGINS_SILENT}; we chose TRL's default per-device batch, 8"),
+        "per_device_train_batch_size": Setting(KEEP_DEFAULT, f"{_MARGINS_SILENT}; we keep TRL's default"),
         BEST_METRIC: Setting("loss", f"{_MARGINS_SILENT}; with held-out pairs we keep the best DPO loss"),
     },
 }
@@ -166,6 +168,7 @@ def resolve_hyperparameters(
     settings.update({field: Setting(value, USER) for field, value in overrides.items()})
     if total is not None and "gradient_accumulation_steps" not in overrides:
         given = settings.get("per_device_train_batch_size")
+        given = None if given is None or given.value == KEEP_DEFAULT else given
         per_device = given.value if given is not None else max(total.value // world_size, 1)
         accumulation, remainder = divmod(total.value, per_device * world_size)
         if remainder or accumulation < 1:
@@ -424,7 +427,8 @@ def train_dpo(
             "preset dcrm keeps the best checkpoint on held-out pairs; without --eval-split-ratio or "
             "--eval-config/--eval-split the last checkpoint is kept"
         )
-    args = DPOConfig(output_dir=str(output_dir), **{name: s.value for name, s in settings.items()})
+    fields = {name: s.value for name, s in settings.items() if s.value != KEEP_DEFAULT}
+    args = DPOConfig(output_dir=str(output_dir), **fields)
     if model_revision is not None:
         args.model_init_kwargs = {**(args.model_init_kwargs or {}), "revision": model_revision}
     tokenizer = AutoTokenizer.from_pretrained(model, revision=model_revision)

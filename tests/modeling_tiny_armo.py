@@ -7,7 +7,9 @@ network run on the hidden state at the last assistant-header token of the prompt
 output: ``score`` (one float per sequence, also in ``logits``), ``rewards`` [batch, objectives],
 ``gating_output`` and ``hidden_state``. This file reproduces that structure on a tiny Llama backbone; the
 gating token is ``config.gating_token_id`` instead of ArmoRM's hard-coded Llama-3 header tokens. With
-``config.armo_output`` false it returns only ``SequenceClassifierOutput(logits=score)``, 1-D logits.
+``config.armo_output`` false it returns only ``SequenceClassifierOutput(logits=score)``, 1-D logits; with
+``config.pool_at_last_token`` it reads the last position even when that is padding (a head that cannot
+be batched with right padding).
 ``tests.tiny_models.build_custom_reward_model`` saves it (``save_pretrained`` copies this file next to
 the weights and writes ``auto_map``), so the folder loads as ArmoRM does: only with trust_remote_code.
 """
@@ -74,6 +76,10 @@ class TinyArmoRewardModel(LlamaPreTrainedModel):
         batch = torch.arange(input_ids.shape[0], device=hidden.device)
         # as ArmoRM: the token before the first pad (modulo length: the last token when there is no pad)
         ends = (torch.eq(input_ids, self.config.pad_token_id).int().argmax(-1) - 1) % input_ids.shape[-1]
+        if getattr(
+            self.config, "pool_at_last_token", False
+        ):  # a head that ignores padding (wrong when padded)
+            ends = torch.full_like(ends, input_ids.shape[-1] - 1)
         pooled = hidden[batch, ends]
         rewards = self.regression_layer(pooled)
         gates = [last_gating_position(ids.tolist(), self.config.gating_token_id) for ids in input_ids]

@@ -177,6 +177,8 @@ def test_multi_objective_head(three_head_rm):
         )
     with pytest.raises(ValueError, match="reward_weights has 2 entries for 3 outputs"):
         RewardAnnotator(model=three_head_rm, reward_weights=[1.0, 1.0])(_batch(ROWS))
+    kept = RewardAnnotator(model=three_head_rm, reward_index=0, objectives=True)(_batch(ROWS))
+    assert kept["reward_objectives"] == out["reward_outputs"]  # a k-label head's objectives are its outputs
 
 
 def test_models_without_a_linear_score_head_run_alone(reward_path):
@@ -249,6 +251,18 @@ def test_custom_head_scores_equal_its_own_forward(custom_reward_models, budget):
                 (o.gating_output[0] * transformed).sum().item(), abs=1e-5
             )
     assert out["reward_source"] == [f"{path}@{content_hash(path)}"] * len(ROWS)
+
+
+def test_a_head_that_misreads_padding_runs_alone(custom_reward_models):
+    path = str(custom_reward_models["last-token"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    want = _own_forward(path, ROWS, _render_with_template(tokenizer))
+    step = RewardAnnotator(model=path, trust_remote_code=True)
+    with pytest.warns(UserWarning, match="reads padded batches differently.*runs alone"):
+        out = step(_batch(ROWS))
+    assert not step.resources(None).scorer.padded
+    for i, native in enumerate(want):
+        assert out["rewards"][i] == pytest.approx([o.score[0].item() for o in native], abs=1e-5)
 
 
 def test_custom_head_batches_are_padded_length_sorted(custom_reward_models):

@@ -15,6 +15,7 @@ from hfpref.cli import main
 from hfpref.model_utils import content_hash
 from hfpref.train import (
     DCRM_RECIPE,
+    KEEP_DEFAULT,
     PRESETS,
     Setting,
     TrainError,
@@ -265,6 +266,8 @@ def test_keeps_the_checkpoint_with_the_best_held_out_loss(tiny_models, tmp_path)
     assert params["metric_for_best_model"]["source"].startswith("DCRM paper, section 4")
     assert params["eval_steps"] == {"value": 2, "source": "set by the user"}
     assert params["optim"]["source"] == "TRL's default (trl.DPOConfig)"
+    assert params["per_device_train_batch_size"] == {"value": 2, "source": "set by the user"}
+    assert params["gradient_accumulation_steps"] == {"value": 1, "source": "TRL's default (trl.DPOConfig)"}
 
 
 def test_preset_with_a_held_out_ratio_and_reward_accuracy(tiny_models, tmp_path):
@@ -319,8 +322,7 @@ def test_presets_carry_each_papers_values_and_sources():
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.1,
         "weight_decay": 0.0,
-        "per_device_train_batch_size": 8,
-        "gradient_accumulation_steps": 1,
+        "per_device_train_batch_size": KEEP_DEFAULT,  # the paper gives no batch size: TRL's, with that source
     }
     assert all(s.source.startswith("DCRM paper") for s in dcrm.values())
     assert "silent" in dcrm["per_device_train_batch_size"].source

@@ -95,13 +95,15 @@ def build_custom_reward_model(
     *,
     num_objectives: int = 5,
     armo_output: bool = True,
+    pool_at_last_token: bool = False,
     seed: int = 3,
 ) -> Path:
     """Save a tiny ArmoRM-shaped custom-code reward model (``tests/modeling_tiny_armo.py``) under ``folder``.
 
     The folder holds config.json with ``auto_map`` (AutoModelForSequenceClassification ->
     ``modeling_tiny_armo.TinyArmoRewardModel``), the modeling file itself, the weights and the tiny
-    tokenizer, as ArmoRM's repository does; ``armo_output=False`` makes it return 1-D ``logits`` only.
+    tokenizer, as ArmoRM's repository does; ``armo_output=False`` makes it return 1-D ``logits`` only,
+    ``pool_at_last_token=True`` makes its head read the last position even when it is padding.
     The reward transformation matrix is a random one (ArmoRM's is learned), so it matters.
     """
     from tests.modeling_tiny_armo import TinyArmoRewardModel
@@ -116,6 +118,7 @@ def build_custom_reward_model(
         gating_hidden_dim=16,
         gating_token_id=tokenizer.convert_tokens_to_ids("<|assistant|>"),
         armo_output=armo_output,
+        pool_at_last_token=pool_at_last_token,
         architectures=["TinyArmoRewardModel"],
     )
     torch.manual_seed(seed)
