@@ -11,7 +11,8 @@ REF_TOKEN_COUNTS = "ref_token_counts"
 POLICY_LOGPS = "policy_logps"
 REWARDS = "rewards"
 REWARD_SOURCE = "reward_source"
-REWARD_OBJECTIVES = "reward_objectives"  # list[list[float]]: a multi-objective reward model's per-objective rewards
+# list[list[float]]: a multi-objective reward model's per-objective rewards of each response
+REWARD_OBJECTIVES = "reward_objectives"
 IFEVAL_STRICT = "ifeval_strict"
 IFEVAL_LOOSE = "ifeval_loose"
 CORRECTNESS = "correctness"

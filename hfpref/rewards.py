@@ -415,7 +415,7 @@ class RewardAnnotator(ModelStep):
             scorer = CustomHeadScores(model, token_budget=config.token_budget, name=config.model)
             return _LoadedRM(tokenizer, scorer, max_length, num_labels, head)
         if num_labels > 1 and not config.multi_objective:
-            raise ValueError(
+            raise RewardModelError(
                 f"reward model {config.model!r} has {num_labels} outputs; set reward_index or reward_weights"
             )
         self.check_selection(num_labels, "outputs")
@@ -428,9 +428,11 @@ class RewardAnnotator(ModelStep):
         """Raise unless ``reward_index`` / ``reward_weights`` fit ``count`` outputs or objectives."""
         config = self.config
         if config.reward_index is not None and not 0 <= config.reward_index < count:
-            raise ValueError(f"reward_index {config.reward_index} is out of range for {count} {what}")
+            raise RewardModelError(f"reward_index {config.reward_index} is out of range for {count} {what}")
         if config.reward_weights is not None and len(config.reward_weights) != count:
-            raise ValueError(f"reward_weights has {len(config.reward_weights)} entries for {count} {what}")
+            raise RewardModelError(
+                f"reward_weights has {len(config.reward_weights)} entries for {count} {what}"
+            )
 
     def reward_of(self, outputs: list[float]) -> float:
         if self.config.reward_weights is not None:
