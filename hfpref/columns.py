@@ -11,6 +11,8 @@ REF_TOKEN_COUNTS = "ref_token_counts"
 POLICY_LOGPS = "policy_logps"
 REWARDS = "rewards"
 REWARD_SOURCE = "reward_source"
+# list[list[float]]: a multi-objective reward model's per-objective rewards of each response
+REWARD_OBJECTIVES = "reward_objectives"
 IFEVAL_STRICT = "ifeval_strict"
 IFEVAL_LOOSE = "ifeval_loose"
 CORRECTNESS = "correctness"
@@ -47,6 +49,7 @@ PER_RESPONSE_COLUMNS = (
     REF_TOKEN_COUNTS,
     POLICY_LOGPS,
     REWARDS,
+    REWARD_OBJECTIVES,
     IFEVAL_STRICT,
     IFEVAL_LOOSE,
     CORRECTNESS,

@@ -1,22 +1,35 @@
-"""Reward-model scores of candidate responses (``AutoModelForSequenceClassification`` heads).
+"""Reward-model scores of candidate responses (models loaded by ``AutoModelForSequenceClassification``).
 
 ``RewardAnnotator`` scores each (prompt, response) conversation with the reward model's own
-tokenizer and chat template, never the policy's. Batching is the one log-probs use
-(``hfpref.model_utils.HiddenStateRunner``: token budget, each prompt computed once for its
-responses); the reward head is applied only to the pooled position of each sequence.
+tokenizer and chat template, never the policy's. Two kinds of head, as reward models are published:
+
+* **sequence-classification** heads (transformers' ``*ForSequenceClassification``: Skywork-Reward with
+  one label, multi-objective models with k labels): batched as log-probs are
+  (``hfpref.model_utils.HiddenStateRunner``: token budget, each prompt computed once for its
+  responses), the linear head applied only to the pooled position of each sequence;
+* **custom** heads (a ``trust_remote_code`` model whose config maps ``AutoModelForSequenceClassification``
+  to its own class in ``auto_map``, e.g. ArmoRM's ``LlamaForRewardModelWithGating``): the head may read
+  several positions (ArmoRM gates its objectives on a prompt token) and transform its outputs, so it
+  cannot be split off the backbone. These run the model's own forward on length-sorted, right-padded
+  batches of at most ``token_budget`` token slots (``CustomHeadScores``); the reward is the output's
+  ``score`` (or its 1-D ``logits``), and its per-objective ``rewards`` can be kept as a column.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
+import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from hfpref import columns
+from hfpref.errors import UserError
 from hfpref.model_utils import (
     HiddenStateRunner,
     ModelStep,
@@ -24,12 +37,52 @@ from hfpref.model_utils import (
     Prompt,
     SequenceQuery,
     check_candidates_row,
+    is_local_model,
+    load_tokenizer,
     max_length_of,
 )
 from hfpref.transform import Batch, RowError, row_label
 
 REWARD_OUTPUTS = "reward_outputs"
 REWARD_TRUNCATED_TOKENS = "reward_truncated_tokens"
+REWARD_OBJECTIVES = columns.REWARD_OBJECTIVES
+
+CLASSIFICATION_HEAD = "sequence-classification"
+CUSTOM_HEAD = "custom"
+_AUTO_CLASS = "AutoModelForSequenceClassification"
+
+
+class RewardModelError(UserError):
+    """A reward model that cannot be scored as configured (custom code not trusted, outputs it lacks)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadInfo:
+    """What kind of head a reward model has, read from its config alone (no weights loaded)."""
+
+    kind: str  # CLASSIFICATION_HEAD or CUSTOM_HEAD
+    model_class: str  # "LlamaForSequenceClassification" or the auto_map entry "modeling_x.Class"
+    num_labels: int
+
+
+def head_info(model_config: Any) -> HeadInfo:
+    """The head a config declares: custom when ``auto_map`` maps ``AutoModelForSequenceClassification``."""
+    custom = (getattr(model_config, "auto_map", None) or {}).get(_AUTO_CLASS)
+    if isinstance(custom, list | tuple):  # auto_map may list (slow, fast) pairs for tokenizers; models: a str
+        custom = custom[0]
+    if custom:
+        return HeadInfo(CUSTOM_HEAD, custom.split("--")[-1], model_config.num_labels)
+    architectures = getattr(model_config, "architectures", None) or ["?"]
+    return HeadInfo(CLASSIFICATION_HEAD, architectures[0], model_config.num_labels)
+
+
+def chat_template_hash(tokenizer: Any) -> str | None:
+    """``sha256:<hex>`` of the tokenizer's chat template (a dict of named templates as sorted JSON); None without one."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def conversation_ids(tokenizer: Any, prompt: Prompt, response: str) -> list[int]:
@@ -116,18 +169,142 @@ class SequenceScores:
 
 
 @dataclasses.dataclass
+class HeadOutputs:
+    """A custom head's outputs for one sequence: ``values`` (its ``score``, or its logits row) and the
+    per-objective ``objectives`` (its ``rewards`` output; None when it has none)."""
+
+    values: list[float]
+    objectives: list[float] | None
+
+
+def _field(output: Any, name: str) -> Any:
+    if isinstance(output, Mapping):  # ModelOutput is an OrderedDict without its None fields
+        return output.get(name)
+    return getattr(output, name, None)
+
+
+def read_custom_outputs(output: Any, count: int, model_name: str) -> list[HeadOutputs]:
+    """Split a custom head's batched output into one ``HeadOutputs`` per sequence.
+
+    ``score`` ([batch] or [batch, 1], ArmoRM's preference score) is the value when present, else
+    ``logits`` ([batch], [batch, 1] or [batch, k]); ``rewards`` ([batch, objectives]) are the objectives.
+    """
+    score = _field(output, "score")
+    if not isinstance(score, torch.Tensor):
+        score = _field(output, "logits")
+    if not isinstance(score, torch.Tensor):
+        fields = list(output.keys()) if isinstance(output, Mapping) else type(output).__name__
+        raise RewardModelError(
+            f"reward model {model_name!r}: its forward returned neither `score` nor `logits` "
+            f"(it returned {fields}); hfpref reads one of those as the reward"
+        )
+    values = score.detach().float().reshape(count, -1).tolist()
+    objectives = _field(output, "rewards")
+    rows = (
+        objectives.detach().float().reshape(count, -1).tolist()
+        if isinstance(objectives, torch.Tensor)
+        else [None] * count
+    )
+    return [HeadOutputs(v, o) for v, o in zip(values, rows, strict=True)]
+
+
+class CustomHeadScores:
+    """Outputs of a custom-code reward model's own forward on token sequences.
+
+    ``scores(groups)`` takes ``groups[g][k]`` = token ids and returns ``outputs[g][k]`` = the
+    ``HeadOutputs`` the model gives that sequence alone. Sequences run length-sorted (longest first) in
+    right-padded batches of at most ``token_budget`` token slots, padded with the model's pad token and an
+    attention mask, so a head that finds each sequence's end from the first pad token (ArmoRM) or from the
+    mask reads the right positions. A head that pools at a fixed position would not: the first padded
+    batch is checked once against its shortest member run alone, and on a mismatch (or without a pad
+    token) every sequence runs alone, with a warning.
+    """
+
+    def __init__(self, model: Any, *, token_budget: int = 16384, name: str = "") -> None:
+        self.model = model
+        self.name = name
+        self.device = next(model.parameters()).device
+        self.pad_token_id = model.config.get_text_config().pad_token_id
+        self.token_budget = token_budget
+        self.padded = self.pad_token_id is not None
+        self.checked = False
+        self.dtype = next(model.parameters()).dtype
+        parameters = inspect.signature(model.forward).parameters
+        takes_cache = "use_cache" in parameters or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+        )
+        self._extra = {"use_cache": False} if takes_cache else {}  # no KV cache for a single forward
+
+    def __call__(self, groups: Sequence[Sequence[Sequence[int]]]) -> list[list[HeadOutputs]]:
+        flat = [(g, k, list(tokens)) for g, group in enumerate(groups) for k, tokens in enumerate(group)]
+        results: dict[tuple[int, int], HeadOutputs] = {}
+        for batch in self._batches(flat):
+            outputs = self._forward([tokens for _, _, tokens in batch])
+            if self.padded and not self.checked and len({len(t) for _, _, t in batch}) > 1:
+                self.checked = True
+                if not self._agrees(outputs[-1], self._forward([batch[-1][2]])[0]):
+                    warnings.warn(
+                        f"reward model {self.name!r}: its head reads padded batches differently from single "
+                        "sequences, so every sequence runs alone (slower)",
+                        stacklevel=2,
+                    )
+                    self.padded = False
+                    return self(groups)
+            results.update(((g, k), out) for (g, k, _), out in zip(batch, outputs, strict=True))
+        return [[results[(g, k)] for k in range(len(group))] for g, group in enumerate(groups)]
+
+    def _batches(self, flat: list[tuple[int, int, list[int]]]) -> list[list[tuple[int, int, list[int]]]]:
+        if not self.padded:
+            return [[item] for item in flat]
+        batches: list[list[tuple[int, int, list[int]]]] = []
+        for item in sorted(
+            flat, key=lambda item: -len(item[2])
+        ):  # longest first: a batch's first is its width
+            if batches and len(batches[-1][0][2]) * (len(batches[-1]) + 1) <= self.token_budget:
+                batches[-1].append(item)
+            else:
+                batches.append([item])
+        return batches
+
+    def _forward(self, sequences: list[list[int]]) -> list[HeadOutputs]:
+        width = max(len(tokens) for tokens in sequences)
+        pad = self.pad_token_id if self.pad_token_id is not None else 0
+        ids = torch.tensor([t + [pad] * (width - len(t)) for t in sequences], device=self.device)
+        mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in sequences], device=self.device)
+        with torch.inference_mode():
+            output = self.model(input_ids=ids, attention_mask=mask, **self._extra)
+        return read_custom_outputs(output, len(sequences), self.name)
+
+    def _agrees(self, a: HeadOutputs, b: HeadOutputs) -> bool:
+        # float32 padded and single runs agree to rounding; half precision kernels differ more
+        tolerance = 1e-4 if self.dtype == torch.float32 else 3e-2
+        pairs = [(a.values, b.values), (a.objectives or [], b.objectives or [])]
+        return all(
+            len(x) == len(y)
+            and all(abs(u - v) <= tolerance * max(1.0, abs(v)) for u, v in zip(x, y, strict=True))
+            for x, y in pairs
+        )
+
+
+@dataclasses.dataclass
 class RewardConfig(ModelStepConfig):
     """Which reward model scores the responses, and how (shared fields: see ``ModelStepConfig``; a
     truncated conversation is scored on its first ``max_length`` tokens and the dropped tokens are
     counted in ``reward_truncated_tokens``).
 
-    ``reward_index`` / ``reward_weights``: for a head with several outputs (multi-objective reward
-    models), ``rewards`` is that output or the weighted sum of all; setting either also writes the
-    raw outputs to ``reward_outputs``. A single-output head needs neither.
+    ``reward_index`` / ``reward_weights``: for a head with several outputs, ``rewards`` is that output
+    or the weighted sum of all, and the outputs are also written to ``reward_outputs``. On a
+    sequence-classification head they select among its k labels; on a custom head among its
+    per-objective ``rewards`` (instead of its ``score``). A single-output head needs neither.
+    ``objectives``: also write ``reward_objectives``, the per-objective rewards of each response (a
+    custom head's ``rewards`` output, a classification head's k outputs).
+    ``trust_remote_code`` (shared field, default False) must be set for a custom-code model such as
+    ArmoRM; without it transformers would silently load a plain classification head instead.
     """
 
     reward_index: int | None = None
     reward_weights: list[float] | None = None
+    objectives: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -142,9 +319,10 @@ class RewardConfig(ModelStepConfig):
 @dataclasses.dataclass
 class _LoadedRM:
     tokenizer: Any
-    scorer: SequenceScores
+    scorer: SequenceScores | CustomHeadScores
     max_length: int | None
     num_labels: int
+    head: HeadInfo
 
 
 class RewardAnnotator(ModelStep):
@@ -153,11 +331,14 @@ class RewardAnnotator(ModelStep):
     Input columns: ``prompt`` (str or list of chat messages), ``responses`` (list[str]).
     Output columns: ``rewards`` (list[float]); ``reward_source`` (str, ``"<model>@<commit or content
     hash>"``); with ``reward_index``/``reward_weights`` also ``reward_outputs`` (list[list[float]], the
-    head's raw outputs per response); with ``overflow="truncate"`` also ``reward_truncated_tokens``.
+    outputs the reward was taken from); with ``objectives`` also ``reward_objectives``
+    (list[list[float]]); with ``overflow="truncate"`` also ``reward_truncated_tokens``.
+    ``describe()["scored"]`` records what was scored (model, revision, head kind and class, the output
+    or objectives the reward is, the chat template's hash), so the release manifest shows it.
     """
 
     config_class = RewardConfig
-    version = "1"
+    version = "2"  # 2: custom heads, `scored` in describe()
     config: RewardConfig
 
     def input_columns(self) -> list[str]:
@@ -167,33 +348,124 @@ class RewardAnnotator(ModelStep):
         names = [columns.REWARDS, columns.REWARD_SOURCE]
         if self.config.multi_objective:
             names.append(REWARD_OUTPUTS)
+        if self.config.objectives:
+            names.append(REWARD_OBJECTIVES)
         if self.config.overflow == "truncate":
             names.append(REWARD_TRUNCATED_TOKENS)
         return names
 
+    def head(self) -> HeadInfo:
+        """The model's head, from its config; refuses custom code unless ``trust_remote_code`` is set."""
+        if getattr(self, "_head", None) is None:
+            config = self.config
+            kwargs: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
+            if not is_local_model(config.model):
+                kwargs["revision"] = self.resolved_revision()
+            info = head_info(AutoConfig.from_pretrained(config.model, **kwargs))
+            if info.kind == CUSTOM_HEAD and not config.trust_remote_code:
+                raise RewardModelError(
+                    f"reward model {config.model!r} is a custom-code model: its config.json maps "
+                    f"{_AUTO_CLASS} to {info.model_class!r} (auto_map), which runs code from the model's "
+                    "repository; without trusting it transformers would load a plain sequence-classification "
+                    "head with random weights. Read that modeling file, then set trust_remote_code: true in "
+                    "the RewardAnnotator's config"
+                )
+            self._head = info
+        return self._head
+
+    def reward_selection(self) -> str:
+        """Which output the reward is, in words (for ``describe`` and the card)."""
+        config, custom = self.config, self.head().kind == CUSTOM_HEAD
+        among = "objectives (the head's `rewards`)" if custom else "outputs"
+        if config.reward_index is not None:
+            return f"index {config.reward_index} of the {among}"
+        if config.reward_weights is not None:
+            return f"weights {list(config.reward_weights)} over the {among}"
+        return "the head's `score` (or its single logit)" if custom else "the head's single output"
+
+    def describe(self) -> dict[str, Any]:
+        if getattr(self, "_scored", None) is None:
+            head = self.head()
+            tokenizer = load_tokenizer(
+                self.config.model, self.resolved_revision(), self.config.trust_remote_code
+            )
+            self._scored = {
+                "model": self.config.model,
+                "revision": self.resolved_revision(),
+                "head": head.kind,
+                "model_class": head.model_class,
+                "reward": self.reward_selection(),
+                "chat_template": chat_template_hash(tokenizer),
+            }
+        return {**super().describe(), "scored": self._scored}
+
     def load(self, rank: int | None) -> _LoadedRM:
         config = self.config
+        head = self.head()
         model, tokenizer = self.load_model_and_tokenizer(AutoModelForSequenceClassification, rank)
         num_labels = model.config.num_labels
+        max_length = config.max_length or max_length_of(model)
+        if head.kind == CUSTOM_HEAD:
+            # the number of outputs is known only from the model's forward: checked on the first batch
+            if config.compile:
+                warnings.warn(
+                    f"compile applies to sequence-classification heads only; {config.model!r} runs eagerly",
+                    stacklevel=2,
+                )
+            scorer = CustomHeadScores(model, token_budget=config.token_budget, name=config.model)
+            return _LoadedRM(tokenizer, scorer, max_length, num_labels, head)
         if num_labels > 1 and not config.multi_objective:
-            raise ValueError(
+            raise RewardModelError(
                 f"reward model {config.model!r} has {num_labels} outputs; set reward_index or reward_weights"
             )
-        if config.reward_index is not None and not 0 <= config.reward_index < num_labels:
-            raise ValueError(f"reward_index {config.reward_index} is out of range for {num_labels} outputs")
-        if config.reward_weights is not None and len(config.reward_weights) != num_labels:
-            raise ValueError(
-                f"reward_weights has {len(config.reward_weights)} entries for {num_labels} outputs"
-            )
+        self.check_selection(num_labels, "outputs")
         scorer = SequenceScores(
             model, token_budget=config.token_budget, packing=config.packing, compile=config.compile
         )
-        return _LoadedRM(tokenizer, scorer, config.max_length or max_length_of(model), num_labels)
+        return _LoadedRM(tokenizer, scorer, max_length, num_labels, head)
+
+    def check_selection(self, count: int, what: str) -> None:
+        """Raise unless ``reward_index`` / ``reward_weights`` fit ``count`` outputs or objectives."""
+        config = self.config
+        if config.reward_index is not None and not 0 <= config.reward_index < count:
+            raise RewardModelError(f"reward_index {config.reward_index} is out of range for {count} {what}")
+        if config.reward_weights is not None and len(config.reward_weights) != count:
+            raise RewardModelError(
+                f"reward_weights has {len(config.reward_weights)} entries for {count} {what}"
+            )
 
     def reward_of(self, outputs: list[float]) -> float:
         if self.config.reward_weights is not None:
             return float(sum(w * o for w, o in zip(self.config.reward_weights, outputs, strict=True)))
         return outputs[self.config.reward_index or 0]
+
+    def custom_columns(self, outputs: list[list[HeadOutputs]]) -> tuple[list, list, list]:
+        """(the vectors the reward is taken from, the rewards, the objectives) of a custom head's outputs."""
+        config, name = self.config, self.config.model
+        first = next((o for row in outputs for o in row), None)
+        if first is None:
+            return [], [], []
+        if config.objectives and first.objectives is None:
+            raise RewardModelError(
+                f"reward model {name!r} returns no per-objective `rewards`, so objectives=true has nothing "
+                "to write; drop objectives"
+            )
+        if config.multi_objective:
+            pick = "objectives" if first.objectives is not None else "values"
+            self.check_selection(
+                len(getattr(first, pick)), "objectives" if pick == "objectives" else "outputs"
+            )
+            sources = [[getattr(o, pick) for o in row] for row in outputs]
+        else:
+            if len(first.values) != 1:
+                raise RewardModelError(
+                    f"reward model {name!r} returns {len(first.values)} logits and no `score`; set "
+                    "reward_index or reward_weights"
+                )
+            sources = [[o.values for o in row] for row in outputs]
+        rewards = [[self.reward_of(v) for v in row] for row in sources]
+        objectives = [[o.objectives for o in row] for row in outputs]
+        return sources, rewards, objectives
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         loaded = self.resources(rank)
@@ -223,13 +495,17 @@ class RewardAnnotator(ModelStep):
             groups.append(sequences)
             truncated.append(cuts)
         outputs = loaded.scorer(groups)
+        if loaded.head.kind == CUSTOM_HEAD:
+            sources, rewards, objectives = self.custom_columns(outputs)
+        else:
+            sources, objectives = outputs, outputs
+            rewards = [[self.reward_of(o) for o in row] for row in outputs]
         source = f"{self.config.model}@{self.resolved_revision()}"
-        out: Batch = {
-            columns.REWARDS: [[self.reward_of(o) for o in row] for row in outputs],
-            columns.REWARD_SOURCE: [source] * len(groups),
-        }
+        out: Batch = {columns.REWARDS: rewards, columns.REWARD_SOURCE: [source] * len(groups)}
         if self.config.multi_objective:
-            out[REWARD_OUTPUTS] = outputs
+            out[REWARD_OUTPUTS] = sources
+        if self.config.objectives:
+            out[REWARD_OBJECTIVES] = objectives
         if self.config.overflow == "truncate":
             out[REWARD_TRUNCATED_TOKENS] = truncated
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 
 import pytest
@@ -13,8 +14,16 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
+from hfpref.errors import UserError
 from hfpref.model_utils import content_hash, select_device
-from hfpref.rewards import RewardAnnotator, SequenceScores, conversation_ids, pooled_position
+from hfpref.rewards import (
+    CustomHeadScores,
+    RewardAnnotator,
+    RewardModelError,
+    SequenceScores,
+    conversation_ids,
+    pooled_position,
+)
 from hfpref.transform import RowError
 
 ROWS = [
@@ -168,6 +177,8 @@ def test_multi_objective_head(three_head_rm):
         )
     with pytest.raises(ValueError, match="reward_weights has 2 entries for 3 outputs"):
         RewardAnnotator(model=three_head_rm, reward_weights=[1.0, 1.0])(_batch(ROWS))
+    kept = RewardAnnotator(model=three_head_rm, reward_index=0, objectives=True)(_batch(ROWS))
+    assert kept["reward_objectives"] == out["reward_outputs"]  # a k-label head's objectives are its outputs
 
 
 def test_models_without_a_linear_score_head_run_alone(reward_path):
@@ -198,3 +209,135 @@ def test_truncation_is_counted(reward_path):
     render = _render_with_template(tokenizer)
     want = _native_scores(reward_path, ROWS[:1], lambda p, r: render(p, r)[:max_length])
     assert out["rewards"][0] == pytest.approx([n[0] for n in want[0]], abs=1e-5)
+
+
+# ---- custom-code reward models (ArmoRM's shape) ---------------------------------------------------
+
+
+def _own_forward(path, rows, render) -> list[list[object]]:
+    """Each conversation alone through the custom model's own forward, as its model card shows."""
+    device = select_device(None)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, trust_remote_code=True, dtype=torch.float32
+    )
+    model = model.to(device).eval()
+    with torch.no_grad():
+        return [
+            [
+                model(input_ids=torch.tensor([render(row["prompt"], r)], device=device))
+                for r in row["responses"]
+            ]
+            for row in rows
+        ]
+
+
+@pytest.mark.parametrize("budget", [1, 64, 4096])
+def test_custom_head_scores_equal_its_own_forward(custom_reward_models, budget):
+    path = str(custom_reward_models["armo"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    want = _own_forward(path, ROWS, _render_with_template(tokenizer))
+    step = RewardAnnotator(model=path, trust_remote_code=True, objectives=True, token_budget=budget)
+    assert step.output_columns() == ["rewards", "reward_source", "reward_objectives"]
+    out = step(_batch(ROWS))
+    scorer = step.resources(None).scorer
+    assert isinstance(scorer, CustomHeadScores) and scorer.padded  # right-padded batches agreed with alone
+    for i, native in enumerate(want):
+        assert out["rewards"][i] == pytest.approx([o.score[0].item() for o in native], abs=1e-5)
+        for got, o in zip(out["reward_objectives"][i], native, strict=True):
+            assert len(got) == 5 and got == pytest.approx(o.rewards[0].tolist(), abs=1e-5)
+            # the score is the gated sum of the transformed objectives, not any one of them
+            transformed = o.rewards[0] @ scorer.model.reward_transform_matrix.cpu()
+            assert o.score[0].item() == pytest.approx(
+                (o.gating_output[0] * transformed).sum().item(), abs=1e-5
+            )
+    assert out["reward_source"] == [f"{path}@{content_hash(path)}"] * len(ROWS)
+
+
+def test_a_head_that_misreads_padding_runs_alone(custom_reward_models):
+    path = str(custom_reward_models["last-token"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    want = _own_forward(path, ROWS, _render_with_template(tokenizer))
+    step = RewardAnnotator(model=path, trust_remote_code=True)
+    with pytest.warns(UserWarning, match="reads padded batches differently.*runs alone"):
+        out = step(_batch(ROWS))
+    assert not step.resources(None).scorer.padded
+    for i, native in enumerate(want):
+        assert out["rewards"][i] == pytest.approx([o.score[0].item() for o in native], abs=1e-5)
+
+
+def test_custom_head_batches_are_padded_length_sorted(custom_reward_models):
+    path = str(custom_reward_models["armo"])
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
+    scorer = CustomHeadScores(model, token_budget=40)
+    flat = [(0, k, [1] * n) for k, n in enumerate([5, 12, 7, 30, 9])]
+    widths = [[len(t) for _, _, t in batch] for batch in scorer._batches(flat)]
+    assert widths == [[30], [12, 9, 7], [5]]  # longest first; 12*3 = 36 <= 40 slots, a 4th would be 48
+
+
+def test_custom_head_selection_over_objectives(custom_reward_models):
+    path = str(custom_reward_models["armo"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    want = _own_forward(path, ROWS, _render_with_template(tokenizer))
+    weights = [0.5, -1.0, 0.0, 2.0, 1.0]
+    by_index = RewardAnnotator(model=path, trust_remote_code=True, reward_index=3)(_batch(ROWS))
+    weighted = RewardAnnotator(model=path, trust_remote_code=True, reward_weights=weights)(_batch(ROWS))
+    for i, native in enumerate(want):
+        objectives = [o.rewards[0].tolist() for o in native]
+        assert by_index["reward_outputs"][i] == [pytest.approx(v, abs=1e-5) for v in objectives]
+        assert by_index["rewards"][i] == pytest.approx([v[3] for v in objectives], abs=1e-5)
+        assert weighted["rewards"][i] == pytest.approx(
+            [sum(w * x for w, x in zip(weights, v, strict=True)) for v in objectives], abs=1e-5
+        )
+    with pytest.raises(ValueError, match="reward_weights has 2 entries for 5 objectives"):
+        RewardAnnotator(model=path, trust_remote_code=True, reward_weights=[1.0, 1.0])(_batch(ROWS))
+
+
+def test_custom_head_with_1d_logits(custom_reward_models):
+    path = str(custom_reward_models["logits"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    want = _own_forward(path, ROWS, _render_with_template(tokenizer))
+    assert want[0][0].logits.shape == (1,) and "score" not in want[0][0]
+    step = RewardAnnotator(model=path, trust_remote_code=True, token_budget=64)
+    out = step(_batch(ROWS))
+    for i, native in enumerate(want):
+        assert out["rewards"][i] == pytest.approx([o.logits[0].item() for o in native], abs=1e-5)
+    with pytest.raises(RewardModelError, match="returns no per-objective `rewards`"):
+        RewardAnnotator(model=path, trust_remote_code=True, objectives=True)(_batch(ROWS))
+
+
+def test_custom_code_needs_trust_remote_code(custom_reward_models):
+    path = str(custom_reward_models["armo"])
+    with pytest.raises(
+        RewardModelError,
+        match=r"custom-code model.*modeling_tiny_armo\.TinyArmoRewardModel.*trust_remote_code: true",
+    ):
+        RewardAnnotator(model=path)(_batch(ROWS))
+    with pytest.raises(UserError):  # the CLI prints it as one line
+        RewardAnnotator(model=path).describe()
+
+
+def test_describe_records_what_was_scored(custom_reward_models, reward_path, three_head_rm):
+    path = str(custom_reward_models["armo"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    template = "sha256:" + hashlib.sha256(tokenizer.chat_template.encode()).hexdigest()
+    scored = RewardAnnotator(model=path, trust_remote_code=True, reward_index=2).describe()["scored"]
+    assert scored == {
+        "model": path,
+        "revision": content_hash(path),
+        "head": "custom",
+        "model_class": "modeling_tiny_armo.TinyArmoRewardModel",
+        "reward": "index 2 of the objectives (the head's `rewards`)",
+        "chat_template": template,
+    }
+    plain = RewardAnnotator(model=reward_path).describe()["scored"]
+    assert (plain["head"], plain["model_class"]) == (
+        "sequence-classification",
+        "LlamaForSequenceClassification",
+    )
+    assert plain["reward"] == "the head's single output" and plain["chat_template"] == template
+    weighted = RewardAnnotator(model=three_head_rm, reward_weights=[1.0, 0.0, -1.0]).describe()["scored"]
+    assert weighted["reward"] == "weights [1.0, 0.0, -1.0] over the outputs"
+    # the fingerprint follows what is scored
+    assert RewardAnnotator(model=path, trust_remote_code=True, reward_index=1).fingerprint() != (
+        RewardAnnotator(model=path, trust_remote_code=True, reward_index=2).fingerprint()
+    )

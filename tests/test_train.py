@@ -13,7 +13,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hfpref.cli import main
 from hfpref.model_utils import content_hash
-from hfpref.train import DCRM_RECIPE, dpo_config, load_pairs, parse_dataset_spec
+from hfpref.train import (
+    DCRM_RECIPE,
+    KEEP_DEFAULT,
+    PRESETS,
+    Setting,
+    TrainError,
+    dpo_config,
+    load_pairs,
+    parse_dataset_spec,
+    resolve_hyperparameters,
+    train_dpo,
+)
 
 PAIRS = {
     "prompt": [
@@ -164,3 +175,196 @@ def test_parse_dataset_spec(tmp_path):
     assert parse_dataset_spec(str(folder)) == (str(folder), None)
     with pytest.raises(ValueError, match="REPO@REVISION"):
         parse_dataset_spec("org/pairs@")
+
+
+# ---- presets and best-checkpoint selection ------------------------------------------------------------
+
+VALIDATION_CARD = """---
+configs:
+- config_name: best_of_n2
+  data_files:
+  - split: train
+    path: data/best_of_n2/train-*.parquet
+  - split: validation
+    path: data/best_of_n2/validation-*.parquet
+---
+# A tiny pairs release with held-out pairs
+"""
+
+
+def write_release_with_validation(folder: Path) -> Path:
+    """The tiny release plus a validation split holding the training pairs with chosen and rejected swapped,
+    so training on the train split makes the held-out DPO loss worse step after step."""
+    write_release(folder)
+    swapped = {**PAIRS, "chosen": PAIRS["rejected"], "rejected": PAIRS["chosen"]}
+    datasets.Dataset.from_dict(swapped).to_parquet(
+        str(folder / "data/best_of_n2/validation-00000-of-00001.parquet")
+    )
+    (folder / "README.md").write_text(VALIDATION_CARD)
+    return folder
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _final_state(out: Path) -> dict:
+    """trainer_state.json of the latest checkpoint: its log history holds every evaluation."""
+    latest = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return json.loads((latest / "trainer_state.json").read_text())
+
+
+def test_keeps_the_checkpoint_with_the_best_held_out_loss(tiny_models, tmp_path):
+    release = write_release_with_validation(tmp_path / "release")
+    out = tmp_path / "trained"
+    code = main(
+        [
+            "train", "dpo", "--dataset", str(release), "--config", "best_of_n2", "--preset", "dcrm",
+            "--eval-split", "validation", "--eval-steps", "2",
+            "--model", str(tiny_models["policy"]), "--output-dir", str(out),
+            "--learning-rate", "1e-3", "--max-steps", "8", "--batch-size", "2",
+            "--no-bf16", "--use-cpu", "--set", "gradient_checkpointing=false",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    state = _final_state(out)
+    evals = {e["step"]: e["eval_loss"] for e in state["log_history"] if "eval_loss" in e}
+    assert sorted(evals) == [2, 4, 6, 8]
+    best_step = min(evals, key=evals.get)
+    assert best_step != 8, evals  # training on the swapped pairs' mirror: the last model is not the best
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+    assert state["best_metric"] == evals[best_step]
+    # the saved model is that checkpoint's weights, not the last step's
+    assert _same(_weights(out), _weights(out / f"checkpoint-{best_step}"))
+    assert not _same(_weights(out), _weights(out / "checkpoint-8"))
+    # and its held-out DPO loss, computed here from log-probs, is the logged best: mean -log σ(β·margin)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["policy"])
+    reference = AutoModelForCausalLM.from_pretrained(tiny_models["policy"]).eval()
+    kept = AutoModelForCausalLM.from_pretrained(out).eval()
+    swapped_margins = [-m for m in implicit_margins(kept, reference, tokenizer)]
+    loss = torch.nn.functional.logsigmoid(0.1 * torch.tensor(swapped_margins)).neg().mean().item()
+    assert loss == pytest.approx(evals[best_step], abs=1e-4)
+
+    header = yaml.safe_load((out / "README.md").read_text().split("---")[1])["hfpref"]
+    assert header["preset"] == "dcrm"
+    assert header["best_checkpoint"] == {
+        "metric": "eval_loss",
+        "value": pytest.approx(evals[best_step]),
+        "step": best_step,
+        "checkpoint": f"checkpoint-{best_step}",
+    }
+    assert header["held_out"]["split"] == "validation" and header["held_out"]["rows"] == 4
+    params = header["hyperparameters"]
+    assert params["beta"] == {"value": 0.1, "source": "DCRM paper, appendix B"}
+    assert params["learning_rate"] == {"value": 1e-3, "source": "set by the user"}
+    assert params["metric_for_best_model"]["source"].startswith("DCRM paper, section 4")
+    assert params["eval_steps"] == {"value": 2, "source": "set by the user"}
+    assert params["optim"]["source"] == "TRL's default (trl.DPOConfig)"
+    assert params["per_device_train_batch_size"] == {"value": 2, "source": "set by the user"}
+    assert params["gradient_accumulation_steps"] == {"value": 1, "source": "TRL's default (trl.DPOConfig)"}
+
+
+def test_preset_with_a_held_out_ratio_and_reward_accuracy(tiny_models, tmp_path):
+    release = write_release(tmp_path / "release")
+    out = tmp_path / "trained"
+    code = main(
+        [
+            "train", "dpo", "--dataset", str(release), "--config", "best_of_n2",
+            "--preset", "instruction-following", "--eval-split-ratio", "0.5", "--best-metric", "accuracy",
+            "--model", str(tiny_models["policy"]), "--output-dir", str(out),
+            "--learning-rate", "1e-3", "--max-steps", "4", "--batch-size", "2", "--eval-steps", "1",
+            "--no-bf16", "--use-cpu", "--set", "gradient_checkpointing=false",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    args = torch.load(out / "training_args.bin", weights_only=False)
+    # the paper's batch of 32: 2 per device x 16 accumulation steps on one device
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (2, 16)
+    assert (args.num_train_epochs, args.learning_rate, args.beta) == (1, 1e-3, 0.1)
+    assert (args.metric_for_best_model, args.greater_is_better) == ("eval_rewards/accuracies", True)
+    state = _final_state(out)
+    evals = [(e["step"], e["eval_rewards/accuracies"]) for e in state["log_history"] if "eval_loss" in e]
+    assert [s for s, _ in evals] == [1, 2, 3, 4]
+    best_step, best = max(evals, key=lambda e: e[1])  # the first of equals, as transformers keeps it
+    assert best_step != evals[-1][0], evals  # so keeping the last checkpoint would fail below
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+    assert _same(_weights(out), _weights(out / f"checkpoint-{best_step}"))
+
+    header = yaml.safe_load((out / "README.md").read_text().split("---")[1])["hfpref"]
+    assert header["preset"] == "instruction-following"
+    assert header["held_out"] == {"held_out_of": "the training split", "ratio": 0.5, "seed": 42, "rows": 2}
+    params = header["hyperparameters"]
+    assert params["num_train_epochs"]["source"].startswith("arXiv 2412.15282")
+    assert "total batch 32 = 2 per device x 16 x 1 devices" in params["gradient_accumulation_steps"]["source"]
+    assert "silent" in params["beta"]["source"] and "silent" in params["lr_scheduler_type"]["source"]
+    assert params["metric_for_best_model"] == {
+        "value": "eval_rewards/accuracies",
+        "source": "set by the user",
+    }
+    text = (out / "README.md").read_text()
+    assert "- Preset: `instruction-following`" in text
+    assert f"- Kept checkpoint: `checkpoint-{best_step}` (step {best_step})" in text
+
+
+def test_presets_carry_each_papers_values_and_sources():
+    dcrm, metric = resolve_hyperparameters("dcrm", {})
+    assert metric == "loss"
+    assert {k: s.value for k, s in dcrm.items()} == {
+        "beta": 0.1,
+        "learning_rate": 5e-7,
+        "num_train_epochs": 2,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.1,
+        "weight_decay": 0.0,
+        "per_device_train_batch_size": KEEP_DEFAULT,  # the paper gives no batch size: TRL's, with that source
+    }
+    assert all(s.source.startswith("DCRM paper") for s in dcrm.values())
+    assert "silent" in dcrm["per_device_train_batch_size"].source
+    follow, _ = resolve_hyperparameters("instruction-following", {}, world_size=4)
+    assert (follow["per_device_train_batch_size"].value, follow["gradient_accumulation_steps"].value) == (
+        8,
+        1,
+    )
+    assert (follow["num_train_epochs"].value, follow["learning_rate"].value) == (1, 5e-7)
+    follow, _ = resolve_hyperparameters("instruction-following", {"per_device_train_batch_size": 4})
+    assert (
+        follow["gradient_accumulation_steps"].value == 8
+        and follow["per_device_train_batch_size"].source == "set by the user"
+    )
+    margins, _ = resolve_hyperparameters("margins", {"beta": 0.3})
+    assert margins["beta"] == Setting(0.3, "set by the user")
+    assert all("2406.17312" in s.source for name, s in margins.items() if name != "beta")
+    none, metric = resolve_hyperparameters(None, {"beta": 0.2})
+    assert (
+        metric is None
+        and none["beta"].value == 0.2
+        and none["learning_rate"].value == DCRM_RECIPE["learning_rate"]
+    )
+    with pytest.raises(TrainError, match="total batch of 32, which 5 per device on 1 device"):
+        resolve_hyperparameters("instruction-following", {"per_device_train_batch_size": 5})
+    with pytest.raises(TrainError, match="unknown preset 'dpo'; choose one of"):
+        resolve_hyperparameters("dpo", {})
+    assert set(PRESETS) == {"dcrm", "instruction-following", "margins"}
+
+
+def test_held_out_options_that_cannot_work(tiny_models, tmp_path):
+    release = write_release_with_validation(tmp_path / "release")
+    policy, out = str(tiny_models["policy"]), tmp_path / "out"
+    common = dict(config="best_of_n2", use_cpu=True, bf16=False)
+    with pytest.raises(TrainError, match="needs saved checkpoints, but --save-strategy is 'no'"):
+        train_dpo(str(release), policy, out, eval_split="validation", save_strategy="no", **common)
+    with pytest.raises(TrainError, match="need held-out pairs"):
+        train_dpo(str(release), policy, out, best_metric="accuracy", **common)
+    with pytest.raises(TrainError, match="are the training pairs"):
+        train_dpo(str(release), policy, out, eval_split="train", **common)
+    with pytest.raises(TrainError, match="holds out 0"):
+        train_dpo(str(release), policy, out, eval_split_ratio=0.1, **common)
+    with pytest.raises(TrainError, match="not both"):
+        train_dpo(str(release), policy, out, eval_split_ratio=0.5, eval_split="validation", **common)
+    assert not out.exists()

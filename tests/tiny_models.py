@@ -88,3 +88,46 @@ def build_tiny_models(folder: str | Path, seed: int = 0) -> dict[str, Path]:
         model.save_pretrained(paths[key])
         tokenizer.save_pretrained(paths[key])
     return paths
+
+
+def build_custom_reward_model(
+    folder: str | Path,
+    *,
+    num_objectives: int = 5,
+    armo_output: bool = True,
+    pool_at_last_token: bool = False,
+    seed: int = 3,
+) -> Path:
+    """Save a tiny ArmoRM-shaped custom-code reward model (``tests/modeling_tiny_armo.py``) under ``folder``.
+
+    The folder holds config.json with ``auto_map`` (AutoModelForSequenceClassification ->
+    ``modeling_tiny_armo.TinyArmoRewardModel``), the modeling file itself, the weights and the tiny
+    tokenizer, as ArmoRM's repository does; ``armo_output=False`` makes it return 1-D ``logits`` only,
+    ``pool_at_last_token=True`` makes its head read the last position even when it is padding.
+    The reward transformation matrix is a random one (ArmoRM's is learned), so it matters.
+    """
+    from tests.modeling_tiny_armo import TinyArmoRewardModel
+
+    folder = Path(folder)
+    tokenizer = build_tokenizer()
+    config = _config(
+        tokenizer,
+        num_labels=num_objectives,  # ArmoRM's config also counts its objectives in num_labels
+        num_objectives=num_objectives,
+        gating_temperature=2.0,
+        gating_hidden_dim=16,
+        gating_token_id=tokenizer.convert_tokens_to_ids("<|assistant|>"),
+        armo_output=armo_output,
+        pool_at_last_token=pool_at_last_token,
+        architectures=["TinyArmoRewardModel"],
+    )
+    torch.manual_seed(seed)
+    model = TinyArmoRewardModel(config)
+    with torch.no_grad():
+        model.reward_transform_matrix.copy_(torch.randn(num_objectives, num_objectives))
+        model.gating.layers[1].weight.normal_(std=2.0)  # gates far from uniform, so the gating matters
+    # save_pretrained copies the class's module next to the weights and writes auto_map
+    TinyArmoRewardModel.register_for_auto_class("AutoModelForSequenceClassification")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

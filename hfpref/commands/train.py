@@ -45,6 +45,36 @@ def add_parser(subparsers: Any) -> None:
     dpo.add_argument("--model", required=True, help="policy to train (Hub id or local folder)")
     dpo.add_argument("--model-revision", default=None)
     dpo.add_argument("--output-dir", required=True)
+    dpo.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="train as a paper trains: dcrm (arXiv DCRM, appendix B), instruction-following (arXiv 2412.15282), "
+        "margins (arXiv 2406.17312; silent, DCRM's values); flags given win over the preset",
+    )
+    # held-out pairs and best-checkpoint selection (transformers' load_best_model_at_end)
+    dpo.add_argument(
+        "--eval-split-ratio",
+        type=float,
+        default=None,
+        help="hold out this fraction of the training pairs and keep the checkpoint that is best on them",
+    )
+    dpo.add_argument("--eval-config", default=None, help="held-out pairs from this release config")
+    dpo.add_argument(
+        "--eval-split", default=None, help="held-out pairs from this split (default train of --eval-config)"
+    )
+    dpo.add_argument(
+        "--best-metric",
+        choices=["loss", "accuracy"],
+        default=None,
+        help="what picks the kept checkpoint: held-out DPO loss (default) or reward accuracy",
+    )
+    dpo.add_argument(
+        "--eval-steps",
+        type=float,
+        default=None,
+        help="evaluate and save every N steps (below 1: a fraction of training; default 0.1)",
+    )
     # None means "not given": the DCRM recipe (hfpref.train.DCRM_RECIPE) or TRL's default applies
     dpo.add_argument("--beta", type=float, default=None, help="DPO beta (default 0.1)")
     dpo.add_argument("--learning-rate", type=float, default=None, help="default 5e-7")
@@ -93,6 +123,11 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _steps(value: float) -> float | int:
+    """``--eval-steps 5`` as the int 5 (a step count), ``0.1`` as a fraction of training."""
+    return int(value) if value >= 1 and value == int(value) else value
+
+
 def run_dpo(args: argparse.Namespace) -> int:
     from hfpref.train import train_dpo
 
@@ -103,6 +138,12 @@ def run_dpo(args: argparse.Namespace) -> int:
         config=args.config,
         split=args.split,
         model_revision=args.model_revision,
+        preset=args.preset,
+        eval_split_ratio=args.eval_split_ratio,
+        eval_config=args.eval_config,
+        eval_split=args.eval_split,
+        best_metric=args.best_metric,
+        eval_steps=None if args.eval_steps is None else _steps(args.eval_steps),
         **config_overrides(args),
     )
     print(f"trained model saved to {path}")
