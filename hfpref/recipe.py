@@ -798,8 +798,12 @@ class Recipe:
             if not metric_steps:
                 raise RecipeError("--tokenizer: the recipe has no PairMetrics step to give a tokenizer to")
             for spec in metric_steps:
-                spec["config"].pop("tokenizer", None)  # the older spelling of the same setting
-                spec["config"]["edit_distance_unit"] = tokenizer
+                # e_Δ's unit, under the spelling the recipe uses (``tokenizer`` is the older one)
+                if "edit_distance_unit" in spec["config"]:
+                    spec["config"].pop("tokenizer", None)
+                    spec["config"]["edit_distance_unit"] = tokenizer
+                else:
+                    spec["config"]["tokenizer"] = tokenizer
         if folder is not None:
             raw["output"]["folder"] = folder
         if version is not None:
