@@ -27,13 +27,13 @@ from transformers import AutoModelForCausalLM
 from hfpref import columns
 from hfpref.chat_prompts import MESSAGES, PromptFormError, chat_template_sha256, is_messages
 from hfpref.model_utils import (
-    load_tokenizer,
     HiddenStateRunner,
     ModelStep,
     ModelStepConfig,
     Prompt,
     SequenceQuery,
     check_candidates_row,
+    load_tokenizer,
     max_length_of,
 )
 from hfpref.transform import Batch, RowError, row_label
