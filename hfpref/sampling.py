@@ -232,7 +232,8 @@ class ResponseSampler(ModelStep):
         token_ids = [
             self.prompt_token_ids(tokenizer, p, batch, i, indices) for i, p in enumerate(batch[C.PROMPT])
         ]
-        # the prompt as sampled: a string through a chat template became one user message
+        # the prompt as sampled: a string through a chat template became one user message; the seed hashes
+        # this form, so a string and its one-message form (the same context) draw the same samples
         prompts = [sampled_prompt(tokenizer, p) for p in batch[C.PROMPT]]
         seeds = [prompt_seed(self.config.seed, self.resolved_revision(), p) for p in prompts]
         if self.backend == "vllm":
