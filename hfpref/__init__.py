@@ -29,6 +29,7 @@ _LAZY = {
     "RewardConfig": "hfpref.rewards",
     "ResponseSampler": "hfpref.sampling",
     "SamplerConfig": "hfpref.sampling",
+    "ChatPrompts": "hfpref.chat_prompts",
     "load_ifeval_candidates": "hfpref.default_data",
     "Recipe": "hfpref.recipe",
     "write_release": "hfpref.release",

@@ -53,6 +53,7 @@ from typing import Any
 
 from hfpref import columns as C
 from hfpref.annotate import RESPONSE_ANNOTATED, AnnotatedPairs, AnnotateSelected, AnnotateSelectedConfig
+from hfpref.chat_prompts import ChatPrompts, ChatPromptsConfig  # noqa: F401 (moved; re-exported)
 from hfpref.margins import (
     AnnotationSelectionConfig,
     AnnotationSelector,
@@ -440,36 +441,6 @@ class CopyColumns(Step):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         return {dst: list(batch[src]) for src, dst in self.config.columns.items()}
-
-
-@dataclasses.dataclass
-class ChatPromptsConfig(StepConfig):
-    role: str = "user"
-
-
-class ChatPrompts(Step):
-    """String prompts become one chat message (``[{"role": "user", "content": prompt}]``).
-
-    Input column: ``prompt``; output column: ``prompt`` (message lists pass unchanged).
-    """
-
-    config_class = ChatPromptsConfig
-    version = "1"
-    config: ChatPromptsConfig
-
-    def input_columns(self) -> list[str]:
-        return [C.PROMPT]
-
-    def output_columns(self) -> list[str]:
-        return [C.PROMPT]
-
-    def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
-        return {
-            C.PROMPT: [
-                [{"role": self.config.role, "content": p}] if isinstance(p, str) else p
-                for p in batch[C.PROMPT]
-            ]
-        }
 
 
 # ---- state ----------------------------------------------------------------------------------------------------

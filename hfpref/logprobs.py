@@ -7,6 +7,12 @@ response tokens and the number of those tokens. Prompt and response are tokenize
 prompt computed once for its N responses (``hfpref.model_utils.HiddenStateRunner``), logits are
 computed only at the positions that predict response tokens, in chunks, and per-token log-probs
 are summed in float32 whatever the model's dtype.
+
+The prompt's form decides its context (``hfpref.chat_prompts``): chat messages go through this model's
+chat template, text is tokenized as it is. A sampler that formatted a string prompt with its chat
+template wrote it back as messages, so the responses are scored in the conversation they were sampled
+in; a model without a chat template refuses message prompts (before a recipe runs, through
+``prompt_form_after``, and on any such row). ``describe()`` records the template's sha256.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hfpref import columns
+from hfpref.chat_prompts import MESSAGES, PromptFormError, chat_template_sha256, is_messages
 from hfpref.model_utils import (
     HiddenStateRunner,
     ModelStep,
@@ -26,6 +33,7 @@ from hfpref.model_utils import (
     Prompt,
     SequenceQuery,
     check_candidates_row,
+    load_tokenizer,
     max_length_of,
 )
 from hfpref.transform import Batch, RowError, row_label
@@ -201,6 +209,32 @@ class LogProbAnnotator(ModelStep):
             names.append(f"{prefix}_truncated_tokens")
         return names
 
+    def chat_template_sha256(self) -> str | None:
+        """sha256 of the chat template message prompts are scored through (None: the model has none)."""
+        if not hasattr(self, "_chat_template_sha256"):
+            tokenizer = load_tokenizer(
+                self.config.model, self.resolved_revision(), self.config.trust_remote_code
+            )
+            self._chat_template_sha256 = chat_template_sha256(tokenizer)
+        return self._chat_template_sha256
+
+    def prompt_form_after(self, form: str | None) -> str | None:
+        """Fails on chat-message prompts when the model has no chat template; the form passes unchanged."""
+        if form == MESSAGES and self.chat_template_sha256() is None:
+            raise PromptFormError(self._no_template_message())
+        return form
+
+    def _no_template_message(self) -> str:
+        return (
+            f"the prompts are chat messages (an earlier step, e.g. a sampler with a chat template, formatted "
+            f"them as a conversation) but the tokenizer of {self.config.model!r} has no chat template, so "
+            "the responses cannot be scored in the context they were sampled in; score with a model whose "
+            "tokenizer has a chat template, or sample and score plain-text prompts with models without one"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "chat_template_sha256": self.chat_template_sha256()}
+
     def load(self, rank: int | None) -> _LoadedLM:
         config = self.config
         model, tokenizer = self.load_model_and_tokenizer(AutoModelForCausalLM, rank)
@@ -221,6 +255,8 @@ class LogProbAnnotator(ModelStep):
         ):
             label = row_label(batch, i, indices)
             check_candidates_row(prompt, responses, label)
+            if is_messages(prompt) and not getattr(loaded.tokenizer, "chat_template", None):
+                raise PromptFormError(f"{self.name}: {label}: {self._no_template_message()}")
             try:
                 encoded = tokenize_responses(loaded.tokenizer, prompt, responses)
             except Exception as error:

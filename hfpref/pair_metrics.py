@@ -11,7 +11,13 @@ kept, with the value the formula gives):
 * ``dcrm_matrix``: DCRM = (σ(r_Δ) − 0.5) / (e_Δ + p_Δ + ε), with p_Δ = 0 where it is unknown;
 
 plus ``edit_distance_unit``, "word" or "token:<tokenizer>@<revision>", so a dataset card can say which
-distance was used. A NaN or None reward or log-prob gives NaN in the cells it enters; pair selection then
+distance was used.
+
+e_Δ's unit is the step's own declared setting, ``edit_distance_unit``: ``words`` (the default) or a named
+tokenizer (a Hub id or a local folder), never implicitly the reference model's: the DCRM paper reports one
+e_Δ for every π_ref, so changing π_ref (a ``LogProbAnnotator``'s model) must not change e_Δ. ``tokenizer``
+is the older spelling of the same setting (kept for existing recipes and ``hfpref curate --tokenizer``).
+Token ids computed elsewhere (``metrics_from_tokens``) are accepted only in the declared unit. A NaN or None reward or log-prob gives NaN in the cells it enters; pair selection then
 leaves those cells out and says why.
 """
 
@@ -34,6 +40,7 @@ from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
 from hfpref import columns as C
+from hfpref.errors import UserError
 from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
 
 EDIT_DISTANCE_UNIT = C.EDIT_DISTANCE_UNIT
@@ -51,6 +58,17 @@ _TOKENIZER_FILE_NAMES = {
     "sentencepiece.bpe.model",
 }
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
+WORDS = "words"  # the word-level unit of edit_distance_unit ("word" is accepted too)
+WORD_UNIT = "word"  # how the output column and the manifest name it
+
+
+class EditDistanceUnitError(UserError):
+    """Token ids in another unit than the e_Δ unit a PairMetrics step declares."""
+
+
+def token_unit(tokenizer: str, resolved_revision: str) -> str:
+    """The ``edit_distance_unit`` label of token ids from ``tokenizer`` at its resolved revision."""
+    return f"token:{tokenizer}@{resolved_revision}"
 
 
 def dcrm(reward_margin: Any, edit_distance: Any, logp_diff: Any, eps: float = 1.0) -> Any:
@@ -71,18 +89,45 @@ def dcrm(reward_margin: Any, edit_distance: Any, logp_diff: Any, eps: float = 1.
 class PairMetricsConfig(StepConfig):
     """Settings of ``PairMetrics``.
 
-    tokenizer: model id or local folder whose tokenizer gives e_Δ's token ids; None = whitespace words.
+    edit_distance_unit: e_Δ's unit: "words" (whitespace-split words; the default) or a tokenizer, a Hub model
+      id or local folder whose tokenizer gives the token ids (response tokens, no special tokens). Declare
+      it on its own: it is not taken from any model step, so e_Δ is the same whatever π_ref is.
+    tokenizer: the older spelling of a tokenizer unit; after construction it always names the unit's
+      tokenizer (None for words), and giving both with different values is an error.
     tokenizer_revision: branch, tag or commit of a Hub tokenizer (ignored for a local folder).
     eps: ε in DCRM's denominator (the paper uses 1); must be positive.
     workers: threads rapidfuzz uses per distance matrix (-1 = all cores).
     """
 
+    edit_distance_unit: str | None = None
     tokenizer: str | None = None
     tokenizer_revision: str | None = None
     eps: float = 1.0
     workers: int = -1
 
     def __post_init__(self) -> None:
+        unit, tokenizer = self.edit_distance_unit, self.tokenizer
+        if unit is not None and (not isinstance(unit, str) or not unit):
+            raise ValueError(
+                f"PairMetricsConfig.edit_distance_unit must be 'words' or a tokenizer (Hub id or local "
+                f"folder), got {unit!r}"
+            )
+        if unit in (WORDS, WORD_UNIT):
+            unit = WORDS
+        if unit is None:
+            unit = tokenizer or WORDS
+        elif tokenizer is not None and tokenizer != unit:
+            raise ValueError(
+                f"PairMetricsConfig: edit_distance_unit={self.edit_distance_unit!r} and tokenizer={tokenizer!r} "
+                "disagree; give the unit once, as edit_distance_unit ('words' or a tokenizer)"
+            )
+        self.edit_distance_unit = unit
+        self.tokenizer = None if unit == WORDS else unit
+        if self.tokenizer is None and self.tokenizer_revision is not None:
+            raise ValueError(
+                f"PairMetricsConfig.tokenizer_revision={self.tokenizer_revision!r} needs a tokenizer unit; "
+                "e_Δ is counted in words here (set edit_distance_unit to a tokenizer, or drop the revision)"
+            )
         if not self.eps > 0:
             raise ValueError(f"PairMetricsConfig.eps must be positive (the paper uses 1), got {self.eps!r}")
         if self.workers == 0 or self.workers < -1:
@@ -157,9 +202,20 @@ class PairMetrics(Step):
         # works offline too, from the revision -> commit mapping the Hub cache keeps
         return huggingface_hub.resolve_revision(name, revision=revision).resolved
 
+    def unit_label(self) -> str:
+        """The declared unit as the output column names it: "word" or "token:<tokenizer>@<revision>"."""
+        if self.config.tokenizer is None:
+            return WORD_UNIT
+        return token_unit(self.config.tokenizer, self.resolved_revision())
+
+    @property
+    def edit_distance_unit(self) -> str:
+        """The e_Δ unit (what the manifest's ``edit_distance_unit`` records)."""
+        return self.unit_label()
+
     def load(self, rank: int | None) -> dict[str, Any]:
         if self.config.tokenizer is None:
-            return {"tokenizer": None, "backend": None, "unit": "word"}
+            return {"tokenizer": None, "backend": None, "unit": WORD_UNIT}
         from transformers import AutoTokenizer
 
         revision = self.resolved_revision()
@@ -175,7 +231,7 @@ class PairMetrics(Step):
         return {
             "tokenizer": tokenizer,
             "backend": backend,
-            "unit": f"token:{self.config.tokenizer}@{revision}",
+            "unit": token_unit(self.config.tokenizer, revision),
         }
 
     def tokenize(self, texts: Sequence[str], rank: int | None = None) -> list[list[int]] | list[list[str]]:
@@ -225,9 +281,24 @@ class PairMetrics(Step):
         tokens: Sequence[Sequence[Any]],
         indices: list[int] | None = None,
         rank: int | None = None,
+        *,
+        unit: str | None = None,
     ) -> Batch:
-        """The output columns, given the tokens of ``response_texts(batch)`` (one sequence per response)."""
-        unit = self.resources(rank)["unit"]
+        """The output columns, given the tokens of ``response_texts(batch)`` (one sequence per response).
+
+        ``tokens`` are the step's own (``tokenize``) unless ``unit`` says what they are: token ids reused
+        from elsewhere (e.g. a model step's tokenization) are taken only when ``unit`` equals the declared
+        unit (``unit_label()``, e.g. ``token_unit(tokenizer, resolved_revision)``), so e_Δ cannot silently
+        be counted in another tokenizer's tokens.
+        """
+        declared = self.resources(rank)["unit"]
+        if unit is not None and unit != declared:
+            raise EditDistanceUnitError(
+                f"{self.name}: token ids given in unit {unit!r}, but this step declares edit_distance_unit "
+                f"{self.config.edit_distance_unit!r} ({declared}); let the step tokenize the responses "
+                "(PairMetrics.tokenize), or declare that tokenizer as edit_distance_unit"
+            )
+        unit = declared
         has_logps = batch.get(C.REF_LOGPS) is not None
         out: Batch = {name: [] for name in self.output_columns()}
         stop = 0

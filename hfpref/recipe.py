@@ -64,10 +64,12 @@ from pathlib import Path
 from typing import Any
 
 from hfpref import columns as C
+from hfpref.chat_prompts import check_prompt_forms, prompt_form_of_feature
 from hfpref.errors import UserError
 from hfpref.resume import DEFAULT_SHARD_ROWS
 
 STEP_REGISTRY: dict[str, str] = {
+    "ChatPrompts": "hfpref.chat_prompts:ChatPrompts",
     "ResponseSampler": "hfpref.sampling:ResponseSampler",
     "IFEvalVerifier": "hfpref.ifeval:IFEvalVerifier",
     "PairMetrics": "hfpref.pair_metrics:PairMetrics",
@@ -797,7 +799,12 @@ class Recipe:
             if not metric_steps:
                 raise RecipeError("--tokenizer: the recipe has no PairMetrics step to give a tokenizer to")
             for spec in metric_steps:
-                spec["config"]["tokenizer"] = tokenizer
+                # e_Δ's unit, under the spelling the recipe uses (``tokenizer`` is the older one)
+                if "edit_distance_unit" in spec["config"]:
+                    spec["config"].pop("tokenizer", None)
+                    spec["config"]["edit_distance_unit"] = tokenizer
+                else:
+                    spec["config"]["tokenizer"] = tokenizer
         if folder is not None:
             raw["output"]["folder"] = folder
         if version is not None:
@@ -850,6 +857,12 @@ class Recipe:
             candidates, input_info = self.load_input(cache_dir)
             # preflight: a missing column fails now, not after hours of earlier (model) steps
             columns = self.preflight(steps, candidates.column_names)
+            # and prompts a model step cannot format (chat messages for a model without a chat template)
+            check_prompt_forms(
+                steps,
+                [spec.where(i) for i, spec in enumerate(self.steps)],
+                prompt_form_of_feature(candidates.features.get(C.PROMPT)),
+            )
             columns_by_source = {"candidates": columns}
             if prompts_at is not None:
                 columns_by_source["prompts"] = self.preflight(steps, candidates.column_names, stop=prompts_at)

@@ -3,11 +3,17 @@
 ``ResponseSampler`` is a :class:`hfpref.transform.Step`.
 
 * input column: ``prompt`` (a string, or a list of ``{"role", "content"}`` messages)
-* output columns: ``responses`` (list[str], ``n`` per prompt) and ``generators`` (list[str], the model
-  id, or ``generator_name``, once per response)
+* output columns: ``prompt`` (the prompt in the form it was sampled in, see below), ``responses``
+  (list[str], ``n`` per prompt) and ``generators`` (list[str], the model id, or ``generator_name``, once
+  per response)
 
-The prompt goes through the tokenizer's chat template (``add_generation_prompt=True``) when the tokenizer
-has one; a plain-string prompt without a chat template is tokenized as raw text.
+The prompt's form (``hfpref.chat_prompts``). When the tokenizer has a chat template, every prompt goes
+through it (``add_generation_prompt=True``): a string prompt is sampled as one user message and is written
+back as that message, ``[{"role": "user", "content": prompt}]``, so the candidates say which context the
+responses were generated in and every later step (log-probs, rewards, TRL) formats the same conversation;
+message lists pass unchanged. Without a chat template a string prompt is tokenized as raw text and stays a
+string, and a message list is an error (``prompt_form_after`` reports it before a recipe runs). The
+template's sha256 is in ``describe()`` (``chat_template_sha256``), so the manifest records it.
 
 Determinism. Each prompt gets its own seed, ``config.seed`` mixed with a stable hash of the model's
 resolved revision (Hub commit or local content hash) and the prompt, so a prompt's samples do not depend
@@ -43,6 +49,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from hfpref import columns as C
+from hfpref.chat_prompts import MESSAGES, PromptFormError, chat_template_sha256, is_messages
 from hfpref.model_utils import ModelStep, load_model, load_tokenizer, parse_dtype, select_device
 from hfpref.transform import Batch, RowError, StepConfig, row_label
 
@@ -89,6 +96,13 @@ def prompt_seed(seed: int, model_revision: str, prompt: Prompt) -> int:
     text = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(f"{seed}\x00{model_revision}\x00{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a valid torch / vLLM seed
+
+
+def sampled_prompt(tokenizer: Any, prompt: Prompt) -> Prompt:
+    """The prompt in the form it is sampled in: one user message for a string under a chat template."""
+    if isinstance(prompt, str) and tokenizer.chat_template is not None:
+        return [{"role": "user", "content": prompt}]
+    return prompt
 
 
 @functools.cache
@@ -147,14 +161,34 @@ class ResponseSampler(ModelStep):
     """Sample ``n`` responses per prompt (input ``prompt``; outputs ``responses``, ``generators``)."""
 
     config_class: ClassVar[type[StepConfig]] = SamplerConfig
-    version: ClassVar[str] = "1"
+    # 2: writes ``prompt`` back as the messages it sampled through the chat template
+    version: ClassVar[str] = "2"
     config: SamplerConfig
 
     def input_columns(self) -> list[str]:
         return [C.PROMPT]
 
     def output_columns(self) -> list[str]:
-        return [C.RESPONSES, C.GENERATORS]
+        return [C.PROMPT, C.RESPONSES, C.GENERATORS]
+
+    def chat_template_sha256(self) -> str | None:
+        """sha256 of the chat template prompts are sampled through (None: prompts are raw text)."""
+        if not hasattr(self, "_chat_template_sha256"):
+            # a tokenizer alone loads in milliseconds; kept when pickled, like the resolved revision
+            tokenizer = load_tokenizer(self.config.model, self.resolved_revision())
+            self._chat_template_sha256 = chat_template_sha256(tokenizer)
+        return self._chat_template_sha256
+
+    def prompt_form_after(self, form: str | None) -> str | None:
+        """Prompts are messages after sampling with a chat template; without one, messages cannot be sampled."""
+        if self.chat_template_sha256() is not None:
+            return MESSAGES
+        if form == MESSAGES:
+            raise PromptFormError(
+                f"the prompts are chat messages but the tokenizer of {self.config.model!r} has no chat "
+                "template to format them; sample with a chat model, or give plain-text prompts"
+            )
+        return form
 
     @property
     def backend(self) -> str:
@@ -168,7 +202,11 @@ class ResponseSampler(ModelStep):
 
     def describe(self) -> dict[str, Any]:
         # "auto" names no backend; the one actually used decides the samples
-        return {**super().describe(), "backend": self.backend}
+        return {
+            **super().describe(),
+            "backend": self.backend,
+            "chat_template_sha256": self.chat_template_sha256(),
+        }
 
     # ---- loading ---------------------------------------------------------------------------
     def load(self, rank: int | None) -> dict[str, Any]:
@@ -191,15 +229,19 @@ class ResponseSampler(ModelStep):
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         loaded = self.resources(rank)
         tokenizer = loaded["tokenizer"]
-        prompts = batch[C.PROMPT]
-        token_ids = [self.prompt_token_ids(tokenizer, p, batch, i, indices) for i, p in enumerate(prompts)]
+        token_ids = [
+            self.prompt_token_ids(tokenizer, p, batch, i, indices) for i, p in enumerate(batch[C.PROMPT])
+        ]
+        # the prompt as sampled: a string through a chat template became one user message; the seed hashes
+        # this form, so a string and its one-message form (the same context) draw the same samples
+        prompts = [sampled_prompt(tokenizer, p) for p in batch[C.PROMPT]]
         seeds = [prompt_seed(self.config.seed, self.resolved_revision(), p) for p in prompts]
         if self.backend == "vllm":
             responses = _generate_vllm(loaded["llm"], self.config, token_ids, seeds)
         else:
             responses = self._generate_transformers(loaded["model"], tokenizer, token_ids, seeds)
         generators = [[self.generator_label] * self.config.n for _ in prompts]
-        return {C.RESPONSES: responses, C.GENERATORS: generators}
+        return {C.PROMPT: prompts, C.RESPONSES: responses, C.GENERATORS: generators}
 
     def prompt_token_ids(
         self, tokenizer: Any, prompt: Any, batch: Batch, i: int, indices: list[int] | None
@@ -209,9 +251,8 @@ class ResponseSampler(ModelStep):
             raise RowError(f"{row_label(batch, i, indices)}: column 'prompt' is an empty string")
         if isinstance(prompt, str) and tokenizer.chat_template is None:
             return tokenizer(prompt)["input_ids"]
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        if not _is_messages(prompt):
+        prompt = sampled_prompt(tokenizer, prompt)
+        if not is_messages(prompt):
             raise RowError(
                 f"{row_label(batch, i, indices)}: column 'prompt' must be a string or a list of "
                 f"{{'role', 'content'}} messages, got {prompt!r:.200}"
@@ -219,7 +260,7 @@ class ResponseSampler(ModelStep):
         if tokenizer.chat_template is None:
             raise RowError(
                 f"{row_label(batch, i, indices)}: column 'prompt' is a list of messages but the tokenizer of "
-                f"{self.config.model!r} has no chat template"
+                f"{self.config.model!r} has no chat template; sample with a chat model or give text prompts"
             )
         encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
@@ -284,14 +325,6 @@ def length_groups(
     if current:
         groups.append(current)
     return groups
-
-
-def _is_messages(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) > 0
-        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
-    )
 
 
 # ---- vLLM backend (needs a GPU and vllm; not exercised by the CPU test suite) -------------------

@@ -163,6 +163,16 @@ def run(tiny_models, tmp_path_factory, patch_registry) -> Run:
     return Run(folder, release, seeds_file, raw, read_manifest(release), load_release(release, "candidates"))
 
 
+def key(prompt) -> str:
+    """A hashable key of a prompt: the sampler writes back a chat-templated prompt as messages."""
+    return json.dumps(prompt, sort_keys=True)
+
+
+def text(completion) -> str:
+    """A pair's chosen/rejected text (conversational pairs hold one assistant message)."""
+    return completion if isinstance(completion, str) else completion[0]["content"]
+
+
 def usable_correctness(row: dict) -> dict[str, float]:
     """text -> correctness of the row's non-empty responses (equal texts score alike)."""
     return {t: c for t, c in zip(row["responses"], row["correctness"], strict=True) if t.strip()}
@@ -201,13 +211,13 @@ def test_high_contrast_pairs_are_oracle_versus_worst(run):
     pairs = run.pairs("rs_high_contrast")
     assert run.dropped("rs_high_contrast") == collections.Counter()
     assert len(pairs) == len(SEEDS)
-    by_prompt = {row["prompt"]: row for row in run.candidates}
+    by_prompt = {key(row["prompt"]): row for row in run.candidates}
     for pair in pairs:
-        scores = usable_correctness(by_prompt[pair["prompt"]])
+        scores = usable_correctness(by_prompt[key(pair["prompt"])])
         worst = min(scores.values())
         assert (pair["chosen_correctness"], pair["rejected_correctness"]) == (1.0, worst)
         assert pair["contrast"] == pytest.approx(1.0 - worst) and pair["contrast_level"] == "high"
-        assert scores[pair["chosen"]] == 1.0 and scores[pair["rejected"]] == worst
+        assert scores[text(pair["chosen"])] == 1.0 and scores[text(pair["rejected"])] == worst
         assert pair["pair_strategy"] == "rs_high_contrast"
         assert pair["difficulty"] == len(pair["instruction_id_list"])
         assert pair["reward_margin"] == pytest.approx(pair["contrast"])
@@ -220,12 +230,12 @@ def test_low_contrast_pairs_and_drop_reasons_match_a_brute_force_count(run):
         low = [(a, b) for a in scores.values() for b in scores.values() if 0 < a - b <= LOW_MAX_GAP + 1e-9]
         if low:
             best = max(a for a, _ in low)
-            expected_pairs[row["prompt"]] = (best, max(b for a, b in low if a == best))  # smallest gap
+            expected_pairs[key(row["prompt"])] = (best, max(b for a, b in low if a == best))  # smallest gap
         else:
             expected_drops["no_low_contrast_pair"] += 1
     pairs = run.pairs("rs_low_contrast")
     assert run.dropped("rs_low_contrast") == expected_drops
-    got = {p["prompt"]: (p["chosen_correctness"], p["rejected_correctness"]) for p in pairs}
+    got = {key(p["prompt"]): (p["chosen_correctness"], p["rejected_correctness"]) for p in pairs}
     assert got == expected_pairs
     assert set(pairs["contrast_level"]) <= {"low"}
     # k = 2 prompts cannot have a gap of 1/3 or less: every one of them is dropped
@@ -235,9 +245,9 @@ def test_low_contrast_pairs_and_drop_reasons_match_a_brute_force_count(run):
 
 
 def test_max_margin_config_and_the_mix(run):
-    by_prompt = {row["prompt"]: row for row in run.candidates}
+    by_prompt = {key(row["prompt"]): row for row in run.candidates}
     for pair in run.pairs("max_margin"):
-        rewards = by_prompt[pair["prompt"]]["rewards"]
+        rewards = by_prompt[key(pair["prompt"])]["rewards"]
         assert pair["reward_chosen"] == max(rewards) == 1.0
     high, low = run.pairs("rs_high_contrast"), run.pairs("rs_low_contrast")
     mixed = run.pairs("rs_mixed_contrast")
@@ -245,8 +255,8 @@ def test_max_margin_config_and_the_mix(run):
     expected_high = min(len(high), len(low) + 1)
     assert collections.Counter(mixed["contrast_level"]) == {"high": expected_high, "low": len(low)}
     assert len(mixed) == expected_high + len(low)
-    pool = {(p["prompt"], p["chosen"], p["rejected"]) for p in [*high, *low]}
-    assert {(p["prompt"], p["chosen"], p["rejected"]) for p in mixed} <= pool
+    pool = {key([p["prompt"], p["chosen"], p["rejected"]]) for p in [*high, *low]}
+    assert {key([p["prompt"], p["chosen"], p["rejected"]]) for p in mixed} <= pool
     assert "drop_reason" not in mixed.column_names
 
 

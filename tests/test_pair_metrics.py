@@ -254,3 +254,119 @@ def test_apply_types_mixed_rows_and_reruns_from_cache(tmp_path, monkeypatch):
     assert again.cache_files == first.cache_files
     changed = PairMetrics(eps=2.0).apply(ds, batch_size=1)
     assert calls and changed._fingerprint != first._fingerprint
+
+
+# ---- e_Δ's unit is declared, not borrowed from a model step --------------------------------------------
+
+
+def test_edit_distance_unit_is_its_own_setting(tokenizer_dir):
+    assert PairMetricsConfig().edit_distance_unit == "words" and PairMetricsConfig().tokenizer is None
+    assert PairMetricsConfig(edit_distance_unit="word").edit_distance_unit == "words"
+    named = PairMetricsConfig(edit_distance_unit=str(tokenizer_dir))
+    assert named.tokenizer == str(tokenizer_dir)
+    # the older spelling declares the same unit, and a step built either way is the same step
+    assert PairMetricsConfig(tokenizer=str(tokenizer_dir)) == named
+    assert PairMetrics(tokenizer=str(tokenizer_dir)).fingerprint() == PairMetrics(named).fingerprint()
+    with pytest.raises(ValueError, match="disagree"):
+        PairMetricsConfig(edit_distance_unit="words", tokenizer=str(tokenizer_dir))
+    with pytest.raises(ValueError, match="needs a tokenizer unit"):
+        PairMetricsConfig(tokenizer_revision="main")
+    with pytest.raises(ValueError, match="edit_distance_unit must be"):
+        PairMetricsConfig(edit_distance_unit="")
+    assert (
+        PairMetrics(named).edit_distance_unit
+        == f"token:{tokenizer_dir}@{tokenizer_content_hash(tokenizer_dir)}"
+    )
+
+
+def test_reused_token_ids_only_in_the_declared_unit(tokenizer_dir):
+    from hfpref.pair_metrics import EditDistanceUnitError, token_unit
+
+    step = PairMetrics(edit_distance_unit=str(tokenizer_dir))
+    batch = {"responses": [["the sea is wide", "the sea", "blue"]], "rewards": [[1.0, 0.0, 0.5]]}
+    own = step(batch)
+    tokens = step.tokenize(step.response_texts(batch))
+    declared = token_unit(str(tokenizer_dir), tokenizer_content_hash(tokenizer_dir))
+    assert step.metrics_from_tokens(batch, tokens, unit=declared) == own
+    with pytest.raises(EditDistanceUnitError, match="token ids given in unit 'token:other@abc'.*declares"):
+        step.metrics_from_tokens(batch, tokens, unit="token:other@abc")
+    with pytest.raises(EditDistanceUnitError, match="'word'"):
+        step.metrics_from_tokens(batch, tokens, unit="word")
+
+
+def test_curate_tokenizer_override_sets_the_declared_unit(tokenizer_dir):
+    from hfpref.recipe import Recipe
+
+    recipe = Recipe.from_dict(
+        {
+            "input": {"default": "ifeval"},
+            "steps": [{"step": "PairMetrics", "config": {"edit_distance_unit": "words"}}],
+            "pairs": {"strategies": ["best_of_n2"]},
+            "output": {"folder": "out", "name": "n", "version": "0.0.1"},
+        },
+        validate=False,
+    )
+    overridden = recipe.with_overrides(tokenizer=str(tokenizer_dir))
+    assert overridden.steps[0].config == {"edit_distance_unit": str(tokenizer_dir)}
+
+
+def test_changing_the_reference_model_does_not_change_e_delta(tiny_models, tokenizer_dir, tmp_path):
+    """Two recipes differing only in π_ref, whose tokenizers differ: identical e_Δ, different p_Δ."""
+    import json
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from hfpref.recipe import Recipe
+    from hfpref.release import build_manifest
+    from tests.tiny_models import _config
+
+    # a second reference model with another tokenizer (a smaller vocabulary splits words differently)
+    other_tokenizer = build_tokenizer(vocab_size=270)
+    torch.manual_seed(3)
+    other_ref = tmp_path / "other-ref"
+    LlamaForCausalLM(_config(other_tokenizer)).save_pretrained(other_ref)
+    other_tokenizer.save_pretrained(other_ref)
+
+    rows = [
+        {
+            "prompt": "Write a short poem about the sea.",
+            "responses": ["The sea is wide and blue.", "The sea is blue.", "Waves over the lazy dog."],
+            "rewards": [1.0, 0.5, 0.0],
+        },
+        {
+            "prompt": "List the planets.",
+            "responses": ["Mercury, Venus, Earth and Mars.", "The planets of the solar system.", "Earth"],
+            "rewards": [0.2, 0.9, 0.4],
+        },
+    ]
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def run(reference: str):
+        recipe = Recipe.from_dict(
+            {
+                "input": {"path": str(candidates)},
+                "steps": [
+                    {"step": "LogProbAnnotator", "config": {"model": reference}},
+                    {"step": "PairMetrics", "config": {"edit_distance_unit": str(tokenizer_dir)}},
+                ],
+                "pairs": {"strategies": ["best_of_n2"], "config": {"seed": 0}},
+                "output": {"folder": str(tmp_path / "release"), "name": "e-delta", "version": "0.0.1"},
+            }
+        )
+        result = recipe.run(cache_dir=tmp_path / "cache", progress=False)
+        return result, build_manifest(result, version="0.0.1")
+
+    first, first_manifest = run(str(tiny_models["policy"]))
+    second, second_manifest = run(str(other_ref))
+    assert first.candidates["edit_distance_matrix"] == second.candidates["edit_distance_matrix"]
+    assert first.candidates["logp_diff_matrix"] != second.candidates["logp_diff_matrix"]  # π_ref did change
+    unit = f"token:{tokenizer_dir}@{tokenizer_content_hash(tokenizer_dir)}"
+    assert first_manifest["edit_distance_unit"] == second_manifest["edit_distance_unit"] == unit
+    # the two references' own tokenizers would have given different e_Δ: the test can tell them apart
+    own = [
+        PairMetrics(edit_distance_unit=str(path)).apply(first.candidates)["edit_distance_matrix"]
+        for path in (tiny_models["policy"], other_ref)
+    ]
+    assert own[0] != own[1]

@@ -39,7 +39,9 @@ def sampler(policy: str, **overrides) -> ResponseSampler:
 
 def test_shapes_and_generator_names(policy):
     out = sampler(policy)({"prompt": PROMPTS})
-    assert set(out) == {"responses", "generators"}
+    # the tiny policy has a chat template: prompts come back as the conversation they were sampled in
+    assert set(out) == {"prompt", "responses", "generators"}
+    assert out["prompt"] == [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in PROMPTS]
     assert [len(r) for r in out["responses"]] == [3] * len(PROMPTS)
     assert all(isinstance(text, str) for row in out["responses"] for text in row)
     assert out["generators"] == [[policy] * 3] * len(PROMPTS)
@@ -183,3 +185,22 @@ def test_pickling_drops_the_model_and_fingerprint_tracks_config(policy):
     assert step.fingerprint() != sampler(policy, seed=1).fingerprint()
     assert step.describe()["revision"].startswith("sha256:")
     assert step.describe()["backend"] == "transformers"
+
+
+def test_prompt_comes_back_in_the_form_it_was_sampled_in(policy, tmp_path):
+    step = sampler(policy)
+    as_text = step({"prompt": PROMPTS[:2]})
+    as_messages = step({"prompt": [[{"role": "user", "content": p}] for p in PROMPTS[:2]]})
+    # one context, one form: the string was sampled as that user message, with the same seed and samples
+    assert (
+        as_text["prompt"] == as_messages["prompt"] == [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
+    )
+    assert as_text["responses"] == as_messages["responses"]
+    # through Dataset.map the column's type changes from string to messages
+    mapped = step.apply(datasets.Dataset.from_dict({"prompt": PROMPTS[:2]}))
+    assert mapped["prompt"] == as_text["prompt"] and mapped["responses"] == as_text["responses"]
+    # without a chat template the string is sampled, and stays, as text
+    plain = tmp_path / "no-template"
+    shutil.copytree(policy, plain)
+    (plain / "chat_template.jinja").unlink()
+    assert sampler(str(plain))({"prompt": PROMPTS[:2]})["prompt"] == PROMPTS[:2]
