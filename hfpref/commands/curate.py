@@ -204,9 +204,8 @@ def build_recipe(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from hfpref.engines import EngineError
-    from hfpref.recipe import RecipeError
-    from hfpref.release import ReleaseError, push_release, read_manifest, write_release
+    # errors are raised, not printed: hfpref.cli answers them with one line (and --debug's traceback)
+    from hfpref.release import push_release, read_manifest, write_release
     from hfpref.summary import summary_table
 
     engine = None
@@ -221,9 +220,6 @@ def run(args: argparse.Namespace) -> int:
             engine=engine,
         )
         folder = write_release(result, recipe.output.folder, version=recipe.output.version)
-    except (RecipeError, ReleaseError, EngineError) as err:
-        print(f"hfpref curate: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             "\nhfpref curate: interrupted; run the same command again to resume from the finished shards",
@@ -253,19 +249,15 @@ def run(args: argparse.Namespace) -> int:
 
     push = recipe.output.push_to_hub
     if push is not None:
-        try:
-            info = push_release(
-                folder,
-                push.repo_id,
-                recipe.output.version,
-                revision=push.revision,
-                private=push.private,
-                token=args.token,
-                force=args.force,
-            )
-        except ReleaseError as err:
-            print(f"hfpref curate: error: {err}", file=sys.stderr)
-            return 2
+        info = push_release(
+            folder,
+            push.repo_id,
+            recipe.output.version,
+            revision=push.revision,
+            private=push.private,
+            token=args.token,
+            force=args.force,
+        )
         print(
             f"pushed to {info['repo_id']} (branch {info['revision']}, tag {info['tag']}, commit {info['commit']})"
         )
