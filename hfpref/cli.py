@@ -181,7 +181,7 @@ def explain(err: BaseException) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     argv, debug, quiet = split_global_flags(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     args.debug = debug
     args.no_progress = args.quiet = quiet or bool(getattr(args, "no_progress", False))
     if not getattr(args, "func", None):
@@ -192,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         for part in (args.command, getattr(args, "method", None), getattr(args, "benchmark", None))
         if part
     )
+    if unknown:  # argparse would name the top-level program; name the command the option was given to
+        print(
+            f"hfpref {command}: error: unrecognized arguments: {' '.join(unknown)} (see hfpref {command} --help)",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
     try:
         if args.command == "push" or getattr(args, "push_to_hub", None):
             # fail in seconds when offline, not after the libraries' network retries (or hours of curation)

@@ -518,6 +518,15 @@ def test_quiet_and_no_progress_are_one_global_flag():
     assert cli.split_global_flags(["curate", "--", "--quiet"]) == (["curate", "--", "--quiet"], False, False)
 
 
+def test_unknown_option_names_the_command(capsys):
+    status, _, err = run_cli(capsys, "eval", "ifeval", "--model", "m", "--bogus", "1")
+    assert status == 2
+    assert (
+        one_line(err)
+        == "hfpref eval ifeval: error: unrecognized arguments: --bogus 1 (see hfpref eval ifeval --help)"
+    )
+
+
 def test_argparse_mistakes_are_one_line(capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main(["curate", "--batch-size", "many"])
