@@ -90,12 +90,13 @@ def _rows(file: Path) -> Iterator[tuple[int, object]]:
             ) from None
 
 
-def check_input_file(path: str | Path, prompt_column: str = "prompt") -> int:
+def check_input_file(path: str | Path, prompt_column: str = "prompt", one_prompt_form: bool = True) -> int:
     """Check a JSON Lines / JSON input file (or every such file in a folder) line by line; return the rows.
 
     Raises ``InputFileError`` naming the file and line for a line that is not UTF-8, not JSON or not an
     object, and for prompts that mix plain text and chat messages (which a step would otherwise treat
-    differently, or fail on, hours into a run). Other file types are left to ``datasets``.
+    differently, or fail on, hours into a run; ``one_prompt_form=False`` allows both, for readers that take
+    rows one by one). Other file types are left to ``datasets``.
     """
     rows = 0
     for file in _json_files(Path(path)):
@@ -108,7 +109,7 @@ def check_input_file(path: str | Path, prompt_column: str = "prompt") -> int:
                     f"{type(row).__name__} {str(row)[:80]}"
                 )
             kind = _prompt_kind(row.get(prompt_column))
-            if kind is None:
+            if kind is None or not one_prompt_form:
                 continue
             if first is None:
                 first = (kind, number)

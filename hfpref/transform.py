@@ -533,7 +533,10 @@ class Step:
         elsewhere (Ray) replays them through it, so they are encoded and cached as the step's own.
         """
         check_columns(dataset.column_names, self.input_columns(), self.name)
-        if getattr(self.config, "on_row_error", "raise") == "drop" and function is None:
+        fingerprint = self.output_fingerprint(
+            dataset._fingerprint
+        )  # of the input as given (resume looks it up)
+        if getattr(self.config, "on_row_error", "raise") == "drop":
             dataset = with_row_error_columns(dataset)
         if self.changes_row_count:
             map_kwargs.setdefault("remove_columns", dataset.column_names)
@@ -545,7 +548,7 @@ class Step:
             with_indices=True,
             with_rank=parallel and function is None,
             num_proc=num_proc,
-            new_fingerprint=self.output_fingerprint(dataset._fingerprint),
+            new_fingerprint=fingerprint,
             desc=map_kwargs.pop("desc", self.name),
             **map_kwargs,
         )

@@ -466,6 +466,17 @@ def test_on_row_error_drop_in_a_recipe_is_counted(tmp_path, flaky_registered):
     assert result.step_rows == [{"rows_in": 4, "rows_out": 4, "row_errors": 1}]
     assert dict(result.dropped["max_margin"]) == {"row_error": 1}
     assert len(result.pairs["max_margin"]) == 3
+    # in two shards (the first without a bad row), then again: all cache hits
+    FlakyRewards.processed = []
+    sharded = Recipe.from_yaml(recipe_file).run(
+        cache_dir=tmp_path / "s", progress=False, shard_rows=2, batch_size=2
+    )
+    assert sorted(set(FlakyRewards.processed)) == ["p0", "p1", "p3"]
+    assert sharded.candidates[C.DROP_REASON] == [None, None, "row_error", None]
+    assert sharded.candidates[C.REWARDS] == result.candidates[C.REWARDS]
+    FlakyRewards.processed = []
+    Recipe.from_yaml(recipe_file).run(cache_dir=tmp_path / "s", progress=False, shard_rows=2, batch_size=2)
+    assert FlakyRewards.processed == []
 
 
 def test_a_bug_is_exit_1_with_a_hint(monkeypatch, capsys):

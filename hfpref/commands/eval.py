@@ -76,7 +76,9 @@ def check_sources(models: dict[str, str], prompts: str | None = None, output: st
     if prompts not in (None, "default"):
         if not Path(prompts).exists():
             raise FileNotFoundError(2, "no such prompts file", prompts)
-        check_input_file(prompts)
+        check_input_file(
+            prompts, one_prompt_form=False
+        )  # the win rate reads rows one by one: both forms work
     if any(not is_local_model(m) for m in models.values()) and not hub_offline_allowed():
         check_hub_reachable(f"a Hub model ({', '.join(m for m in models.values() if not is_local_model(m))})")
     if output:
