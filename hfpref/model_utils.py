@@ -354,7 +354,7 @@ class ModelStep(Step):
         """Check ``max_length`` against the model's config (no weights loaded), before a recipe's first step;
         the tokenizer is read only when the config gives no ``max_position_embeddings``."""
         config = self.config
-        if config.max_length is None:
+        if getattr(config, "max_length", None) is None:  # None, or a config without the field (sampling)
             return  # the model's own limit is used: nothing to check, and no reason to touch the Hub
         from transformers import AutoConfig
 

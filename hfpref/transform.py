@@ -420,6 +420,8 @@ class Step:
         pieces: list[tuple[int, Batch | None, Any]] = []
 
         def run(rows: list[int]) -> Batch:
+            if len(rows) == n:  # the whole batch: no copy
+                return self.process(batch, rank, indices)
             sub = {k: [v[i] for i in rows] for k, v in batch.items()}
             return self.process(sub, rank, None if indices is None else [indices[i] for i in rows])
 
