@@ -58,7 +58,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from hfpref.transform import RowError, Step, StepConfig
+from hfpref.errors import UserError
+from hfpref.transform import ConfigError, RowError, Step, StepConfig
 
 # ---- devices and dtypes ----------------------------------------------------------------------
 
@@ -98,8 +99,38 @@ def select_device(device: str | None, rank: int | None = None) -> torch.device:
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 
 
+class ModelNotFoundError(UserError):
+    """A model that is neither an existing local folder nor a Hub id that resolves."""
+
+
 def is_local_model(model: str) -> bool:
     return Path(model).expanduser().is_dir()
+
+
+def looks_like_local_path(model: str) -> bool:
+    """Whether ``model`` was meant as a folder: it starts with ``/``, ``.``, ``~``, has more than one ``/``,
+    names an existing file, or its parent folder exists here (``runs/policy`` beside ``runs/``). A Hub id is
+    ``NAME`` or ``OWNER/NAME`` and cannot start with ``.`` or ``/``."""
+    path = Path(model).expanduser()
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or path.is_file():
+        return True
+    return "/" in model and path.parent.is_dir() and str(path.parent) not in ("", ".")
+
+
+def check_model_path(model: str, where: str = "model") -> None:
+    """Raise ``ModelNotFoundError`` ("no such folder") for a model meant as a local folder that does not
+    exist, instead of the Hub's "invalid repo id" or a network wait."""
+    if is_local_model(model) or not looks_like_local_path(model):
+        return
+    path = Path(model).expanduser()
+    if path.is_file():
+        raise ModelNotFoundError(
+            f"{where} {model!r} is a file; give the model's folder (with config.json) or a Hub id OWNER/NAME"
+        )
+    raise ModelNotFoundError(
+        f"{where} {model!r}: no such folder (looked in {path.absolute()}); check the path, or give a Hub id "
+        "as OWNER/NAME"
+    )
 
 
 def content_hash(folder: str | Path) -> str:
@@ -127,9 +158,10 @@ def resolve_revision(model: str, revision: str | None = None, cache_dir: str | P
     (``HF_HUB_OFFLINE=1``, or the Hub unreachable) from the local cache's refs. Raises ``ValueError``
     when neither works.
     """
+    check_model_path(model)
     if is_local_model(model):
         if revision is not None:
-            raise ValueError(
+            raise ModelNotFoundError(
                 f"model {model!r} is a local folder; revision={revision!r} applies to Hub ids only"
             )
         return content_hash(model)
@@ -151,7 +183,7 @@ def resolve_revision(model: str, revision: str | None = None, cache_dir: str | P
     if isinstance(cached, str):
         return Path(cached).parent.name  # .../snapshots/<commit>/config.json
     problems.append("the local Hugging Face cache has no snapshot for it")
-    raise ValueError(
+    raise ModelNotFoundError(
         f"cannot resolve model {model!r} at revision {ref!r}: it is not a local folder, "
         + "; ".join(problems)
         + ". Pass a local path, a 40-character commit hash, or download the model first."
@@ -193,6 +225,37 @@ def load_model(
 def max_length_of(model: Any) -> int | None:
     """The model's context length (``max_position_embeddings``), or None when its config has none."""
     return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+
+# transformers sets a tokenizer's model_max_length to int(1e30) when its files give none: not a real limit
+_NO_TOKENIZER_LIMIT = 10**12
+
+
+def context_limit(model_config: Any, tokenizer: Any = None) -> tuple[int, str] | None:
+    """(positions the model can take, where that number comes from): the config's
+    ``max_position_embeddings``, else the tokenizer's ``model_max_length`` when it is a real limit."""
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        return positions, "max_position_embeddings in its config"
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _NO_TOKENIZER_LIMIT:
+        return limit, "its tokenizer's model_max_length"
+    return None
+
+
+def check_max_length(step_name: str, config: Any, model_config: Any, tokenizer: Any = None) -> None:
+    """Raise ``ConfigError`` when ``config.max_length`` is beyond the model's positions: the model would
+    score (or generate) past what it was trained on, silently."""
+    max_length = getattr(config, "max_length", None)
+    limit = context_limit(model_config, tokenizer)
+    if max_length is None or limit is None or max_length <= limit[0]:
+        return
+    raise ConfigError(
+        f"{step_name} config.max_length: {max_length} is beyond the {limit[0]} positions of model "
+        f"{config.model!r} ({limit[1]}); set max_length to at most {limit[0]}, or leave it null to use "
+        f"{limit[0]}"
+    )
 
 
 # ---- candidates rows and model steps -----------------------------------------------------------
@@ -284,7 +347,26 @@ class ModelStep(Step):
             attn_implementation=config.attn_implementation,
             trust_remote_code=config.trust_remote_code,
         )
+        check_max_length(self.name, config, model.config, tokenizer)  # before the first batch runs
         return model, tokenizer
+
+    def preflight(self) -> None:
+        """Check ``max_length`` against the model's config (no weights loaded), before a recipe's first step;
+        the tokenizer is read only when the config gives no ``max_position_embeddings``."""
+        config = self.config
+        if getattr(config, "max_length", None) is None:  # None, or a config without the field (sampling)
+            return  # the model's own limit is used: nothing to check, and no reason to touch the Hub
+        from transformers import AutoConfig
+
+        revision = self.resolved_revision()
+        kwargs: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
+        if not is_local_model(config.model):
+            kwargs["revision"] = revision
+        model_config = AutoConfig.from_pretrained(config.model, **kwargs)
+        tokenizer = None
+        if context_limit(model_config) is None:
+            tokenizer = load_tokenizer(config.model, revision, config.trust_remote_code)
+        check_max_length(self.name, config, model_config, tokenizer)
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()

@@ -67,6 +67,7 @@ from hfpref import columns as C
 from hfpref.chat_prompts import check_prompt_forms, prompt_form_of_feature
 from hfpref.errors import UserError
 from hfpref.resume import DEFAULT_SHARD_ROWS
+from hfpref.transform import ROW_ERROR
 
 STEP_REGISTRY: dict[str, str] = {
     "ChatPrompts": "hfpref.chat_prompts:ChatPrompts",
@@ -153,17 +154,34 @@ def _as_list(value: Any, where: str) -> list:
 
 
 def build_config(config_class: type, values: Mapping[str, Any], where: str) -> Any:
-    """Construct a step config, naming the step and field on an unknown field or a rejected value."""
+    """Construct a step config, naming the step and field on an unknown field, a value of the wrong type
+    (checked against the field's annotation, ``hfpref.transform.type_problem``) or a rejected value."""
+    from hfpref.transform import config_values_problem
+
     known = _config_fields(config_class)
     for field in values:
         if field not in known:
             raise RecipeError(
                 f"{where}: unknown config field {field!r} for {config_class.__name__}; known fields: {known}"
             )
+    problem = config_values_problem(config_class, values, f"{where}.config")
+    if problem:
+        raise RecipeError(problem)
     try:
         return config_class(**values)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"{where}: invalid config {dict(values)!r}: {err}") from err
+
+
+def _check_map_settings(raw: Mapping[str, Any], where: str) -> None:
+    """``batch_size`` and ``num_proc`` of a step or maker: a positive int or absent/null."""
+    for key in ("batch_size", "num_proc"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            hint = " (write the number without quotes)" if isinstance(value, str) and value.isdigit() else ""
+            raise RecipeError(
+                f"{where}.{key}: expected a positive int or null, got {type(value).__name__} {value!r}{hint}"
+            )
 
 
 # ---- the recipe's parts ------------------------------------------------------------------------------
@@ -270,6 +288,7 @@ class StepSpec:
         if "step" not in raw:
             raise RecipeError(f"{where}: missing 'step' (one of: {', '.join(sorted(STEP_REGISTRY))})")
         config = _as_mapping(raw.get("config"), f"{where} ({raw['step']}).config")
+        _check_map_settings(raw, f"{where} ({raw['step']})")
         return cls(
             step=str(raw["step"]),
             config=config,
@@ -328,6 +347,7 @@ class MakerSpec:
             if required not in raw:
                 raise RecipeError(f"{where}: missing '{required}'")
         name = _check_config_name(raw["name"], where)
+        _check_map_settings(raw, f"{where} ({name})")
         source = raw.get("source", "candidates")
         if source not in MAKER_SOURCES:
             raise RecipeError(
@@ -569,10 +589,23 @@ def read_recipe_yaml(path: str | Path, error: type[Exception] = RecipeError) -> 
     """The parsed YAML of a recipe file; a syntax error becomes ``error`` naming the file."""
     import yaml
 
+    file = Path(path)
+    if not file.exists():
+        raise error(f"recipe {path}: no such file (working directory: {Path.cwd()}); check the path")
+    if file.is_dir():
+        raise error(f"recipe {path}: is a folder; give the recipe's YAML file")
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise error(f"recipe {path}: not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise error(f"recipe {path}: not valid YAML{at}: {' '.join(str(problem).split())}") from err
+    except UnicodeDecodeError as err:
+        line = file.read_bytes()[: err.start].count(b"\n") + 1
+        raise error(f"recipe {path}: line {line} is not UTF-8 text ({err.reason}); save it as UTF-8") from err
+    except PermissionError as err:
+        raise error(f"recipe {path}: cannot read it ({err.strerror}); check its permissions") from err
 
 
 @dataclasses.dataclass
@@ -750,6 +783,26 @@ class Recipe:
             columns += [c for c in step.output_columns() if c not in columns]
         return columns
 
+    def preflight_run(self, steps: list[Any], makers: list[Any]) -> None:
+        """Checks before the first step (``hfpref.preflight``): the input file reads line by line with one
+        prompt form, the output folder can be written, and each step's own ``preflight`` (a model step's
+        ``max_length`` against the model's positions) passes, each error naming its step."""
+        from hfpref.preflight import check_input_file, check_output_folder
+
+        if self.input.path is not None and Path(self.input.path).exists():
+            renamed_to_prompt = [old for old, new in (self.input.rename or {}).items() if new == C.PROMPT]
+            check_input_file(self.input.path, renamed_to_prompt[0] if renamed_to_prompt else C.PROMPT)
+        check_output_folder(self.output.folder, "output.folder")
+        named = [(spec.where(i), step) for i, (spec, step) in enumerate(zip(self.steps, steps, strict=True))]
+        named += [
+            (spec.where(i), m) for i, (spec, m) in enumerate(zip(self.pairs.makers, makers, strict=True))
+        ]
+        for where, step in named:
+            try:
+                step.preflight()
+            except UserError as err:
+                raise RecipeError(f"{where}: {err}") from err
+
     def preflight_makers(self, makers: list[Any], columns_by_source: Mapping[str, list[str]]) -> None:
         """Check every maker's input columns against its source's columns."""
         for index, (spec, maker) in enumerate(zip(self.pairs.makers, makers, strict=True)):
@@ -851,6 +904,7 @@ class Recipe:
         self.check_pair_configs(list(configs), makers)
         uses_prompts = any(spec.source == "prompts" for spec in self.pairs.makers)
         prompts_at = self.prompts_index(steps) if uses_prompts else None
+        self.preflight_run(steps, makers)
 
         quiet = contextlib.nullcontext() if progress else _datasets_progress_off(datasets)
         with quiet:
@@ -890,7 +944,10 @@ class Recipe:
                         batch_size=spec.batch_size or batch_size,
                         num_proc=spec.num_proc if spec.num_proc is not None else num_proc,
                     )
-                    step_rows.append({"rows_in": rows_in, "rows_out": len(candidates)})
+                    rows = {"rows_in": rows_in, "rows_out": len(candidates)}
+                    if ROW_ERROR in candidates.column_names:  # rows a step dropped (on_row_error: drop)
+                        rows["row_errors"] = sum(m is not None for m in candidates[ROW_ERROR])
+                    step_rows.append(rows)
                     bar.update(1)
                 pairs: dict[str, Any] = {}
                 dropped: dict[str, Counter] = {}

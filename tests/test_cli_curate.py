@@ -203,6 +203,7 @@ def test_push_to_hub_after_curate(tmp_path, monkeypatch, capsys):
     api.list_repo_refs.return_value = SimpleNamespace(tags=[], branches=[], converts=[])
     api.upload_folder.return_value = SimpleNamespace(oid="f" * 40, commit_url="u")
     monkeypatch.setattr("huggingface_hub.HfApi", lambda token=None: api)
+    monkeypatch.setattr("hfpref.preflight.check_hub_reachable", lambda what: None)  # the mock is the Hub
     data = tmp_path / "rows.jsonl"
     data.write_text(json.dumps({"prompt": "p", "responses": ["a b", "a"], "rewards": [1.0, 0.0]}) + "\n")
     recipe = tmp_path / "recipe.yaml"

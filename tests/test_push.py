@@ -138,6 +138,7 @@ def test_not_a_release_folder(tmp_path):
 def test_cli_push(folder, monkeypatch, capsys):
     api = _api()
     monkeypatch.setattr("huggingface_hub.HfApi", lambda token=None: api)
+    monkeypatch.setattr("hfpref.preflight.check_hub_reachable", lambda what: None)  # the mock is the Hub
     assert main(["push", str(folder), "me/tiny", "--version", "0.5.0"]) == 0
     out = capsys.readouterr().out
     assert "tag v0.5.0" in out and 'revision="v0.5.0"' in out

@@ -210,8 +210,7 @@ def build_recipe(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from hfpref.engines import EngineError
-    from hfpref.errors import UserError
+    # errors are raised, not printed: hfpref.cli answers them with one line (and --debug's traceback)
     from hfpref.release import release_lock
 
     try:
@@ -220,9 +219,6 @@ def run(args: argparse.Namespace) -> int:
         # a second run into it fails at once instead of both writing it
         with release_lock(recipe.output.folder):
             return _run_locked(args, recipe)
-    except (UserError, EngineError) as err:
-        print(f"hfpref curate: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             "\nhfpref curate: interrupted; run the same command again to resume from the finished shards",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -58,6 +59,35 @@ def _sampler_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def check_sources(models: dict[str, str], prompts: str | None = None, output: str | None = None) -> None:
+    """Before any model loads: a local path that does not exist is "no such folder", a Hub id with the Hub
+    unreachable fails at once (HF_HUB_OFFLINE: the cache serves), a prompts file reads line by line, and
+    the output file's folder can be written."""
+    from hfpref.model_utils import check_model_path, is_local_model
+    from hfpref.preflight import (
+        check_hub_reachable,
+        check_input_file,
+        check_output_folder,
+        hub_offline_allowed,
+    )
+
+    for flag, model in models.items():
+        check_model_path(model, flag)
+    if prompts not in (None, "default"):
+        if not Path(prompts).exists():
+            raise FileNotFoundError(2, "no such prompts file", prompts)
+        check_input_file(
+            prompts, one_prompt_form=False
+        )  # the win rate reads rows one by one: both forms work
+    if any(not is_local_model(m) for m in models.values()) and not hub_offline_allowed():
+        check_hub_reachable(f"a Hub model ({', '.join(m for m in models.values() if not is_local_model(m))})")
+    if output:
+        target = Path(output)
+        if target.is_dir():
+            raise IsADirectoryError(21, "--output is a folder; give a file name", output)
+        check_output_folder(target.parent if str(target.parent) else ".", "--output's folder")
+
+
 def _report(result: dict[str, Any], output: str | None) -> None:
     """Print the result without its per-prompt records; write all of it to ``output`` when given."""
     from hfpref.evaluation import write_json
@@ -70,6 +100,7 @@ def _report(result: dict[str, Any], output: str | None) -> None:
 def run_ifeval(args: argparse.Namespace) -> int:
     from hfpref.evaluation import evaluate_ifeval
 
+    check_sources({"--model": args.model}, output=args.output)
     result = evaluate_ifeval(
         args.model, limit=args.limit, max_new_tokens=args.max_new_tokens, **_sampler_options(args)
     )
@@ -80,6 +111,11 @@ def run_ifeval(args: argparse.Namespace) -> int:
 def run_winrate(args: argparse.Namespace) -> int:
     from hfpref.evaluation import win_rate
 
+    check_sources(
+        {"--model": args.model, "--baseline": args.baseline, "--reward-model": args.reward_model},
+        prompts=args.prompts,
+        output=args.output,
+    )
     result = win_rate(
         args.model,
         args.baseline,

@@ -42,21 +42,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--num-proc", type=int, default=None, help="worker processes per model step (one GPU each)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from hfpref.iterate import IterateRecipe, run_iterations
+    from hfpref.preflight import check_output_folder
 
     recipe = IterateRecipe.from_yaml(args.recipe).with_overrides(folder=args.output, rounds=args.rounds)
+    check_output_folder(recipe.output.folder, "output.folder")  # before round 1's hours of sampling
     results = run_iterations(
         recipe,
         cache_dir=args.cache_dir,
         batch_size=args.batch_size,
         num_proc=args.num_proc,
-        progress=not args.quiet,
+        progress=not getattr(args, "no_progress", False),  # --quiet / --no-progress (hfpref.cli)
     )
     for result in results:
         how = "reused" if result.reused else "done"

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
+from pathlib import Path
 from typing import Any
+
+from hfpref.errors import UserError
+from hfpref.preflight import check_output_folder
 
 # CLI flag -> DPOConfig field, for the flags that differ from the field's name
 _FIELD_OF_FLAG = {
@@ -105,7 +111,35 @@ def add_parser(subparsers: Any) -> None:
     dpo.set_defaults(func=run_dpo)
 
 
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+class TrainOptionError(UserError):
+    """A ``hfpref train`` option that names no DPOConfig field or has a value of the wrong type."""
+
+
+def _dpo_config_class() -> type:
+    from trl import DPOConfig
+
+    return DPOConfig
+
+
+def check_set_option(field: str, value: Any, item: str, config_class: type | None = None) -> None:
+    """Refuse ``--set FIELD=VALUE`` for a field DPOConfig lacks (with the closest names) or a value whose
+    type does not match the field's annotation, before any model or data loads."""
+    from hfpref.transform import config_type_hints, type_problem
+
+    config_class = config_class or _dpo_config_class()
+    known = [f.name for f in dataclasses.fields(config_class) if f.init]
+    if field not in known:
+        close = difflib.get_close_matches(field, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see trl.DPOConfig for the fields"
+        raise TrainOptionError(f"--set {item!r}: {config_class.__name__} has no field {field!r}{hint}")
+    annotation = config_type_hints(config_class).get(field)
+    if annotation is not None:
+        problem = type_problem(value, annotation, f"--set {field}")
+        if problem:
+            raise TrainOptionError(problem)
+
+
+def config_overrides(args: argparse.Namespace, config_class: type | None = None) -> dict[str, Any]:
     """The DPOConfig fields the command line sets (flags given, then ``--set`` pairs)."""
     overrides = {
         _FIELD_OF_FLAG.get(flag, flag): getattr(args, flag)
@@ -115,11 +149,15 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for item in args.set:
         field, sep, raw = item.partition("=")
         if not sep or not field:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+            raise TrainOptionError(f"--set expects FIELD=VALUE, got {item!r}")
         try:
-            overrides[field] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            overrides[field] = raw
+            value = raw
+        check_set_option(field, value, item, config_class)
+        overrides[field] = value
+    if getattr(args, "no_progress", False):
+        overrides.setdefault("disable_tqdm", True)
     return overrides
 
 
@@ -128,9 +166,28 @@ def _steps(value: float) -> float | int:
     return int(value) if value >= 1 and value == int(value) else value
 
 
+def check_sources(args: argparse.Namespace) -> None:
+    """A local path that does not exist is "no such folder" (not an invalid Hub id), and a Hub id with
+    the Hub unreachable fails at once (not after network timeouts); with HF_HUB_OFFLINE the cache serves."""
+    from hfpref.model_utils import check_model_path, is_local_model
+    from hfpref.preflight import check_hub_reachable, hub_offline_allowed
+    from hfpref.train import parse_dataset_spec
+
+    check_model_path(args.model, "--model")
+    dataset, _ = parse_dataset_spec(args.dataset)
+    if not Path(dataset).exists():
+        check_model_path(dataset, "--dataset")  # the same rule tells a meant-local path from a Hub id
+    needs_hub = not is_local_model(args.model) or not Path(dataset).is_dir()
+    if needs_hub and not hub_offline_allowed():
+        check_hub_reachable("a Hub model or dataset")
+    check_output_folder(args.output_dir, "--output-dir")
+
+
 def run_dpo(args: argparse.Namespace) -> int:
     from hfpref.train import train_dpo
 
+    overrides = config_overrides(args)  # option mistakes first: they cost nothing to find
+    check_sources(args)
     path = train_dpo(
         args.dataset,
         args.model,
@@ -144,7 +201,7 @@ def run_dpo(args: argparse.Namespace) -> int:
         eval_split=args.eval_split,
         best_metric=args.best_metric,
         eval_steps=None if args.eval_steps is None else _steps(args.eval_steps),
-        **config_overrides(args),
+        **overrides,
     )
     print(f"trained model saved to {path}")
     return 0
