@@ -31,6 +31,23 @@ from hfpref.model_utils import (
 from hfpref.transform import Batch, RowError, row_label
 
 
+def real_responses(responses: Any) -> tuple[list[int], Any]:
+    """Positions and texts of a row's real responses (None ones are missing); a non-list is returned as is,
+    for ``check_candidates_row`` to report."""
+    if not isinstance(responses, list):
+        return [], responses
+    present = [k for k, text in enumerate(responses) if text is not None]
+    return present, [responses[k] for k in present]
+
+
+def realign(values: Sequence[Any], present: Sequence[int], n: int) -> list[Any]:
+    """Values of the real responses put back at their positions among ``n``, None for the missing ones."""
+    out: list[Any] = [None] * n
+    for k, value in zip(present, values, strict=True):
+        out[k] = value
+    return out
+
+
 def tokenize_responses(
     tokenizer: Any, prompt: Prompt, responses: Sequence[str]
 ) -> list[tuple[list[int], int]]:
@@ -180,7 +197,8 @@ class _LoadedLM:
 class LogProbAnnotator(ModelStep):
     """Adds each response's summed log-probability under a causal LM.
 
-    Input columns: ``prompt`` (str or list of chat messages), ``responses`` (list[str]).
+    Input columns: ``prompt`` (str or list of chat messages), ``responses`` (list[str]; a None response is
+    missing: not scored, None in every output list).
     Output columns (prefix from ``output_prefix``, e.g. "ref"): ``ref_logps`` (list[float], summed
     log π(y|x) over the response tokens, EOS or end-of-turn tokens included), ``ref_token_counts``
     (list[int], tokens summed over) and, with ``overflow="truncate"``, ``ref_truncated_tokens``
@@ -215,11 +233,13 @@ class LogProbAnnotator(ModelStep):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         loaded = self.resources(rank)
-        groups, truncated = [], []
-        for i, (prompt, responses) in enumerate(
+        groups, truncated, positions = [], [], []
+        for i, (prompt, all_responses) in enumerate(
             zip(batch[columns.PROMPT], batch[columns.RESPONSES], strict=True)
         ):
             label = row_label(batch, i, indices)
+            # a missing response (None) is not scored: only the real ones are, and None is written for it
+            present, responses = real_responses(all_responses)
             check_candidates_row(prompt, responses, label)
             try:
                 encoded = tokenize_responses(loaded.tokenizer, prompt, responses)
@@ -228,22 +248,28 @@ class LogProbAnnotator(ModelStep):
                     f"{label}: cannot tokenize prompt {prompt!r} with its responses: {error}"
                 ) from error
             sequences, cuts = [], []
-            for k, (ids, start) in enumerate(encoded):
+            for k, (ids, start) in zip(present, encoded, strict=True):
                 ids, cut = self._fit(
-                    ids, start, loaded.max_length, f"{label} response {k} ({responses[k][:80]!r})"
+                    ids, start, loaded.max_length, f"{label} response {k} ({all_responses[k][:80]!r})"
                 )
                 sequences.append((ids, start))
                 cuts.append(cut)
             groups.append(sequences)
             truncated.append(cuts)
+            positions.append((present, len(all_responses)))
         sums = loaded.scorer(groups)
         prefix = self.config.output_prefix
+        counts = [[len(ids) - start for ids, start in group] for group in groups]
         out = {
-            f"{prefix}_logps": sums,
-            f"{prefix}_token_counts": [[len(ids) - start for ids, start in group] for group in groups],
+            f"{prefix}_logps": [realign(row, *where) for row, where in zip(sums, positions, strict=True)],
+            f"{prefix}_token_counts": [
+                realign(row, *where) for row, where in zip(counts, positions, strict=True)
+            ],
         }
         if self.config.overflow == "truncate":
-            out[f"{prefix}_truncated_tokens"] = truncated
+            out[f"{prefix}_truncated_tokens"] = [
+                realign(row, *where) for row, where in zip(truncated, positions, strict=True)
+            ]
         return out
 
     def _fit(self, ids: list[int], start: int, max_length: int | None, where: str) -> tuple[list[int], int]:

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from hfpref import columns
+from hfpref.logprobs import real_responses, realign
 from hfpref.model_utils import (
     HiddenStateRunner,
     ModelStep,
@@ -150,7 +151,8 @@ class _LoadedRM:
 class RewardAnnotator(ModelStep):
     """Adds reward-model scores of each response.
 
-    Input columns: ``prompt`` (str or list of chat messages), ``responses`` (list[str]).
+    Input columns: ``prompt`` (str or list of chat messages), ``responses`` (list[str]; a None response is
+    missing: not scored, None in every per-response output).
     Output columns: ``rewards`` (list[float]); ``reward_source`` (str, ``"<model>@<commit or content
     hash>"``); with ``reward_index``/``reward_weights`` also ``reward_outputs`` (list[list[float]], the
     head's raw outputs per response); with ``overflow="truncate"`` also ``reward_truncated_tokens``.
@@ -197,14 +199,16 @@ class RewardAnnotator(ModelStep):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         loaded = self.resources(rank)
-        groups, truncated = [], []
-        for i, (prompt, responses) in enumerate(
+        groups, truncated, positions = [], [], []
+        for i, (prompt, all_responses) in enumerate(
             zip(batch[columns.PROMPT], batch[columns.RESPONSES], strict=True)
         ):
             label = row_label(batch, i, indices)
+            # a missing response (None) is not scored: only the real ones are, and None is written for it
+            present, responses = real_responses(all_responses)
             check_candidates_row(prompt, responses, label)
             sequences, cuts = [], []
-            for k, response in enumerate(responses):
+            for k, response in zip(present, responses, strict=True):
                 where = f"{label} response {k} ({response[:80]!r})"
                 try:
                     ids = conversation_ids(loaded.tokenizer, prompt, response)
@@ -222,14 +226,22 @@ class RewardAnnotator(ModelStep):
                 cuts.append(max(excess, 0))
             groups.append(sequences)
             truncated.append(cuts)
+            positions.append((present, len(all_responses)))
         outputs = loaded.scorer(groups)
         source = f"{self.config.model}@{self.resolved_revision()}"
         out: Batch = {
-            columns.REWARDS: [[self.reward_of(o) for o in row] for row in outputs],
+            columns.REWARDS: [
+                realign([self.reward_of(o) for o in row], *where)
+                for row, where in zip(outputs, positions, strict=True)
+            ],
             columns.REWARD_SOURCE: [source] * len(groups),
         }
         if self.config.multi_objective:
-            out[REWARD_OUTPUTS] = outputs
+            out[REWARD_OUTPUTS] = [
+                realign(row, *where) for row, where in zip(outputs, positions, strict=True)
+            ]
         if self.config.overflow == "truncate":
-            out[REWARD_TRUNCATED_TOKENS] = truncated
+            out[REWARD_TRUNCATED_TOKENS] = [
+                realign(row, *where) for row, where in zip(truncated, positions, strict=True)
+            ]
         return out

@@ -14,7 +14,7 @@ import random
 import datasets
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hfpref.annotate import AnnotatedPairs
@@ -26,7 +26,14 @@ from hfpref.selection import STRATEGIES, PairSelector, prompt_is_missing
 from hfpref.summary import candidates_summary
 from hfpref.transform import RowError
 
-MISSING_PROMPTS = [None, "", "  \n", [], [{"role": "user", "content": ""}], [{"role": "user", "content": " "}]]
+MISSING_PROMPTS = [
+    None,
+    "",
+    "  \n",
+    [],
+    [{"role": "user", "content": ""}],
+    [{"role": "user", "content": " "}],
+]
 
 
 def rows(*dicts: dict) -> dict[str, list]:
@@ -116,7 +123,9 @@ def test_annotated_pairs_drop_a_missing_prompt():
 def test_pair_metrics_write_nan_for_a_missing_response_and_leave_the_rest():
     full = with_metrics(rows({"responses": [None, "a b", "a c d"], "rewards": [5.0, 1.0, 0.0],
                               "ref_logps": [None, -1.0, -3.0]}))  # fmt: skip
-    alone = with_metrics(rows({"responses": ["a b", "a c d"], "rewards": [1.0, 0.0], "ref_logps": [-1.0, -3.0]}))
+    alone = with_metrics(
+        rows({"responses": ["a b", "a c d"], "rewards": [1.0, 0.0], "ref_logps": [-1.0, -3.0]})
+    )
     for column in ("edit_distance_matrix", "logp_diff_matrix", "reward_margin_matrix", "dcrm_matrix"):
         matrix = np.array(full[column][0], dtype=np.float64)  # None cells -> NaN
         assert np.isnan(matrix[0, :]).all() and np.isnan(matrix[:, 0]).all(), column
@@ -211,7 +220,9 @@ def test_log_probs_and_rewards_skip_missing_responses(tiny_models):
     out, ref = lp(with_missing), lp(without)
     assert out["ref_logps"][0][0] is None and out["ref_logps"][0][2] is None
     assert [out["ref_logps"][0][k] for k in (1, 3)] == pytest.approx(ref["ref_logps"][0], abs=1e-5)
-    assert out["ref_token_counts"] == [[None, *ref["ref_token_counts"][0][:1], None, ref["ref_token_counts"][0][1]]]
+    assert out["ref_token_counts"] == [
+        [None, *ref["ref_token_counts"][0][:1], None, ref["ref_token_counts"][0][1]]
+    ]
     rm = RewardAnnotator(model=str(tiny_models["reward"]))
     out, ref = rm(with_missing), rm(without)
     assert out["rewards"][0][0] is None and out["rewards"][0][2] is None
@@ -251,7 +262,11 @@ def _ifeval_row(instruction_ids: list[str], kwargs: list[dict], response: str = 
 @pytest.mark.parametrize(
     ("instruction_id", "kwargs", "invented"),
     [
-        ("keywords:letter_frequency", {"letter": "#", "let_frequency": 2, "let_relation": "at least"}, ["letter"]),
+        (
+            "keywords:letter_frequency",
+            {"letter": "#", "let_frequency": 2, "let_relation": "at least"},
+            ["letter"],
+        ),
         ("keywords:letter_frequency", {"letter": "a", "let_frequency": 2}, ["let_relation"]),
         ("length_constraints:number_sentences", {"num_sentences": 3}, ["relation"]),
         ("length_constraints:number_sentences", {"relation": "less than"}, ["num_sentences"]),
@@ -306,13 +321,15 @@ def test_strict_args_refuses_invented_arguments_naming_row_key_instruction_and_a
 
 # ---- property-based: every pair maker over random messy rows ---------------------------------------------
 
-TEXTS = ["", " ", "a", "b", "a b", "c d e", "ab"]
+# weighted by repetition, so well-formed values are common enough that most examples keep some pairs, while
+# None, empty, duplicate and non-finite values still turn up in many
+RESPONSE = st.sampled_from(["a", "b", "a b", "c d e", "ab", "b", "x y", "z", None, "", " "])
+SPECIAL = [None, 1e308, -1e308, 5e-324, math.nan, math.inf, -math.inf]
 REWARDS = st.one_of(
-    st.none(),
-    st.sampled_from([0.0, 1.0, -1.0, 1e308, -1e308, 5e-324, math.nan, math.inf, -math.inf]),
+    st.sampled_from([0.0, 1.0, -1.0, 2.0, 0.5, 3.0, -2.0, 0.25] * 3 + SPECIAL),  # ties included
     st.floats(allow_nan=True, allow_infinity=True, width=64),
 )
-PROMPTS = st.sampled_from(["q", "another q", *MISSING_PROMPTS, [{"role": "user", "content": "q"}]])
+PROMPTS = st.sampled_from(["q", "another q", [{"role": "user", "content": "q"}]] * 4 + MISSING_PROMPTS)
 
 
 @st.composite
@@ -325,12 +342,16 @@ def candidate_rows(draw) -> list[dict]:
             {
                 "key": key,
                 "prompt": draw(PROMPTS),
-                "responses": draw(st.lists(st.one_of(st.none(), st.sampled_from(TEXTS)), min_size=n, max_size=n)),
-                "rewards": draw(st.one_of(st.none(), per_response)),
-                "correctness": draw(st.one_of(st.none(), per_response)),
-                "ref_logps": draw(st.one_of(st.none(), per_response)),
+                "responses": draw(st.lists(RESPONSE, min_size=n, max_size=n)),
+                # a whole column None in one row of five
+                "rewards": None if draw(st.integers(0, 4)) == 0 else draw(per_response),
+                "correctness": None if draw(st.integers(0, 4)) == 0 else draw(per_response),
+                "ref_logps": draw(st.one_of(per_response, st.none())),
                 "generators": draw(
-                    st.one_of(st.none(), st.lists(st.sampled_from(["A", "B", "C", "D", None]), min_size=n, max_size=n))
+                    st.one_of(
+                        st.none(),
+                        st.lists(st.sampled_from(["A", "B", "C", "D", None]), min_size=n, max_size=n),
+                    )
                 ),
             }
         )
@@ -376,13 +397,19 @@ def test_pair_selection_invariants_on_messy_rows(candidates):
     for strategy in STRATEGIES:
         out = selector(strategy)(batch)
         assert len(out["drop_reason"]) == len(candidates)  # one pairs row per candidates row
+        for reason in out["drop_reason"]:
+            event(f"{strategy}: {reason or 'kept'}")
         for k, row in enumerate(candidates):
             forced = _expected_drop(row)
             if forced is not None:
                 assert out["drop_reason"][k] == forced, (strategy, row)
             if out["drop_reason"][k] is None:
                 _check_pair(row, out, k)
-                assert math.isfinite(out["reward_chosen"][k]) and out["reward_margin"][k] > 0 or strategy == "ds_fix"
+                assert (
+                    math.isfinite(out["reward_chosen"][k])
+                    and out["reward_margin"][k] > 0
+                    or strategy == "ds_fix"
+                )
             else:
                 _check_drop(out, k)
 
