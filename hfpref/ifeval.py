@@ -263,6 +263,29 @@ class IFEvalVerifier(Step):
             invented.extend(f"{iid}.{name}" for name in drawn)
         return checks, invented
 
+    # ---- datasets integration --------------------------------------------------------------
+    def output_features(self, input_features: Any) -> Any:
+        """The output columns' types, fixed up front: a batch whose responses are all missing (all None)
+        or that flags no argument (empty lists) must not set a null type the next batch cannot follow."""
+        import datasets
+
+        real, boolean, string = datasets.Value("float64"), datasets.Value("bool"), datasets.Value("string")
+        features = {
+            **input_features,
+            IFEVAL_STRICT: datasets.List(datasets.List(boolean)),
+            IFEVAL_LOOSE: datasets.List(datasets.List(boolean)),
+            CORRECTNESS: datasets.List(real),
+            IFEVAL_INVENTED_ARGS: datasets.List(string),
+        }
+        if self.config.reward is not None:
+            features.update({REWARDS: datasets.List(real), REWARD_SOURCE: string})
+        return datasets.Features(features)
+
+    def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
+        """``Step.apply`` with the output features fixed (see ``output_features``)."""
+        map_kwargs.setdefault("features", self.output_features(dataset.features))
+        return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
+
 
 def check_seed(instruction_id: str, arguments: Mapping[str, Any]) -> str:
     """The seed of Python's global ``random`` while a check is built from its (non-None) arguments."""

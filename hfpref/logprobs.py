@@ -272,6 +272,25 @@ class LogProbAnnotator(ModelStep):
             ]
         return out
 
+    def output_features(self, input_features: Any) -> Any:
+        """The output columns' types, fixed up front: a batch whose responses are all missing holds only None."""
+        import datasets
+
+        prefix, integers = self.config.output_prefix, datasets.List(datasets.Value("int64"))
+        features = {
+            **input_features,
+            f"{prefix}_logps": datasets.List(datasets.Value("float64")),
+            f"{prefix}_token_counts": integers,
+        }
+        if self.config.overflow == "truncate":
+            features[f"{prefix}_truncated_tokens"] = integers
+        return datasets.Features(features)
+
+    def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
+        """``Step.apply`` with the output features fixed (see ``output_features``)."""
+        map_kwargs.setdefault("features", self.output_features(dataset.features))
+        return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
+
     def _fit(self, ids: list[int], start: int, max_length: int | None, where: str) -> tuple[list[int], int]:
         """The sequence within ``max_length`` (or an error) and how many response tokens were dropped."""
         if start < 1:

@@ -254,6 +254,25 @@ class ImplicitMargins(Step):
             )
         return [math.nan if v is None else v for v in values]
 
+    def output_features(self, input_features: Any) -> Any:
+        """The output columns' types, fixed up front (a batch of missing responses only holds only None)."""
+        import datasets
+
+        real = datasets.Value("float64")
+        return datasets.Features(
+            {
+                **input_features,
+                IMPLICIT_REWARDS: datasets.List(real),
+                PAIR_INDICES: datasets.List(datasets.List(datasets.Value("int64"))),
+                IMPLICIT_MARGINS: datasets.List(real),
+            }
+        )
+
+    def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
+        """``Step.apply`` with the output features fixed (see ``output_features``)."""
+        map_kwargs.setdefault("features", self.output_features(dataset.features))
+        return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
+
 
 # ---- selection for annotation -----------------------------------------------------------------------------
 

@@ -245,3 +245,24 @@ class RewardAnnotator(ModelStep):
                 realign(row, *where) for row, where in zip(truncated, positions, strict=True)
             ]
         return out
+
+    def output_features(self, input_features: Any) -> Any:
+        """The output columns' types, fixed up front: a batch whose responses are all missing holds only None."""
+        import datasets
+
+        real = datasets.Value("float64")
+        features = {
+            **input_features,
+            columns.REWARDS: datasets.List(real),
+            columns.REWARD_SOURCE: datasets.Value("string"),
+        }
+        if self.config.multi_objective:
+            features[REWARD_OUTPUTS] = datasets.List(datasets.List(real))
+        if self.config.overflow == "truncate":
+            features[REWARD_TRUNCATED_TOKENS] = datasets.List(datasets.Value("int64"))
+        return datasets.Features(features)
+
+    def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
+        """``Step.apply`` with the output features fixed (see ``output_features``)."""
+        map_kwargs.setdefault("features", self.output_features(dataset.features))
+        return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)

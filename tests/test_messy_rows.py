@@ -229,6 +229,43 @@ def test_log_probs_and_rewards_skip_missing_responses(tiny_models):
     assert [out["rewards"][0][k] for k in (1, 3)] == pytest.approx(ref["rewards"][0], abs=1e-5)
     # a row of missing responses only scores nothing and still writes aligned Nones
     assert lp(rows({"prompt": "q", "responses": [None]}))["ref_logps"] == [[None]]
+    # through datasets, a first batch of Nones only does not fix a null type the next batch breaks
+    dataset = datasets.Dataset.from_dict(
+        rows({"prompt": "q", "responses": [None]}, {"prompt": "q", "responses": ["hi"]})
+    )
+    mapped = lp.apply(dataset, batch_size=1)
+    assert mapped["ref_logps"][0] == [None] and mapped["ref_logps"][1] == pytest.approx(lp(rows({"prompt": "q",
+        "responses": ["hi"]}))["ref_logps"][0], abs=1e-5)  # fmt: skip
+    assert rm.apply(dataset, batch_size=1)["rewards"][0] == [None]
+
+
+def test_datasets_apply_keeps_types_when_a_batch_holds_only_missing_values():
+    dataset = datasets.Dataset.from_list(
+        [
+            {"key": 1, "prompt": "p", "responses": [None], "instruction_id_list": ["punctuation:no_comma"],
+             "kwargs": [{"letter": None, "let_frequency": None, "let_relation": None}]},
+            {"key": 2, "prompt": "p", "responses": ["x y", "a, b"], "instruction_id_list": ["keywords:letter_frequency"],
+             "kwargs": [{"letter": "#", "let_frequency": 2, "let_relation": "at least"}]},
+        ]
+    )  # fmt: skip
+    graded = IFEvalVerifier().apply(dataset, batch_size=1)
+    assert graded["ifeval_strict"][0] == [None] and graded["correctness"][0] == [None]
+    assert graded["ifeval_invented_args"] == [[], ["keywords:letter_frequency.letter"]]
+    assert graded["correctness"][1] == IFEvalVerifier()(dataset[1:])["correctness"][0]
+    logps = datasets.Dataset.from_dict(
+        rows(
+            {
+                "prompt": "q",
+                "responses": [None, None],
+                "policy_logps": [None, None],
+                "ref_logps": [None, None],
+            },
+            {"prompt": "q", "responses": ["a", "b"], "policy_logps": [-1.0, -2.0], "ref_logps": [-1.0, -1.0]},
+        )
+    )
+    margins = ImplicitMargins(beta=1.0).apply(logps, batch_size=1)
+    assert margins["implicit_rewards"] == [[None, None], [0.0, -1.0]]
+    assert math.isnan(margins["implicit_margins"][0][0]) and margins["implicit_margins"][1] == [1.0]
 
 
 def test_candidates_summary_counts_missing_responses_and_invented_arguments():
@@ -347,12 +384,9 @@ def candidate_rows(draw) -> list[dict]:
                 "rewards": None if draw(st.integers(0, 4)) == 0 else draw(per_response),
                 "correctness": None if draw(st.integers(0, 4)) == 0 else draw(per_response),
                 "ref_logps": draw(st.one_of(per_response, st.none())),
-                "generators": draw(
-                    st.one_of(
-                        st.none(),
-                        st.lists(st.sampled_from(["A", "B", "C", "D", None]), min_size=n, max_size=n),
-                    )
-                ),
+                "generators": None
+                if draw(st.integers(0, 3)) == 0
+                else draw(st.lists(st.sampled_from(["A", "B", "C", "D", None]), min_size=n, max_size=n)),
             }
         )
     return out
