@@ -169,6 +169,27 @@ def test_fewer_than_two_real_responses_and_empty_strings_stay_responses():
     assert reason([None, "a", "a"], [1.0, 1.0, 0.0]) == "identical_responses"
 
 
+def test_non_finite_rewards_rule():
+    def pick(rewards, strategy="max_margin"):
+        out = PairSelector(strategy=strategy)(rows({"prompt": "q", "responses": ["a", "b", "c"][: len(rewards)],
+                                                    "rewards": rewards}))  # fmt: skip
+        return out["drop_reason"][0] or (out["chosen_index"][0], out["rejected_index"][0])
+
+    # a NaN or ±inf reward makes that response no candidate; the others still pair
+    assert pick([math.inf, 1.0, 0.0]) == (1, 2)
+    assert pick([1.0, -math.inf, 0.0]) == (0, 2)
+    assert pick([math.nan, math.inf]) == "nan_reward"
+    # two huge finite rewards: r_Δ overflows, that pair is not eligible (nan_metric when it is the only one)
+    assert pick([1e308, -1e308]) == "nan_metric"
+    assert pick([1e308, -1e308, 0.0]) == (0, 2)  # r_Δ = 1e308 for (0,2) and (2,1): the first in row order
+    assert pick([1e308, -1e308], strategy="random") == "nan_metric"
+    # ContrastPairs: the same rule on its scores
+    out = ContrastPairs(mode="all", max_pairs_per_prompt=None)(
+        rows({"prompt": "q", "responses": ["a", "b", "c"], "correctness": [math.inf, 1.0, 0.0]})
+    )
+    assert list(zip(out["chosen_index"], out["rejected_index"], strict=True)) == [(1, 2)]
+
+
 def test_contrast_pairs_never_pair_a_missing_response():
     batch = rows(
         {"prompt": "q", "responses": [None, "b", "c"], "correctness": [1.0, 0.6, 0.0]},
