@@ -8,7 +8,9 @@ Two steps, run after ``hfpref.margins.AnnotationSelector``:
   every per-response column the annotator writes, and ``response_annotated`` says which were scored.
 * ``AnnotatedPairs`` turns each selected unordered pair into one TRL preference row: chosen = the response
   with the higher reward. A pair whose rewards are equal is dropped with ``drop_reason="rewards_tied"``,
-  one with a missing or NaN reward with ``"nan_reward"`` (``hfpref.selection.split_dropped`` separates and
+  one with a missing or non-finite reward (or reward margin) with ``"nan_reward"``, one of a row whose
+  prompt is missing (``hfpref.selection.prompt_is_missing``) with ``"missing_prompt"`` and one with a
+  missing (None) response with ``"missing_response"`` (``hfpref.selection.split_dropped`` separates and
   counts them); unselected pairs make no row (they stay, flagged, in the candidates).
 """
 
@@ -34,7 +36,7 @@ from hfpref.margins import (
     SELECTION_LEVEL,
     SELECTION_STRATEGY,
 )
-from hfpref.selection import PAIR_COLUMNS, pairs_features
+from hfpref.selection import PAIR_COLUMNS, pairs_features, prompt_is_missing
 from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
 
 RESPONSE_ANNOTATED = "response_annotated"  # list[bool]: which responses the annotator scored
@@ -51,6 +53,9 @@ KNOWN_PER_RESPONSE = frozenset(
         "policy_truncated_tokens",
     }
 )
+
+# per-row list columns an annotator writes, never per-response whatever their length
+KNOWN_PER_ROW = frozenset({C.IFEVAL_INVENTED_ARGS})
 
 
 def is_per_response(name: str) -> bool:
@@ -174,7 +179,9 @@ class AnnotateSelected(Step):
             self._per_response = {
                 name
                 for name in self.annotator.output_columns()
-                if all(
+                # a per-row list that can happen to have one entry per response (IFEval's invented arguments)
+                if name not in KNOWN_PER_ROW
+                and all(
                     isinstance(v, list) and len(v) == size
                     for v, size in zip(annotated[name], sizes, strict=True)
                 )
@@ -229,12 +236,13 @@ class AnnotatedPairs(Step):
     computed here), ``logp_diff`` (p_Δ = |ref log-prob difference|, None without ``ref_logps``);
     ``implicit_margin`` (r̂(chosen) − r̂(rejected), the ``rewards/margins`` TRL logs for this pair),
     ``implicit_reward_chosen``, ``implicit_reward_rejected``; ``pair_strategy``; ``drop_reason`` (None, or
-    ``rewards_tied`` / ``nan_reward`` with the pair columns None); and every other per-row input column
+    ``missing_prompt`` / ``missing_response`` / ``nan_reward`` / ``rewards_tied`` with the pair columns
+    None); and every other per-row input column
     (e.g. ``reward_source``, ``selection_*``, ids), while per-response and per-pair lists stay behind.
     """
 
     config_class = AnnotatedPairsConfig
-    version = "1"
+    version = "2"  # 2: missing prompts and missing responses dropped
     changes_row_count = True
     config: AnnotatedPairsConfig
 
@@ -298,8 +306,19 @@ class AnnotatedPairs(Step):
         generators: list[str | None] | None,
         prompt: Any,
     ) -> tuple[dict[str, Any] | None, str | None]:
+        if prompt_is_missing(prompt):
+            return None, "missing_prompt"
+        if responses[a] is None or responses[b] is None:
+            return (
+                None,
+                "missing_response",
+            )  # AnnotationSelector excludes these; a hand-made selection may not
         ra, rb = rewards[a], rewards[b]
-        if ra is None or rb is None or not (math.isfinite(ra) and math.isfinite(rb)):
+        if (
+            ra is None
+            or rb is None
+            or not (math.isfinite(ra) and math.isfinite(rb) and math.isfinite(ra - rb))
+        ):
             return None, "nan_reward"
         if ra == rb:
             return None, "rewards_tied"
@@ -311,7 +330,7 @@ class AnnotatedPairs(Step):
 
         logp_diff = None
         if ref is not None and ref[chosen] is not None and ref[rejected] is not None:
-            logp_diff = abs(float(ref[chosen]) - float(ref[rejected]))
+            logp_diff = _finite_or_none(abs(float(ref[chosen]) - float(ref[rejected])))
         return {
             C.CHOSEN: completion(chosen),
             C.REJECTED: completion(rejected),
@@ -325,9 +344,9 @@ class AnnotatedPairs(Step):
             C.EDIT_DISTANCE: None,
             C.LOGP_DIFF: logp_diff,
             C.DCRM: None,
-            IMPLICIT_MARGIN: float(implicit[chosen]) - float(implicit[rejected]),
-            IMPLICIT_REWARD_CHOSEN: float(implicit[chosen]),
-            IMPLICIT_REWARD_REJECTED: float(implicit[rejected]),
+            IMPLICIT_MARGIN: _difference(implicit[chosen], implicit[rejected]),
+            IMPLICIT_REWARD_CHOSEN: _finite_or_none(implicit[chosen]),
+            IMPLICIT_REWARD_REJECTED: _finite_or_none(implicit[rejected]),
         }, None
 
     def _per_response(
@@ -354,6 +373,17 @@ class AnnotatedPairs(Step):
         """``Step.apply`` with the pairs' features fixed up front (see ``output_features``)."""
         map_kwargs.setdefault("features", self.output_features(dataset.features))
         return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    """a − b, or None when either is unknown or the difference is not finite."""
+    if _finite_or_none(a) is None or _finite_or_none(b) is None:
+        return None
+    return _finite_or_none(float(a) - float(b))
 
 
 __all__ = [

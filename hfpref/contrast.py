@@ -6,12 +6,15 @@ chosen and rejected — is high or low; it finds high contrast generally better 
 best, and studies prompt difficulty (k constraints) alongside.
 
 ``ContrastPairs`` (a :class:`hfpref.transform.Step` that changes the row count) turns candidates rows into
-pairs rows. For a row, a pair (i, j) is *eligible* when, in this order (the first filter that leaves no
-pair names the drop reason):
+pairs rows. A row whose prompt is missing (``hfpref.selection.prompt_is_missing``: None, blank, or no
+message with text) makes no pair (``missing_prompt``); a missing response (None in ``responses``) is no
+candidate and is never paired, while an empty string is a response (that rule 2 keeps out of pairs). For a
+row, a pair (i, j) is *eligible* when, in this order (the first filter that leaves no pair names the drop
+reason):
 
-1. the row has at least two responses (else ``fewer_than_two_responses``);
+1. the row has at least two real (non-None) responses (else ``fewer_than_two_responses``);
 2. neither response is empty or whitespace-only, and i ≠ j (else ``empty_response``);
-3. both scores are finite — None or NaN marks a failed scoring (else ``nan_score``);
+3. both scores and their gap are finite — None, NaN or ±inf marks a failed scoring (else ``nan_score``);
 4. the two texts differ (else ``identical_responses``);
 5. score(i) > score(j), strictly: chosen is the better response and ties make no pair (else
    ``scores_tied``);
@@ -48,7 +51,7 @@ from hfpref import columns as C
 from hfpref.constraints import DIFFICULTY
 from hfpref.errors import UserError
 from hfpref.pair_metrics import dcrm
-from hfpref.selection import PAIR_COLUMNS, PairSelector, pairs_features, prompt_seed
+from hfpref.selection import PAIR_COLUMNS, PairSelector, pairs_features, prompt_is_missing, prompt_seed
 from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
 
 CONTRAST = "contrast"
@@ -132,7 +135,7 @@ class ContrastPairs(Step):
     """
 
     config_class: ClassVar[type[StepConfig]] = ContrastConfig
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: missing prompts dropped, None responses never candidates
     changes_row_count: ClassVar[bool] = True
     config: ContrastConfig
 
@@ -186,30 +189,37 @@ class ContrastPairs(Step):
         texts = batch[C.RESPONSES][i]
         if texts is None or isinstance(texts, str) or not isinstance(texts, Sequence):
             raise RowError(f"{where} column {C.RESPONSES!r} must be a list of strings, got {texts!r:.200}")
-        texts = ["" if t is None else t for t in texts]
         for k, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise RowError(f"{where} column {C.RESPONSES!r}[{k}] must be a string, got {text!r:.200}")
+            if text is not None and not isinstance(text, str):
+                raise RowError(
+                    f"{where} column {C.RESPONSES!r}[{k}] must be a string or None (missing), got {text!r:.200}"
+                )
         n = len(texts)
         scores = _per_response_floats(batch, cfg.score_column, i, n, where, required=True)
         rewards = _per_response_floats(batch, C.REWARDS, i, n, where, required=False)
         generators = batch[C.GENERATORS][i] if C.GENERATORS in batch else None
         if generators is not None and len(generators) != n:
             raise RowError(f"{where} column {C.GENERATORS!r} has {len(generators)} values for {n} responses")
-        if n < 2:
+        if prompt_is_missing(batch[C.PROMPT][i]):
+            return [], "missing_prompt"
+        # a missing response is no candidate: ``usable`` masks it out before any of its values is read
+        present = np.array([t is not None for t in texts], dtype=bool)
+        if present.sum() < 2:
             return [], "fewer_than_two_responses"
+        texts = ["" if t is None else t for t in texts]  # placeholders only
 
-        usable = np.array([t.strip() != "" for t in texts])
-        finite = np.isfinite(scores)
+        usable = present & np.array([t.strip() != "" for t in texts], dtype=bool)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge scores: a gap overflowing to ±inf
+            gap = scores[:, None] - scores[None, :]
+        finite = np.isfinite(scores)[:, None] & np.isfinite(scores)[None, :] & np.isfinite(gap)
         codes = {text: k for k, text in enumerate(dict.fromkeys(texts))}
         text_id = np.array([codes[t] for t in texts])
         with np.errstate(invalid="ignore"):
             better = scores[:, None] > scores[None, :]
-        gap = scores[:, None] - scores[None, :]
         levels = np.full((n, n), "", dtype=object)
         filters = [
             ("empty_response", usable[:, None] & usable[None, :] & ~np.eye(n, dtype=bool)),
-            ("nan_score", finite[:, None] & finite[None, :]),
+            ("nan_score", finite),
             ("identical_responses", text_id[:, None] != text_id[None, :]),
             ("scores_tied", better),
         ]
@@ -244,10 +254,16 @@ class ContrastPairs(Step):
             if (texts[chosen], texts[rejected]) in seen:
                 continue
             seen.add((texts[chosen], texts[rejected]))
-            margin = float(rewards[chosen] - rewards[rejected]) if rewards is not None else None
-            edit_value = None if edit is None else float(edit[chosen, rejected])
-            logp_value = None if logp is None else float(logp[chosen, rejected])
-            both_known = edit_value is not None and margin is not None
+            # rewards are optional here and not filtered on: an unknown or non-finite one is written as None
+            reward_c = None if rewards is None else _finite_or_none(rewards[chosen])
+            reward_r = None if rewards is None else _finite_or_none(rewards[rejected])
+            margin = None
+            if reward_c is not None and reward_r is not None:
+                margin = _finite_or_none(reward_c - reward_r)
+            edit_value = None if edit is None else _finite_or_none(edit[chosen, rejected])
+            logp_value = None if logp is None else _finite_or_none(logp[chosen, rejected])
+            p_known = logp is None or logp_value is not None  # no ref_logps at all: p_Δ = 0, as PairMetrics
+            both_known = edit_value is not None and margin is not None and p_known
             kept.append(
                 {
                     C.CHOSEN: _completion(texts[chosen], conversational),
@@ -256,8 +272,8 @@ class ContrastPairs(Step):
                     C.REJECTED_INDEX: rejected,
                     C.CHOSEN_GENERATOR: None if generators is None else generators[chosen],
                     C.REJECTED_GENERATOR: None if generators is None else generators[rejected],
-                    C.REWARD_CHOSEN: None if rewards is None else float(rewards[chosen]),
-                    C.REWARD_REJECTED: None if rewards is None else float(rewards[rejected]),
+                    C.REWARD_CHOSEN: reward_c,
+                    C.REWARD_REJECTED: reward_r,
                     C.REWARD_MARGIN: margin,
                     C.EDIT_DISTANCE: edit_value,
                     C.LOGP_DIFF: logp_value,
@@ -306,6 +322,12 @@ class ContrastPairs(Step):
         """``Step.apply`` with the pairs' features fixed up front (see ``output_features``)."""
         map_kwargs.setdefault("features", self.output_features(dataset.features))
         return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """A float, or None for a NaN or ±inf."""
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _completion(text: str, conversational: bool) -> Any:

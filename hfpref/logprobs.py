@@ -39,6 +39,23 @@ from hfpref.model_utils import (
 from hfpref.transform import Batch, RowError, row_label
 
 
+def real_responses(responses: Any) -> tuple[list[int], Any]:
+    """Positions and texts of a row's real responses (None ones are missing); a non-list is returned as is,
+    for ``check_candidates_row`` to report."""
+    if not isinstance(responses, list):
+        return [], responses
+    present = [k for k, text in enumerate(responses) if text is not None]
+    return present, [responses[k] for k in present]
+
+
+def realign(values: Sequence[Any], present: Sequence[int], n: int) -> list[Any]:
+    """Values of the real responses put back at their positions among ``n``, None for the missing ones."""
+    out: list[Any] = [None] * n
+    for k, value in zip(present, values, strict=True):
+        out[k] = value
+    return out
+
+
 def tokenize_responses(
     tokenizer: Any, prompt: Prompt, responses: Sequence[str]
 ) -> list[tuple[list[int], int]]:
@@ -188,7 +205,8 @@ class _LoadedLM:
 class LogProbAnnotator(ModelStep):
     """Adds each response's summed log-probability under a causal LM.
 
-    Input columns: ``prompt`` (str or list of chat messages), ``responses`` (list[str]).
+    Input columns: ``prompt`` (str or list of chat messages), ``responses`` (list[str]; a None response is
+    missing: not scored, None in every output list).
     Output columns (prefix from ``output_prefix``, e.g. "ref"): ``ref_logps`` (list[float], summed
     log π(y|x) over the response tokens, EOS or end-of-turn tokens included), ``ref_token_counts``
     (list[int], tokens summed over) and, with ``overflow="truncate"``, ``ref_truncated_tokens``
@@ -249,11 +267,13 @@ class LogProbAnnotator(ModelStep):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         loaded = self.resources(rank)
-        groups, truncated = [], []
-        for i, (prompt, responses) in enumerate(
+        groups, truncated, positions = [], [], []
+        for i, (prompt, all_responses) in enumerate(
             zip(batch[columns.PROMPT], batch[columns.RESPONSES], strict=True)
         ):
             label = row_label(batch, i, indices)
+            # a missing response (None) is not scored: only the real ones are, and None is written for it
+            present, responses = real_responses(all_responses)
             check_candidates_row(prompt, responses, label)
             if is_messages(prompt) and not getattr(loaded.tokenizer, "chat_template", None):
                 raise PromptFormError(f"{self.name}: {label}: {self._no_template_message()}")
@@ -264,23 +284,48 @@ class LogProbAnnotator(ModelStep):
                     f"{label}: cannot tokenize prompt {prompt!r} with its responses: {error}"
                 ) from error
             sequences, cuts = [], []
-            for k, (ids, start) in enumerate(encoded):
+            for k, (ids, start) in zip(present, encoded, strict=True):
                 ids, cut = self._fit(
-                    ids, start, loaded.max_length, f"{label} response {k} ({responses[k][:80]!r})"
+                    ids, start, loaded.max_length, f"{label} response {k} ({all_responses[k][:80]!r})"
                 )
                 sequences.append((ids, start))
                 cuts.append(cut)
             groups.append(sequences)
             truncated.append(cuts)
+            positions.append((present, len(all_responses)))
         sums = loaded.scorer(groups)
         prefix = self.config.output_prefix
+        counts = [[len(ids) - start for ids, start in group] for group in groups]
         out = {
-            f"{prefix}_logps": sums,
-            f"{prefix}_token_counts": [[len(ids) - start for ids, start in group] for group in groups],
+            f"{prefix}_logps": [realign(row, *where) for row, where in zip(sums, positions, strict=True)],
+            f"{prefix}_token_counts": [
+                realign(row, *where) for row, where in zip(counts, positions, strict=True)
+            ],
         }
         if self.config.overflow == "truncate":
-            out[f"{prefix}_truncated_tokens"] = truncated
+            out[f"{prefix}_truncated_tokens"] = [
+                realign(row, *where) for row, where in zip(truncated, positions, strict=True)
+            ]
         return out
+
+    def output_features(self, input_features: Any) -> Any:
+        """The output columns' types, fixed up front: a batch whose responses are all missing holds only None."""
+        import datasets
+
+        prefix, integers = self.config.output_prefix, datasets.List(datasets.Value("int64"))
+        features = {
+            **input_features,
+            f"{prefix}_logps": datasets.List(datasets.Value("float64")),
+            f"{prefix}_token_counts": integers,
+        }
+        if self.config.overflow == "truncate":
+            features[f"{prefix}_truncated_tokens"] = integers
+        return datasets.Features(features)
+
+    def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
+        """``Step.apply`` with the output features fixed (see ``output_features``)."""
+        map_kwargs.setdefault("features", self.output_features(dataset.features))
+        return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
 
     def _fit(self, ids: list[int], start: int, max_length: int | None, where: str) -> tuple[list[int], int]:
         """The sequence within ``max_length`` (or an error) and how many response tokens were dropped."""

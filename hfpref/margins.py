@@ -34,8 +34,9 @@ all margins are equal — in the first round of iterative DPO the policy *is* th
 margin is exactly 0 — ``smallest_margin`` and ``largest_margin`` therefore reduce to seeded random
 selection.
 
-Some pairs are never selected, and say why in ``pair_excluded_reason``: ``empty_response`` (either text is
-empty or whitespace), ``identical_responses`` (the same text twice: its margin is exactly 0, so it would
+Some pairs are never selected, and say why in ``pair_excluded_reason``: ``missing_response`` (either
+response is None, e.g. a failed API call: it has no log-probs, so ``ImplicitMargins`` writes None for its
+implicit reward and NaN for its margins), ``empty_response`` (either text is empty or whitespace), ``identical_responses`` (the same text twice: its margin is exactly 0, so it would
 top every smallest-margin ranking while carrying no preference), ``nan_margin`` (a non-finite margin).
 Budgets count all N(N−1)/2 pairs; excluded pairs use none of it, so a row (or corpus) with fewer eligible
 pairs than its budget has all of them selected. Unselected pairs stay in the row, flagged ``False``.
@@ -77,7 +78,7 @@ PER_PAIR_COLUMNS = (PAIR_INDICES, IMPLICIT_MARGINS, PAIR_EXCLUDED_REASON, SELECT
 SELECTION_COLUMNS = (SELECTION_STRATEGY, SELECTION_LEVEL, SELECTION_FRACTION, SELECTION_COUNT)
 SELECTION_STRATEGIES = ("smallest_margin", "largest_margin", "random")
 SELECTION_LEVELS = ("instance", "corpus")
-EXCLUSION_REASONS = ("empty_response", "identical_responses", "nan_margin")
+EXCLUSION_REASONS = ("missing_response", "empty_response", "identical_responses", "nan_margin")
 
 
 # ---- formulas --------------------------------------------------------------------------------------------
@@ -143,7 +144,9 @@ def exclusion_reasons(responses: Sequence[str], margins: Sequence[float]) -> lis
     usable = [isinstance(t, str) and t.strip() != "" for t in responses]
     reasons: list[str | None] = []
     for (i, j), margin in zip(unordered_pairs(len(responses)), margins, strict=True):
-        if not (usable[i] and usable[j]):
+        if responses[i] is None or responses[j] is None:
+            reasons.append("missing_response")
+        elif not (usable[i] and usable[j]):
             reasons.append("empty_response")
         elif responses[i] == responses[j]:
             reasons.append("identical_responses")
@@ -174,13 +177,15 @@ class ImplicitMargins(Step):
     """DPO implicit rewards of every response and implicit margins of every unordered pair.
 
     Input columns: ``responses``, ``policy_logps``, ``ref_logps`` (list[float]); with ``length_normalize``
-    also ``policy_token_counts``, ``ref_token_counts`` (list[int]).
-    Output columns: ``implicit_rewards`` (list[float], r̂ per response), ``pair_indices`` (list of [i, j],
-    i < j), ``implicit_margins`` (list[float], r̂_i − r̂_j per pair).
+    also ``policy_token_counts``, ``ref_token_counts`` (list[int]). A missing response (None) may have None
+    in these columns (the log-prob steps write None for it); every other response needs finite numbers.
+    Output columns: ``implicit_rewards`` (list[float], r̂ per response, None for a missing response),
+    ``pair_indices`` (list of [i, j], i < j), ``implicit_margins`` (list[float], r̂_i − r̂_j per pair, NaN
+    for a pair with a missing response).
     """
 
     config_class = MarginConfig
-    version = "1"
+    version = "2"  # 2: missing (None) responses get None rewards and NaN margins instead of an error
     config: MarginConfig
 
     def input_columns(self) -> list[str]:
@@ -195,13 +200,14 @@ class ImplicitMargins(Step):
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         out: Batch = {name: [] for name in self.output_columns()}
         for i, responses in enumerate(batch[C.RESPONSES]):
-            n = len(responses or [])
-            policy = self._numbers(batch, C.POLICY_LOGPS, i, n, indices)
-            ref = self._numbers(batch, C.REF_LOGPS, i, n, indices)
+            missing = [text is None for text in responses or []]
+            n = len(missing)
+            policy = self._numbers(batch, C.POLICY_LOGPS, i, missing, indices)
+            ref = self._numbers(batch, C.REF_LOGPS, i, missing, indices)
             counts = {}
             if self.config.length_normalize:
                 for name in (POLICY_TOKEN_COUNTS, C.REF_TOKEN_COUNTS):
-                    counts[name] = self._numbers(batch, name, i, n, indices, positive=True)
+                    counts[name] = self._numbers(batch, name, i, missing, indices, positive=True)
             rewards = implicit_rewards(
                 policy,
                 ref,
@@ -209,7 +215,10 @@ class ImplicitMargins(Step):
                 policy_token_counts=counts.get(POLICY_TOKEN_COUNTS),
                 ref_token_counts=counts.get(C.REF_TOKEN_COUNTS),
             )
-            out[IMPLICIT_REWARDS].append(rewards.tolist())
+            # a missing response's NaN reward makes its pairs' margins NaN; the reward itself is written None
+            out[IMPLICIT_REWARDS].append(
+                [None if gone else r for gone, r in zip(missing, rewards.tolist(), strict=True)]
+            )
             out[PAIR_INDICES].append([list(p) for p in unordered_pairs(n)])
             out[IMPLICIT_MARGINS].append(pair_margins(rewards).tolist())
         return out
@@ -219,27 +228,50 @@ class ImplicitMargins(Step):
         batch: Batch,
         column: str,
         i: int,
-        n: int,
+        missing: list[bool],
         indices: list[int] | None,
         positive: bool = False,
     ) -> list[float]:
+        """Row i's values, NaN for missing responses (which may hold None); finite numbers required elsewhere."""
         values = batch[column][i]
-        ok = (
+        n = len(missing)
+
+        def ok(value: Any, gone: bool) -> bool:
+            if gone and value is None:
+                return True
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            return number and (value > 0 or not positive)
+
+        if not (
             isinstance(values, (list, tuple))
             and len(values) == n
-            and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
-            )
-        )
-        if ok and positive:
-            ok = all(v > 0 for v in values)
-        if not ok:
+            and all(ok(v, gone) for v, gone in zip(values, missing, strict=True))
+        ):
             want = "positive numbers" if positive else "finite numbers"
             raise RowError(
                 f"{self.name}: {row_label(batch, i, indices)} column {column!r} must hold {n} {want} "
-                f"(one per response), got {values!r}"
+                f"(one per response; None only for a missing response), got {values!r}"
             )
-        return list(values)
+        return [math.nan if v is None else v for v in values]
+
+    def output_features(self, input_features: Any) -> Any:
+        """The output columns' types, fixed up front (a batch of missing responses only holds only None)."""
+        import datasets
+
+        real = datasets.Value("float64")
+        return datasets.Features(
+            {
+                **input_features,
+                IMPLICIT_REWARDS: datasets.List(real),
+                PAIR_INDICES: datasets.List(datasets.List(datasets.Value("int64"))),
+                IMPLICIT_MARGINS: datasets.List(real),
+            }
+        )
+
+    def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
+        """``Step.apply`` with the output features fixed (see ``output_features``)."""
+        map_kwargs.setdefault("features", self.output_features(dataset.features))
+        return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
 
 
 # ---- selection for annotation -----------------------------------------------------------------------------
@@ -302,7 +334,7 @@ class AnnotationSelector(Step):
 
     needs_whole_dataset = True  # its apply() looks at every row before mapping
     config_class = AnnotationSelectionConfig
-    version = "1"
+    version = "2"  # 2: pairs with a missing response excluded (missing_response)
     config: AnnotationSelectionConfig
 
     def __init__(self, config: AnnotationSelectionConfig | None = None, **overrides: Any) -> None:

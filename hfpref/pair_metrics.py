@@ -17,8 +17,12 @@ e_Δ's unit is the step's own declared setting, ``edit_distance_unit``: ``words`
 tokenizer (a Hub id or a local folder), never implicitly the reference model's: the DCRM paper reports one
 e_Δ for every π_ref, so changing π_ref (a ``LogProbAnnotator``'s model) must not change e_Δ. ``tokenizer``
 is the older spelling of the same setting (kept for existing recipes and ``hfpref curate --tokenizer``).
-Token ids computed elsewhere (``metrics_from_tokens``) are accepted only in the declared unit. A NaN or None reward or log-prob gives NaN in the cells it enters; pair selection then
-leaves those cells out and says why.
+Token ids computed elsewhere (``metrics_from_tokens``) are accepted only in the declared unit.
+
+A NaN or None reward or log-prob gives NaN in the cells it enters; pair selection then leaves those cells
+out and says why. A missing response (None in ``responses``, e.g. a failed API call) is no candidate: its
+row and column hold None in ``edit_distance_matrix`` and NaN in the float matrices, and the other cells are
+what they would be without it.
 """
 
 from __future__ import annotations
@@ -171,14 +175,15 @@ class PairMetrics(Step):
     """e_Δ, p_Δ, r_Δ and DCRM for every ordered pair of a prompt's responses.
 
     Input columns: ``responses`` (list[str]), ``rewards`` (list[float]); ``ref_logps`` (list[float]) is
-    used when present. A None response counts as the empty text.
+    used when present. A None response is missing: its row and column of every matrix are None (the int
+    matrix) or NaN (the float ones).
     Output columns: ``edit_distance_matrix`` (N×N int), ``logp_diff_matrix`` (N×N float, or None when the
     row has no ``ref_logps``), ``reward_margin_matrix`` and ``dcrm_matrix`` (N×N float), and
     ``edit_distance_unit`` (str).
     """
 
     config_class = PairMetricsConfig
-    version = "1"
+    version = "2"  # 2: a None response's cells are None / NaN instead of those of the empty text
     config: PairMetricsConfig
 
     def input_columns(self) -> list[str]:
@@ -263,7 +268,8 @@ class PairMetrics(Step):
         return self.metrics_from_tokens(batch, self.tokenize(texts, rank), indices, rank)
 
     def response_texts(self, batch: Batch, indices: list[int] | None = None) -> list[str]:
-        """Every response of the batch, flattened in row order (None counts as the empty text)."""
+        """Every response of the batch, flattened in row order (a missing one, None, as the empty text: a
+        placeholder that keeps the flattening aligned; ``metrics_from_tokens`` blanks its cells)."""
         texts: list[str] = []
         for i, responses in enumerate(batch[C.RESPONSES]):
             for k, text in enumerate(responses or []):
@@ -311,10 +317,22 @@ class PairMetrics(Step):
             # passing the same list as queries and choices lets rapidfuzz compute only one triangle
             edit = cdist(row_tokens, row_tokens, scorer=Levenshtein.distance, workers=self.config.workers)
             edit = edit.astype(np.int64).reshape(n, n)
-            margin = rewards[:, None] - rewards[None, :]
-            logp_diff = None if logps is None else np.abs(logps[:, None] - logps[None, :])
-            value = dcrm(margin, edit, 0.0 if logp_diff is None else logp_diff, self.config.eps)
-            out[C.EDIT_DISTANCE_MATRIX].append(edit.tolist())
+            with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN inputs give inf/NaN cells, by design
+                margin = rewards[:, None] - rewards[None, :]
+                logp_diff = None if logps is None else np.abs(logps[:, None] - logps[None, :])
+                value = dcrm(margin, edit, 0.0 if logp_diff is None else logp_diff, self.config.eps)
+            missing = np.array([text is None for text in responses or []], dtype=bool)
+            edit_cells: list = edit.tolist()
+            if missing.any():
+                # the placeholder "" must not look like a response: blank every cell a missing one enters
+                blank = missing[:, None] | missing[None, :]
+                edit_object = edit.astype(object)
+                edit_object[blank] = None
+                edit_cells = edit_object.tolist()
+                for matrix in (margin, value, logp_diff):
+                    if matrix is not None:
+                        matrix[blank] = np.nan
+            out[C.EDIT_DISTANCE_MATRIX].append(edit_cells)
             out[C.LOGP_DIFF_MATRIX].append(None if logp_diff is None else logp_diff.tolist())
             out[C.REWARD_MARGIN_MATRIX].append(margin.tolist())
             out[C.DCRM_MATRIX].append(value.tolist())

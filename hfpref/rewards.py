@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from hfpref import columns
 from hfpref.errors import UserError
+from hfpref.logprobs import real_responses, realign
 from hfpref.model_utils import (
     HiddenStateRunner,
     ModelStep,
@@ -328,7 +329,8 @@ class _LoadedRM:
 class RewardAnnotator(ModelStep):
     """Adds reward-model scores of each response.
 
-    Input columns: ``prompt`` (str or list of chat messages), ``responses`` (list[str]).
+    Input columns: ``prompt`` (str or list of chat messages), ``responses`` (list[str]; a None response is
+    missing: not scored, None in every per-response output).
     Output columns: ``rewards`` (list[float]); ``reward_source`` (str, ``"<model>@<commit or content
     hash>"``); with ``reward_index``/``reward_weights`` also ``reward_outputs`` (list[list[float]], the
     outputs the reward was taken from); with ``objectives`` also ``reward_objectives``
@@ -443,8 +445,8 @@ class RewardAnnotator(ModelStep):
         """(the vectors the reward is taken from, the rewards, the objectives) of a custom head's outputs."""
         config, name = self.config, self.config.model
         first = next((o for row in outputs for o in row), None)
-        if first is None:
-            return [], [], []
+        if first is None:  # every response of the batch is missing: nothing was scored
+            return [[] for _ in outputs], [[] for _ in outputs], [[] for _ in outputs]
         if config.objectives and first.objectives is None:
             raise RewardModelError(
                 f"reward model {name!r} returns no per-objective `rewards`, so objectives=true has nothing "
@@ -469,14 +471,16 @@ class RewardAnnotator(ModelStep):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         loaded = self.resources(rank)
-        groups, truncated = [], []
-        for i, (prompt, responses) in enumerate(
+        groups, truncated, positions = [], [], []
+        for i, (prompt, all_responses) in enumerate(
             zip(batch[columns.PROMPT], batch[columns.RESPONSES], strict=True)
         ):
             label = row_label(batch, i, indices)
+            # a missing response (None) is not scored: only the real ones are, and None is written for it
+            present, responses = real_responses(all_responses)
             check_candidates_row(prompt, responses, label)
             sequences, cuts = [], []
-            for k, response in enumerate(responses):
+            for k, response in zip(present, responses, strict=True):
                 where = f"{label} response {k} ({response[:80]!r})"
                 try:
                     ids = conversation_ids(loaded.tokenizer, prompt, response)
@@ -494,6 +498,7 @@ class RewardAnnotator(ModelStep):
                 cuts.append(max(excess, 0))
             groups.append(sequences)
             truncated.append(cuts)
+            positions.append((present, len(all_responses)))
         outputs = loaded.scorer(groups)
         if loaded.head.kind == CUSTOM_HEAD:
             sources, rewards, objectives = self.custom_columns(outputs)
@@ -501,11 +506,38 @@ class RewardAnnotator(ModelStep):
             sources, objectives = outputs, outputs
             rewards = [[self.reward_of(o) for o in row] for row in outputs]
         source = f"{self.config.model}@{self.resolved_revision()}"
-        out: Batch = {columns.REWARDS: rewards, columns.REWARD_SOURCE: [source] * len(groups)}
+
+        def aligned(rows: list) -> list:
+            return [realign(row, *where) for row, where in zip(rows, positions, strict=True)]
+
+        out: Batch = {columns.REWARDS: aligned(rewards), columns.REWARD_SOURCE: [source] * len(groups)}
         if self.config.multi_objective:
-            out[REWARD_OUTPUTS] = sources
+            out[REWARD_OUTPUTS] = aligned(sources)
         if self.config.objectives:
-            out[REWARD_OBJECTIVES] = objectives
+            out[REWARD_OBJECTIVES] = aligned(objectives)
         if self.config.overflow == "truncate":
-            out[REWARD_TRUNCATED_TOKENS] = truncated
+            out[REWARD_TRUNCATED_TOKENS] = aligned(truncated)
         return out
+
+    def output_features(self, input_features: Any) -> Any:
+        """The output columns' types, fixed up front: a batch whose responses are all missing holds only None."""
+        import datasets
+
+        real = datasets.Value("float64")
+        features = {
+            **input_features,
+            columns.REWARDS: datasets.List(real),
+            columns.REWARD_SOURCE: datasets.Value("string"),
+        }
+        if self.config.multi_objective:
+            features[REWARD_OUTPUTS] = datasets.List(datasets.List(real))
+        if self.config.objectives:
+            features[REWARD_OBJECTIVES] = datasets.List(datasets.List(real))
+        if self.config.overflow == "truncate":
+            features[REWARD_TRUNCATED_TOKENS] = datasets.List(datasets.Value("int64"))
+        return datasets.Features(features)
+
+    def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
+        """``Step.apply`` with the output features fixed (see ``output_features``)."""
+        map_kwargs.setdefault("features", self.output_features(dataset.features))
+        return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)

@@ -4,19 +4,30 @@ Every strategy scores the ordered pairs (i, j) of a row — i the chosen respons
 takes the highest score among the *eligible* pairs. Ties go to the lowest chosen index, then the lowest
 rejected index (row-major order), so selection is deterministic.
 
+A row with a missing prompt — None, blank text, no messages, or messages none of which has non-blank
+content (``prompt_is_missing``) — makes no pair (``missing_prompt``): a pair without its prompt cannot be
+trained on. A missing response (None in ``responses``, e.g. a failed API call) is not a candidate: it is
+never paired and its per-response values (reward, generator, matrix cells) are never read. An empty
+string is a real response (a model can answer ""), but it never makes a pair either (rule 2).
+
 A pair is eligible when, in this order (the first filter that leaves no pair names the drop reason):
 
-1. the row has at least two responses (else ``fewer_than_two_responses``);
+1. the row has at least two real (non-None) responses (else ``fewer_than_two_responses``);
 2. neither response is empty or whitespace-only, and i ≠ j (else ``empty_response``);
-3. both rewards are finite — a NaN or None reward marks a failed scoring, and ``ds_fix`` follows the same
-   rule so every kept pair has finite reward columns (else ``nan_reward``);
+3. both rewards are finite — a NaN, ±inf or None reward marks a failed scoring, so that response is not a
+   candidate; ``ds_fix`` follows the same rule so every kept pair has finite reward columns (else
+   ``nan_reward``);
 4. the two texts differ, so chosen == rejected is impossible (else ``identical_responses``);
 5. for different-source strategies, the two responses come from different, known (non-None) generators
    (else ``no_cross_generator_pair``); for ``ds_fix``, both generators are in ``generator_ranking`` and i's
    ranks strictly higher (else ``no_ranked_generators``);
 6. reward(i) > reward(j), strictly (else ``rewards_tied``) — every strategy but ``ds_fix``;
 7. p_Δ is known for the row, for the strategies that cannot do without it (else ``no_ref_logps``);
-8. the strategy's score is finite, e.g. no NaN log-prob in it (else ``nan_metric``).
+8. the strategy's score and r_Δ are finite, e.g. no NaN log-prob in the score and no r_Δ that overflows
+   to ±inf from two huge finite rewards (else ``nan_metric``).
+
+A kept pair's ``edit_distance``, ``logp_diff`` and ``dcrm`` are None where unknown or not finite (e.g. a
+NaN log-prob a reward-only strategy did not need), so every number a kept pair carries is finite.
 
 Strategies (DCRM paper §2.2, §5, Appendices E and H; e_Δ, p_Δ from ``PairMetrics``, r_Δ = r_i − r_j from
 ``rewards``, ε = ``SelectionConfig.eps``; where a row has no ``ref_logps`` the DCRM scores take p_Δ = 0,
@@ -50,7 +61,7 @@ import hashlib
 import json
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -152,6 +163,29 @@ def _scores(
     return np.asarray(scorers[strategy](), dtype=np.float64)
 
 
+def _finite_or_none(value: Any) -> float | None:
+    """A float, or None for a value that is None, NaN or ±inf."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def prompt_is_missing(prompt: Any) -> bool:
+    """Whether a prompt gives a model nothing to answer: None, blank text, no messages, or chat messages none of
+    which has non-blank text content. Pair makers drop such rows with ``missing_prompt``."""
+    if prompt is None:
+        return True
+    if isinstance(prompt, str):
+        return not prompt.strip()
+    if isinstance(prompt, Sequence):
+        return not any(
+            isinstance(m, Mapping) and isinstance(m.get("content"), str) and m["content"].strip()
+            for m in prompt
+        )
+    return False  # not a prompt type at all: left to the steps' own type checks
+
+
 def prompt_seed(prompt: Any) -> int:
     """A stable 64-bit integer from a prompt (str or list of messages), independent of Python's hash seed."""
     payload = json.dumps(prompt, sort_keys=True, ensure_ascii=False, default=str)
@@ -176,7 +210,7 @@ class PairSelector(Step):
     """
 
     config_class = SelectionConfig
-    version = "1"
+    version = "2"  # 2: missing prompts dropped, None responses never candidates
     changes_row_count = True
     config: SelectionConfig
 
@@ -232,23 +266,27 @@ class PairSelector(Step):
     ) -> tuple[dict[str, Any] | None, str | None]:
         """The chosen pair's columns and None, or None and the drop reason."""
         strategy = self.config.strategy
+        if prompt_is_missing(batch[C.PROMPT][i]):
+            return None, "missing_prompt"
         responses = batch[C.RESPONSES][i] or []
         n = len(responses)
         rewards = self._floats(batch, C.REWARDS, i, n, indices)
         generators = self._generators(batch, i, n, indices)
-        if n < 2:
+        for k, text in enumerate(responses):
+            if text is not None and not isinstance(text, str):
+                raise RowError(
+                    f"{self.name}: {row_label(batch, i, indices)} column {C.RESPONSES!r}[{k}] must be a "
+                    f"string or None (missing), got {type(text).__name__} {text!r}"
+                )
+        # a missing response is no candidate: masked out by ``usable`` before any of its values is read
+        present = np.array([t is not None for t in responses], dtype=bool)
+        if present.sum() < 2:
             return None, "fewer_than_two_responses"
         edit = self._matrix(batch, C.EDIT_DISTANCE_MATRIX, i, n, indices)
         logp = self._matrix(batch, C.LOGP_DIFF_MATRIX, i, n, indices)
 
-        texts = ["" if t is None else t for t in responses]
-        for k, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise RowError(
-                    f"{self.name}: {row_label(batch, i, indices)} column {C.RESPONSES!r}[{k}] must be a "
-                    f"string, got {type(text).__name__} {text!r}"
-                )
-        usable = np.array([t.strip() != "" for t in texts])
+        texts = ["" if t is None else t for t in responses]  # placeholders only: None is never usable
+        usable = present & np.array([t.strip() != "" for t in texts], dtype=bool)
         finite = np.isfinite(rewards)
         off_diagonal = ~np.eye(n, dtype=bool)
         filters: list[tuple[str, Callable[[], np.ndarray]]] = [
@@ -279,7 +317,11 @@ class PairSelector(Step):
                 if not eligible.any():
                     return None, reason
 
-        margin = rewards[:, None] - rewards[None, :]
+        with np.errstate(over="ignore", invalid="ignore"):  # two huge rewards: r_Δ overflows to ±inf
+            margin = rewards[:, None] - rewards[None, :]
+        eligible &= np.isfinite(margin)
+        if not eligible.any():
+            return None, "nan_metric"
         if strategy == "random":
             cells = np.flatnonzero(eligible)
             rng = np.random.default_rng([self.config.seed, prompt_seed(batch[C.PROMPT][i])])
@@ -291,17 +333,19 @@ class PairSelector(Step):
             else:
                 zeros = np.zeros((n, n))
                 p_known = logp if logp is not None else zeros
-                score = _scores(strategy, margin, edit, p_known, self.config.eps)
+                with np.errstate(invalid="ignore", over="ignore"):  # NaN cells are filtered just below
+                    score = _scores(strategy, margin, edit, p_known, self.config.eps)
             eligible &= np.isfinite(score)
             if not eligible.any():
                 return None, "nan_metric"
             # argmax returns the first maximum in row-major order: ties go to the lowest (chosen, rejected)
             best = int(np.argmax(np.where(eligible, score, -np.inf)))
         chosen, rejected = divmod(best, n)
-        edit_value = None if edit is None else float(edit[chosen, rejected])
-        logp_value = None if logp is None else float(logp[chosen, rejected])
+        # unknown or non-finite metric values of the chosen pair are written as None, never as NaN
+        edit_value = None if edit is None else _finite_or_none(edit[chosen, rejected])
+        logp_value = None if logp is None else _finite_or_none(logp[chosen, rejected])
         dcrm_value = None
-        if edit_value is not None:
+        if edit_value is not None and (logp is None or logp_value is not None):
             dcrm_value = dcrm(margin[chosen, rejected], edit_value, logp_value or 0.0, self.config.eps)
         return {
             C.CHOSEN: texts[chosen],
@@ -449,6 +493,7 @@ __all__ = [
     "STRATEGIES",
     "PairSelector",
     "SelectionConfig",
+    "prompt_is_missing",
     "prompt_seed",
     "split_dropped",
 ]

@@ -134,3 +134,31 @@ def summary_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     if reasons:
         table = f"rows kept, then rows dropped by reason ({', '.join(reasons)}):\n" + table
     return table
+
+
+def candidates_summary(candidates) -> dict[str, int | None]:
+    """What the candidates rows lacked, for the card and manifest ("N responses missing").
+
+    ``candidates``: a ``datasets.Dataset`` or a dict of columns with ``responses`` and, after
+    ``IFEvalVerifier``, ``ifeval_invented_args``. Returns ``candidate_rows``; ``responses`` (all entries,
+    missing ones included); ``missing_responses`` (None entries: failed generations, never paired) and
+    ``rows_with_missing_responses``; ``ifeval_invented_args`` (instruction arguments lm-eval's checks drew
+    at random, graded but flagged) and ``rows_with_ifeval_invented_args`` — both None when the column is
+    absent (unknown, not zero).
+    """
+    columns = candidates.column_names if hasattr(candidates, "column_names") else list(candidates)
+    responses = candidates[C.RESPONSES] if C.RESPONSES in columns else []
+    missing = [sum(text is None for text in row or []) for row in responses]
+    summary: dict[str, int | None] = {
+        "candidate_rows": len(responses),
+        "responses": sum(len(row or []) for row in responses),
+        "missing_responses": sum(missing),
+        "rows_with_missing_responses": sum(count > 0 for count in missing),
+        "ifeval_invented_args": None,
+        "rows_with_ifeval_invented_args": None,
+    }
+    if C.IFEVAL_INVENTED_ARGS in columns:
+        invented = [len(row or []) for row in candidates[C.IFEVAL_INVENTED_ARGS]]
+        summary["ifeval_invented_args"] = sum(invented)
+        summary["rows_with_ifeval_invented_args"] = sum(count > 0 for count in invented)
+    return summary

@@ -445,7 +445,9 @@ def test_manifest_and_card_describe_makers_and_mixes(with_makers):
     assert mix["step"] == "hfpref.contrast.mix_contrast" and mix["config"]["size"] == 3
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert "one per pair maker and per mix (`rs_high`, `rs_low`, `echo`, `rs_mix`" in card
-    assert "| `rs_low` | `hfpref.contrast.ContrastPairs` | candidates | 1 |" in card
+    from hfpref.contrast import ContrastPairs
+
+    assert f"| `rs_low` | `hfpref.contrast.ContrastPairs` | candidates | {ContrastPairs.version} |" in card
     assert '| `echo` | `tests.test_recipe.EchoPairs` | candidates | 1 | `{"skip": "p2"}` | — |' in card
     assert "| `rs_mix` | `rs_high`, `rs_low` | 0.5 | 3 | 0 | — | False |" in card
     strategies_table = card.split("Pair selection, one run per strategy:")[1].split("Pair makers")[0]
