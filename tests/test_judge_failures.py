@@ -210,6 +210,24 @@ def test_sharded_engine_run_resends_only_the_failed_requests(tmp_path):
         assert again._fingerprint == Step.output_fingerprint(step, data._fingerprint)
 
 
+def test_worker_processes_rerun_resends_only_the_failed_requests(tmp_path):
+    # two worker processes map the shards; on the rerun the engine sees their cache files and replays
+    # them in this process, where the judge step finds the recorded failures and asks again instead
+    n = len(MODES)
+    with FlakyServer(MODES) as server:
+        judge = _judge(server, tmp_path)
+        data = _disk_dataset(tmp_path, n)
+        with pytest.warns(JudgeFailureWarning) as caught:  # one warning per shard with failures
+            first = map_step(QualityJudge(judge=judge), data, batch_size=2, num_proc=2, shard_rows=2)
+        counts = [int(re.search(r"(\d+) judge request", str(w.message)).group(1)) for w in caught]
+        assert sum(counts) == 12
+        assert len(server.take()) == 2 * n and sum(first["quality_request_failures"]) == 12
+        server.healthy = True
+        again = map_step(QualityJudge(judge=judge), data, batch_size=2, num_proc=2, shard_rows=2)
+        assert Counter(server.take()) == _failed_requests(QualityJudge(judge=judge), n)
+        assert sum(again["quality_request_failures"]) == 0
+
+
 def test_without_a_reply_cache_the_rerun_is_still_not_a_datasets_cache_hit(tmp_path):
     with FlakyServer(["good", "500"]) as server:
         judge = {**_judge(server, tmp_path), "cache_dir": None}

@@ -50,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hfpref.transform import Batch, RowError, Step, row_label
+from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
 
 Messages = list[dict[str, str]]
 logger = logging.getLogger(__name__)
@@ -483,6 +483,14 @@ class JudgeStep(Step):
     # the name part of the step's ``*_request_failures`` column (after ``column_prefix``)
     failure_column: ClassVar[str] = ""
 
+    def __init__(self, config: StepConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        # cache files older than this step object are earlier runs'; newer ones may be this run's workers'
+        self._since = time.time()
+        self._failed_requests = 0  # failed requests seen in this step object's outputs
+        self._reported: set[str] = set()  # cache files whose failures this object has warned about
+        self._mapping = False
+
     def load(self, rank: int | None) -> JudgeBackend:
         return make_backend(self.config.judge, rank)
 
@@ -493,49 +501,71 @@ class JudgeStep(Step):
 
     def output_fingerprint(self, dataset_fingerprint: str) -> str:
         """``Step.output_fingerprint``; once an output of this step object held failed requests, a fresh
-        random one, so that nothing computed from such an output is found in a later run's cache (the
-        engines join shards under this fingerprint too)."""
+        random one (outside its own map, which must find and write its cache file under the stable one),
+        so that nothing computed from such an output is found in a later run's cache: the engines look up
+        cached shards and join shards under this fingerprint."""
         stable = super().output_fingerprint(dataset_fingerprint)
-        if not getattr(self, "_failed_requests", 0):
+        if getattr(self, "_mapping", False) or not getattr(self, "_failed_requests", 0):
             return stable
         return hashlib.sha256(f"{stable}:request-failures:{uuid.uuid4().hex}".encode()).hexdigest()[:32]
 
+    def _drop_stale_failures(self, dataset) -> int:
+        """Delete a cache file of this step over ``dataset`` that records failed requests, when it is an
+        earlier run's (older than this step object) or one this object already warned about; returns how
+        many failures it held (0: nothing deleted)."""
+        from hfpref.resume import can_resume
+
+        if not can_resume(dataset):
+            return 0
+        files = [
+            path
+            for path in _cache_files_of(dataset, Step.output_fingerprint(self, dataset._fingerprint))
+            if os.path.exists(path)
+            and (
+                os.path.getmtime(path) < getattr(self, "_since", 0) or path in getattr(self, "_reported", ())
+            )
+        ]
+        stale = _failures_in_files(files, self.request_failures_column())
+        if stale:
+            logger.warning(
+                "%s: a cached output holds %d failed judge request(s); mapping again (the reply cache answers "
+                "the requests that succeeded)",
+                self.name,
+                stale,
+            )
+            for path in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+        return stale
+
     def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
-        """``Step.apply``, but an output with failed requests is never a cache hit, now or later.
+        """``Step.apply``, but an output with failed requests is never a cache hit in a later run.
 
         Before mapping, a cache file of this step over ``dataset`` that records failed requests (an earlier
         run's) is deleted, so the map runs again and only the requests missing from the reply cache are
         sent. After mapping, failures in the output are counted and warned about
         (``JudgeFailureWarning``), and the output gets a random fingerprint (see ``output_fingerprint``).
         """
-        from hfpref.resume import NotComputed, can_resume
+        from hfpref.resume import NotComputed
 
         column = self.request_failures_column()
-        stale = 0
-        if can_resume(dataset):
-            files = _cache_files_of(dataset, Step.output_fingerprint(self, dataset._fingerprint))
-            stale = _failures_in_files(files, column)
-            if stale:
-                logger.warning(
-                    "%s: the cached output of an earlier run holds %d failed judge request(s); mapping again "
-                    "(the reply cache answers the requests that succeeded)",
-                    self.name,
-                    stale,
-                )
-                for path in files:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(path)
+        stale = self._drop_stale_failures(dataset)
+        self._mapping = True
         try:
-            out = super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
-        except NotComputed:
-            if not stale:
-                raise
-            # an engine replays a shard it found cached before this call deleted it: compute it here
-            map_kwargs.pop("function", None)
-            out = super().apply(dataset, batch_size=batch_size, num_proc=None, **map_kwargs)
+            try:
+                out = super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
+            except NotComputed:
+                if not stale:
+                    raise
+                # an engine replays a shard it found cached before this call deleted it: compute it here
+                map_kwargs.pop("function", None)
+                out = super().apply(dataset, batch_size=batch_size, num_proc=None, **map_kwargs)
+        finally:
+            self._mapping = False
         failed = sum(v or 0 for v in out[column]) if column in out.column_names else 0
         if failed:
             self._failed_requests = getattr(self, "_failed_requests", 0) + failed
+            self._reported = {*getattr(self, "_reported", ()), *(f["filename"] for f in out.cache_files)}
             out._fingerprint = self.output_fingerprint(dataset._fingerprint)
             first = getattr(self, "_first_error", None) or "(raised in a worker process; see its log)"
             warnings.warn(
