@@ -393,3 +393,28 @@ def test_a_warmup_round_trains_the_first_policy(tiny_models, tmp_path, monkeypat
     assert any(m != 0.0 for row in one["implicit_margins"] for m in row)
     assert "## Warm-up round" in (folder / "round-0" / "release" / "README.md").read_text()
     assert (folder / "round-1" / "policy" / "model.safetensors").exists()
+
+
+def test_a_pairwise_judge_annotates_the_round(tiny_models, tmp_path, monkeypatch):
+    """PairwiseJudge as the loop's annotator (PairRM's role): chosen = the response it prefers in both orders."""
+    judge = {"model": "scripted", "backend": "tests.test_pairwise_judge:ScriptedBackend", "cache_dir": None}
+    raw = _raw(
+        tmp_path, tiny_models, rounds=1, annotation={"annotator": "PairwiseJudge", "config": {"judge": judge}}
+    )
+    raw["budget"] = {"fraction": 1.0, "schedule": "constant"}
+    recipe = IterateRecipe.from_dict(raw)
+    trained = []
+    monkeypatch.setattr(IT, "train_dpo", lambda dataset, model, output_dir, **kwargs: trained.append(dataset))
+    [result] = IT.run_iterations(recipe, progress=False)
+    assert trained == [str(result.release)]
+    record = json.loads((result.release / "hfpref_manifest.json").read_text())["iteration"]
+    counts = record["annotation"]["pairwise"]
+    judged = record["selection"]["selected"]
+    assert counts["judged_pairs"] == judged and counts["request_failure"] == counts["parse_failure"] == 0
+    # the scripted judge prefers the longer response; equal lengths make the orders disagree (a tie)
+    pairs = _load(result.release, "smallest_margin_corpus", tmp_path)
+    assert len(pairs) == record["annotation"]["pairs_kept"] == counts["first"] + counts["second"]
+    for row in pairs:
+        assert len(row["chosen"][0]["content"]) > len(row["rejected"][0]["content"])
+    assert record["annotation"]["dropped"].get("judge_tie", 0) == counts["order_disagreement"] + counts["tie"]
+    assert "Pairwise judge, both orders per pair" in (result.release / "README.md").read_text()
