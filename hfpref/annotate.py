@@ -12,6 +12,11 @@ Two steps, run after ``hfpref.margins.AnnotationSelector``:
   prompt is missing (``hfpref.selection.prompt_is_missing``) with ``"missing_prompt"`` and one with a
   missing (None) response with ``"missing_response"`` (``hfpref.selection.split_dropped`` separates and
   counts them); unselected pairs make no row (they stay, flagged, in the candidates).
+
+A pairwise annotator (a step with ``pairwise = True``, e.g. ``hfpref.judges.pairwise.PairwiseJudge``, the
+role arXiv 2406.17312 gives PairRM) gets whole rows and writes a preference per pair instead of a reward
+per response; ``AnnotatedPairs(preferences_column=...)`` then takes chosen and rejected from it, and drops
+ties as ``judge_tie`` and pairs without a verdict as ``judge_missing``.
 """
 
 from __future__ import annotations
@@ -109,6 +114,15 @@ class AnnotateSelected(Step):
         self.annotator: Step = cls(build_config(cls.config_class, self.config.annotator_config, where))
         self._per_response: set[str] | None = None  # learnt from the annotator's output
 
+    @property
+    def pairwise(self) -> bool:
+        """Whether the annotator judges pairs (preferences per pair) rather than responses (rewards)."""
+        return bool(getattr(self.annotator, "pairwise", False))
+
+    def preferences_column(self) -> str | None:
+        """The annotator's per-pair preference column (pairwise annotators only)."""
+        return self.annotator.preferences_column() if self.pairwise else None
+
     def input_columns(self) -> list[str]:
         own = [C.PROMPT, C.RESPONSES, PAIR_INDICES, SELECTED_FOR_ANNOTATION]
         return own + [c for c in self.annotator.input_columns() if c not in own]
@@ -133,6 +147,14 @@ class AnnotateSelected(Step):
                     f"{PAIR_INDICES!r} must be aligned lists, got {flags!r} and {pairs!r}"
                 )
             wanted.append(needed_responses(flags, pairs))
+        if self.pairwise:
+            # the judge reads pair_indices and selected_for_annotation itself; its outputs are per pair
+            out = dict(self.annotator(batch, rank=rank, indices=indices))
+            out[RESPONSE_ANNOTATED] = [
+                [index in set(wanted[i]) for index in range(len(batch[C.RESPONSES][i] or []))]
+                for i in range(n_rows)
+            ]
+            return out
         rows = [i for i in range(n_rows) if wanted[i]]
         annotated = self._annotate(batch, rows, wanted, rank, indices) if rows else {}
         per_response = self._per_response_columns(annotated, [len(wanted[i]) for i in rows])
@@ -196,6 +218,10 @@ class AnnotateSelected(Step):
         from hfpref.transform import check_columns
 
         check_columns(dataset.column_names, self.input_columns(), self.name)
+        if self.pairwise and hasattr(self.annotator, "output_features"):
+            features = self.annotator.output_features(dataset.features)
+            features[RESPONSE_ANNOTATED] = datasets.List(datasets.Value("bool"))
+            map_kwargs.setdefault("features", features)
         first = self._first_row_needing_annotation(dataset)
         if first is not None and "features" not in map_kwargs:
             probe = self(dataset[first : first + 1], indices=[first])
@@ -218,9 +244,13 @@ class AnnotateSelected(Step):
 @dataclasses.dataclass
 class AnnotatedPairsConfig(StepConfig):
     """``pair_strategy``: the value of the ``pair_strategy`` column; None names it after the selection,
-    e.g. ``smallest_margin_corpus``."""
+    e.g. ``smallest_margin_corpus``. ``preferences_column``: a pairwise annotator's per-pair preference
+    column (1.0: the pair's first response is better, 0.0: the second, 0.5: a tie, None: no verdict),
+    used instead of ``rewards``; ``reward_chosen`` / ``reward_rejected`` are then the preferences (1.0 /
+    0.0)."""
 
     pair_strategy: str | None = None
+    preferences_column: str | None = None
 
 
 class AnnotatedPairs(Step):
@@ -236,8 +266,8 @@ class AnnotatedPairs(Step):
     computed here), ``logp_diff`` (p_Δ = |ref log-prob difference|, None without ``ref_logps``);
     ``implicit_margin`` (r̂(chosen) − r̂(rejected), the ``rewards/margins`` TRL logs for this pair),
     ``implicit_reward_chosen``, ``implicit_reward_rejected``; ``pair_strategy``; ``drop_reason`` (None, or
-    ``missing_prompt`` / ``missing_response`` / ``nan_reward`` / ``rewards_tied`` with the pair columns
-    None); and every other per-row input column
+    ``missing_prompt`` / ``missing_response`` / ``nan_reward`` / ``rewards_tied``, or with a pairwise annotator
+    ``judge_tie`` / ``judge_missing``, with the pair columns None); and every other per-row input column
     (e.g. ``reward_source``, ``selection_*``, ids), while per-response and per-pair lists stay behind.
     """
 
@@ -252,7 +282,7 @@ class AnnotatedPairs(Step):
         return [
             C.PROMPT,
             C.RESPONSES,
-            C.REWARDS,
+            self.config.preferences_column or C.REWARDS,
             IMPLICIT_REWARDS,
             PAIR_INDICES,
             SELECTED_FOR_ANNOTATION,
@@ -265,6 +295,9 @@ class AnnotatedPairs(Step):
 
     def passthrough_columns(self, column_names: list[str]) -> list[str]:
         excluded = {*self.output_columns(), *PER_PAIR_COLUMNS, IMPLICIT_MARGINS}
+        if self.config.preferences_column:  # a pairwise judge's per-pair lists stay behind too
+            prefix = self.config.preferences_column[: -len("preferences")]
+            excluded |= {self.config.preferences_column, f"{prefix}verdicts", f"{prefix}judge_raw"}
         return [c for c in column_names if c not in excluded and not is_per_response(c)]
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
@@ -273,7 +306,8 @@ class AnnotatedPairs(Step):
         for i in range(len(batch[C.PROMPT])):
             responses = batch[C.RESPONSES][i] or []
             n = len(responses)
-            rewards = self._per_response(batch, C.REWARDS, i, n, indices)
+            preferences = self._preferences(batch, i, indices)
+            rewards = None if preferences is not None else self._per_response(batch, C.REWARDS, i, n, indices)
             implicit = self._per_response(batch, IMPLICIT_REWARDS, i, n, indices)
             ref = self._per_response(batch, C.REF_LOGPS, i, n, indices) if C.REF_LOGPS in batch else None
             generators = batch[C.GENERATORS][i] if C.GENERATORS in batch else None
@@ -282,10 +316,18 @@ class AnnotatedPairs(Step):
             )
             prompt = batch[C.PROMPT][i]
             flags, pairs = batch[SELECTED_FOR_ANNOTATION][i], batch[PAIR_INDICES][i]
-            for flag, (a, b) in zip(flags, pairs, strict=True):
+            for k, (flag, (a, b)) in enumerate(zip(flags, pairs, strict=True)):
                 if not flag:
                     continue
-                row, reason = self._pair(a, b, responses, rewards, implicit, ref, generators, prompt)
+                if preferences is not None:
+                    # the pair's preference as rewards of its two responses: chosen = the preferred one
+                    p = preferences[k]
+                    pair_rewards: list[float | None] = [None] * n
+                    pair_rewards[a], pair_rewards[b] = (None, None) if p is None else (p, 1.0 - p)
+                    row, reason = self._pair(a, b, responses, pair_rewards, implicit, ref, generators, prompt)
+                    reason = {"rewards_tied": "judge_tie", "nan_reward": "judge_missing"}.get(reason, reason)
+                else:
+                    row, reason = self._pair(a, b, responses, rewards, implicit, ref, generators, prompt)
                 out[C.PROMPT].append(prompt)
                 for name in [*PAIR_COLUMNS, *self.EXTRA_COLUMNS]:
                     out[name].append(None if row is None else row[name])
@@ -348,6 +390,19 @@ class AnnotatedPairs(Step):
             IMPLICIT_REWARD_CHOSEN: _finite_or_none(implicit[chosen]),
             IMPLICIT_REWARD_REJECTED: _finite_or_none(implicit[rejected]),
         }, None
+
+    def _preferences(self, batch: Batch, i: int, indices: list[int] | None) -> list[float | None] | None:
+        column = self.config.preferences_column
+        if column is None:
+            return None
+        values = batch[column][i]
+        pairs = batch[PAIR_INDICES][i] or []
+        if values is None or len(values) != len(pairs):
+            raise RowError(
+                f"{self.name}: {row_label(batch, i, indices)} column {column!r} must hold one preference per "
+                f"pair of {PAIR_INDICES!r} ({len(pairs)}), got {values!r:.200}"
+            )
+        return list(values)
 
     def _per_response(
         self, batch: Batch, column: str, i: int, n: int, indices: list[int] | None

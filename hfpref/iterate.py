@@ -12,17 +12,27 @@ Each round r = 1..R:
 
 The reference. ``train_dpo`` trains with TRL's default reference, a frozen copy of the model it starts
 from, so π_{r+1} is DPO-trained against π_r. The implicit reward of π_r is therefore measured against
-the policy it was trained from: the reference of round r is π_{r−1} (round-(r−2)'s checkpoint, or the
-initial policy for r ≤ 2). In round 1 the policy *is* the reference: every margin is exactly 0 (the
-policy log-probs are copied from the reference's rather than recomputed, so they are equal to the bit), and
-``smallest_margin`` / ``largest_margin`` select at random by the selection seed (see ``hfpref.margins``).
+the policy it was trained from: the reference of round r is π_{r−1} (round-(r−2)'s checkpoint). The first
+round's reference is the recipe's ``reference`` (default: the policy itself).
+
+The first round. If the policy *is* its reference every margin is exactly 0 (the policy log-probs are
+copied from the reference's, so they are equal to the bit), and smallest, largest and random selection
+pick the same pairs. The margin comparison of arXiv 2406.17312 needs a policy that already differs from
+its reference, so the loop offers two starts, and refuses the degenerate one (``IterateError`` naming the
+round) unless ``selection.on_equal_margins: random`` asks for the random fallback, which the card reports:
+
+* ``policy: {model: DPO_CHECKPOINT}`` with ``reference: {model: SFT_MODEL}``: a policy already DPO-trained
+  from the reference (e.g. on a seed set of preferences) ranks round 1's pairs by real margins;
+* ``warmup: {fraction: 0.1}``: a round 0 annotates that share of the total budget at random, trains π_1
+  from the initial policy, and the margin rounds start from there (round 1: π_1 against the initial policy).
 
 Budgets. ``budget.fraction`` F is the share of all sampled pairs annotated over all rounds (every round
 samples the same prompts with the same N, so each has the same number of pairs); round r annotates
 F · R · w_r of its pairs, where the schedule's weights w sum to 1: ``constant`` (1/R each),
 ``increasing`` (∝ 1, 2, ..., R), ``decreasing`` (∝ R, ..., 2, 1: front-loading, which the paper finds
 better) or an explicit list. ``budget.pairs`` is a total count instead (corpus level only), split by the
-same weights with largest-remainder rounding so the rounds sum exactly to it.
+same weights with largest-remainder rounding so the rounds sum exactly to it. A warm-up share s takes
+s of that same total (round 0 annotates F · R · s of its pairs), and the rounds split the rest (1 − s).
 
 Resuming. ``iterate_state.json`` in the output folder records each round's release and checkpoint as they
 are written. A round is finished when the state says so and both folders exist; a rerun skips finished
@@ -57,6 +67,7 @@ from hfpref.chat_prompts import ChatPrompts, ChatPromptsConfig  # noqa: F401 (mo
 from hfpref.margins import (
     AnnotationSelectionConfig,
     AnnotationSelector,
+    EqualMarginsError,
     ImplicitMargins,
     MarginConfig,
     selection_summary,
@@ -86,6 +97,8 @@ _TOP_LEVEL_KEYS = (
     "description",
     "input",
     "policy",
+    "reference",
+    "warmup",
     "rounds",
     "chat_format",
     "sampling",
@@ -175,17 +188,31 @@ class BudgetSpec:
             raise IterateError(f"budget.pairs must be a positive int, got {spec.pairs!r}")
         return spec
 
-    def per_round(self, rounds: int) -> list[dict[str, Any]]:
-        """Each round's budget as ``AnnotationSelectionConfig`` fields: ``{"fraction": f}`` or ``{"count": n}``."""
+    def per_round(self, rounds: int, warmup: float | None = None) -> list[dict[str, Any]]:
+        """Each round's budget as ``AnnotationSelectionConfig`` fields: ``{"fraction": f}`` or ``{"count": n}``.
+
+        With a ``warmup`` share s, the list starts with round 0's budget (s of the total) and the rounds
+        share the rest by the schedule.
+        """
         weights = schedule_weights(self.schedule, rounds)
+        first = 1
+        if warmup is not None:
+            weights = [warmup] + [(1 - warmup) * w for w in weights]
+            first = 0
         if self.pairs is not None:
-            return [{"count": n} for n in largest_remainder(self.pairs, weights)]
+            counts = largest_remainder(self.pairs, weights)
+            if warmup is not None and counts[0] == 0:
+                raise IterateError(
+                    f"warmup: fraction {warmup} of budget.pairs {self.pairs} is no pair; raise either"
+                )
+            return [{"count": n} for n in counts]
         fractions = [self.fraction * rounds * w for w in weights]
-        too_big = [(r + 1, f) for r, f in enumerate(fractions) if f > 1 + 1e-12]
+        too_big = [(r + first, f) for r, f in enumerate(fractions) if f > 1 + 1e-12]
         if too_big:
             raise IterateError(
-                f"budget: fraction {self.fraction} over {rounds} rounds with schedule {self.schedule!r} asks "
-                f"round(s) {[r for r, _ in too_big]} to annotate more than all their pairs "
+                f"budget: fraction {self.fraction} over {rounds} rounds with schedule {self.schedule!r}"
+                + (f" and warm-up share {warmup}" if warmup is not None else "")
+                + f" asks round(s) {[r for r, _ in too_big]} to annotate more than all their pairs "
                 f"({', '.join(f'{f:.3g}' for _, f in too_big)}); lower the fraction or flatten the schedule"
             )
         return [{"fraction": min(f, 1.0)} for f in fractions]
@@ -220,6 +247,14 @@ def _mapping(value: Any, where: str) -> dict:
     return dict(value)
 
 
+def _model_ref(value: Any, where: str) -> ModelRef:
+    model = _mapping(value, where)
+    _check_keys(model, ("model", "revision"), where)
+    if not isinstance(model.get("model"), str) or not model["model"]:
+        raise IterateError(f"{where}: 'model' must name a Hub model id or a local folder")
+    return ModelRef(model["model"], model.get("revision"))
+
+
 def _check_keys(mapping: Mapping, allowed: Sequence[str], where: str) -> None:
     unknown = [k for k in mapping if k not in allowed]
     if unknown:
@@ -238,13 +273,15 @@ class IterateRecipe:
 
     description: ...
     input: {hub: ID, revision: SHA, split: train, columns: [prompt]}   # as in curate recipes
-    policy: {model: ID_OR_FOLDER, revision: null}   # the initial policy, round 1's reference too
+    policy: {model: ID_OR_FOLDER, revision: null}   # the initial policy
+    reference: {model: ID_OR_FOLDER}  # the first round's DPO reference (default: the policy itself)
+    warmup: {fraction: 0.1}           # optional round 0: this share of the budget at random, then train
     rounds: 3
     chat_format: auto                 # auto | messages | text
     sampling: {n: 8, temperature: 0.8, max_new_tokens: 512, seed: 0}       # SamplerConfig fields
     logprobs: {dtype: float32}                                             # LogProbConfig fields
     margins: {length_normalize: false}        # beta is training.beta (DPO's, default 0.1)
-    selection: {strategy: smallest_margin, level: corpus, seed: 0}
+    selection: {strategy: smallest_margin, level: corpus, seed: 0, on_equal_margins: error}
     budget: {fraction: 0.5, schedule: decreasing}   # or {pairs: 20000, ...}
     annotation: {annotator: RewardAnnotator, config: {model: ID}}
     training: {learning_rate: 5.0e-7}               # trl.DPOConfig fields (train_dpo's defaults)
@@ -265,6 +302,8 @@ class IterateRecipe:
     chat_format: str = "auto"
     description: str = ""
     source: str | None = None
+    reference: ModelRef | None = None  # the first round's reference; None: the policy itself
+    warmup: float | None = None  # the warm-up round's share of the total budget; None: no warm-up
 
     @classmethod
     def from_dict(cls, raw: Any, source: str | None = None, validate: bool = True) -> IterateRecipe:
@@ -274,10 +313,17 @@ class IterateRecipe:
             for required in ("input", "policy", "rounds", "budget", "annotation"):
                 if required not in raw:
                     raise IterateError(f"recipe: missing '{required}'")
-            policy = _mapping(raw["policy"], "policy")
-            _check_keys(policy, ("model", "revision"), "policy")
-            if not isinstance(policy.get("model"), str) or not policy["model"]:
-                raise IterateError("policy: 'model' must name a Hub model id or a local folder")
+            policy = _model_ref(raw["policy"], "policy")
+            reference = _model_ref(raw["reference"], "reference") if raw.get("reference") else None
+            warmup = _mapping(raw.get("warmup"), "warmup")
+            _check_keys(warmup, ("fraction",), "warmup")
+            share = warmup.get("fraction")
+            if warmup and not (
+                isinstance(share, (int, float)) and not isinstance(share, bool) and 0 < share < 1
+            ):
+                raise IterateError(
+                    f"warmup.fraction is the warm-up round's share of the total budget, in (0, 1); got {share!r}"
+                )
             rounds = raw["rounds"]
             if not (isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 1):
                 raise IterateError(f"rounds must be a positive int, got {rounds!r}")
@@ -298,7 +344,9 @@ class IterateRecipe:
                 _check_reserved(section, sections[section])
             recipe = cls(
                 input=InputSpec.from_dict(raw["input"]),
-                policy=ModelRef(policy["model"], policy.get("revision")),
+                policy=policy,
+                reference=reference,
+                warmup=float(share) if warmup else None,
                 rounds=rounds,
                 budget=BudgetSpec.from_dict(raw["budget"]),
                 annotation=annotation,
@@ -326,6 +374,11 @@ class IterateRecipe:
             out["description"] = self.description
         out["input"] = self.input.to_dict()
         out["policy"] = {"model": self.policy.model, "revision": self.policy.revision}
+        # written only when set, so the state of a folder made before these fields existed still matches
+        if self.reference is not None:
+            out["reference"] = {"model": self.reference.model, "revision": self.reference.revision}
+        if self.warmup is not None:
+            out["warmup"] = {"fraction": self.warmup}
         out["rounds"] = self.rounds
         out["chat_format"] = self.chat_format
         for section in ("sampling", "logprobs", "margins", "selection"):
@@ -349,8 +402,20 @@ class IterateRecipe:
     def beta(self) -> float:
         return float(self.training.get("beta", DCRM_RECIPE["beta"]))
 
+    @property
+    def first_round(self) -> int:
+        """0 with a warm-up round, else 1."""
+        return 0 if self.warmup is not None else 1
+
+    def round_numbers(self) -> list[int]:
+        return list(range(self.first_round, self.rounds + 1))
+
+    def initial_reference(self) -> ModelRef:
+        return self.reference if self.reference is not None else self.policy
+
     def round_budgets(self) -> list[dict[str, Any]]:
-        budgets = self.budget.per_round(self.rounds)
+        """The budget of each of ``round_numbers()``, in order."""
+        budgets = self.budget.per_round(self.rounds, self.warmup)
         if self.budget.pairs is not None and self.selection.get("level", "instance") != "corpus":
             raise IterateError(
                 "budget.pairs is a total count of pairs, which only corpus-level selection can spend; "
@@ -377,8 +442,11 @@ class IterateRecipe:
 
     def selection_config(self, round_number: int) -> AnnotationSelectionConfig:
         fields = {"strategy": "smallest_margin", "level": "instance", "seed": 0, **self.selection}
-        fields["seed"] = int(fields["seed"]) + round_number - 1  # fresh tie-breaks each round
-        return AnnotationSelectionConfig(**fields, **self.round_budgets()[round_number - 1])
+        step = round_number - self.first_round
+        fields["seed"] = int(fields["seed"]) + step  # fresh tie-breaks each round
+        if round_number == 0:
+            fields["strategy"] = "random"  # the warm-up: the policy has no margins worth ranking yet
+        return AnnotationSelectionConfig(**fields, **self.round_budgets()[step])
 
     def annotate_config(self) -> AnnotateSelectedConfig:
         return AnnotateSelectedConfig(
@@ -401,8 +469,22 @@ class IterateRecipe:
         build("sampling", lambda: self.sampler_config(self.policy, "policy"))
         build("logprobs", lambda: self.logprob_config(self.policy, "ref"))
         build("margins", self.margin_config)
-        for r in range(1, self.rounds + 1):
+        for r in self.round_numbers():
             build("selection", lambda r=r: self.selection_config(r))
+        first = self.selection_config(1)
+        if (
+            self.warmup is None
+            and self.initial_reference() == self.policy
+            and first.strategy != "random"
+            and first.on_equal_margins == "error"
+        ):
+            raise IterateError(
+                f"round 1: the policy {self.policy.label()!r} is its own reference, so every implicit margin "
+                f"is 0 and {first.strategy} selection would be random selection. Set `reference: {{model: "
+                "SFT_MODEL}` with a policy DPO-trained from it, or `warmup: {fraction: 0.1}` (a random warm-up "
+                "round trains the policy first), or `selection: {on_equal_margins: random}` to accept random "
+                "selection in round 1"
+            )
         build("annotation", lambda: AnnotateSelected(self.annotate_config()))
         from trl import DPOConfig
 
@@ -523,11 +605,16 @@ class RoundResult:
 
 
 def models_of_round(recipe: IterateRecipe, folder: Path, round_number: int) -> tuple[ModelRef, ModelRef]:
-    """(π_r, its reference): π_1 = the initial policy, π_r = round r−1's checkpoint; reference π_{r−1}."""
+    """(π_r, its reference). The first round (0 with a warm-up, else 1) samples from the initial policy
+    against the recipe's reference (default: the policy); π_r = round r−1's checkpoint, whose reference is
+    π_{r−1}, the policy it was DPO-trained from."""
+    first = recipe.first_round
 
     def policy(r: int) -> ModelRef:
-        return recipe.policy if r <= 1 else ModelRef(str(checkpoint_dir(folder, r - 1)))
+        return recipe.policy if r <= first else ModelRef(str(checkpoint_dir(folder, r - 1)))
 
+    if round_number <= first:
+        return recipe.policy, recipe.initial_reference()
     return policy(round_number), policy(round_number - 1)
 
 
@@ -550,7 +637,7 @@ def run_iterations(
     results = []
     quiet = contextlib.nullcontext() if progress else _progress_off(datasets)
     with quiet:
-        for r in range(1, recipe.rounds + 1):
+        for r in recipe.round_numbers():
             policy, reference = models_of_round(recipe, folder, r)
             config_name = recipe.selection_config(r).name
             reused = state.finished(r)
@@ -640,6 +727,35 @@ def _wants_messages(recipe: IterateRecipe) -> bool:
     return getattr(tokenizer, "chat_template", None) is not None
 
 
+def round_steps(recipe: IterateRecipe, r: int, policy: ModelRef, reference: ModelRef) -> list[Step]:
+    """Round ``r``'s steps: sample from ``policy``, score under ``reference`` and ``policy``, margins,
+    selection, annotation (the last step is the ``AnnotateSelected``)."""
+    from hfpref.logprobs import LogProbAnnotator
+    from hfpref.sampling import ResponseSampler
+
+    generator = (
+        recipe.policy.model if r == recipe.first_round else f"{recipe.output.name}/round-{r - 1}/policy"
+    )
+    steps: list[Step] = [
+        ResponseSampler(recipe.sampler_config(policy, generator)),
+        LogProbAnnotator(recipe.logprob_config(reference, "ref")),
+    ]
+    if policy == reference:
+        steps.append(
+            CopyColumns(
+                columns={C.REF_LOGPS: C.POLICY_LOGPS, C.REF_TOKEN_COUNTS: "policy_token_counts"},
+                reason=f"round {r}: the policy is its own reference, so its log-probs are the reference's",
+            )
+        )
+    else:
+        steps.append(LogProbAnnotator(recipe.logprob_config(policy, "policy")))
+    return steps + [
+        ImplicitMargins(recipe.margin_config()),
+        AnnotationSelector(recipe.selection_config(r)),
+        AnnotateSelected(recipe.annotate_config()),
+    ]
+
+
 def _build_round(
     recipe: IterateRecipe,
     r: int,
@@ -652,39 +768,31 @@ def _build_round(
     num_proc: int | None,
 ) -> int:
     """Sample, score, select, annotate and write round ``r``'s release; returns its number of pairs."""
-    from hfpref.logprobs import LogProbAnnotator
     from hfpref.release import read_manifest, write_manifest_and_card, write_release
-    from hfpref.sampling import ResponseSampler
     from hfpref.selection import split_dropped
 
-    generator = recipe.policy.model if r == 1 else f"{recipe.output.name}/round-{r - 1}/policy"
-    steps: list[Step] = [
-        ResponseSampler(recipe.sampler_config(policy, generator)),
-        LogProbAnnotator(recipe.logprob_config(reference, "ref")),
-    ]
-    if policy == reference:
-        steps.append(
-            CopyColumns(
-                columns={C.REF_LOGPS: C.POLICY_LOGPS, C.REF_TOKEN_COUNTS: "policy_token_counts"},
-                reason="round 1: the policy is its own reference, so its log-probs are the reference's",
-            )
-        )
-    else:
-        steps.append(LogProbAnnotator(recipe.logprob_config(policy, "policy")))
+    steps = round_steps(recipe, r, policy, reference)
     selection_config = recipe.selection_config(r)
-    annotate = AnnotateSelected(recipe.annotate_config())
-    steps += [ImplicitMargins(recipe.margin_config()), AnnotationSelector(selection_config), annotate]
+    annotate = steps[-1]
+    assert isinstance(annotate, AnnotateSelected)
 
     candidates = prompts
     step_rows = []
     for step in steps:
         rows_in = len(candidates)
-        candidates = step.apply(
-            candidates, batch_size=batch_size, num_proc=num_proc if _is_model(step) else None
-        )
+        try:
+            candidates = step.apply(
+                candidates, batch_size=batch_size, num_proc=num_proc if _is_model(step) else None
+            )
+        except EqualMarginsError as err:
+            raise IterateError(
+                f"round {r}: {err}. In the loop, start from a policy that differs from its reference "
+                "(`reference: {model: SFT_MODEL}` with a DPO-trained policy, or `warmup: {fraction: 0.1}`), or "
+                "set `selection: {on_equal_margins: random}`"
+            ) from None
         step_rows.append({"rows_in": rows_in, "rows_out": len(candidates)})
         _unload(step)
-    pair_maker = AnnotatedPairs()
+    pair_maker = AnnotatedPairs(preferences_column=annotate.preferences_column())
     kept, dropped = split_dropped(pair_maker.apply(candidates, batch_size=batch_size))
 
     name = selection_config.name
@@ -777,13 +885,18 @@ def iteration_record(
         "rounds": recipe.rounds,
         "policy": policy.label(),
         "reference": reference.label(),
-        "reference_rule": "the policy the sampling policy was DPO-trained from (the initial policy in rounds 1-2)",
+        "reference_rule": (
+            "the policy the sampling policy was DPO-trained from; in the first round the recipe's reference "
+            "(default: the initial policy itself)"
+        ),
+        "warmup": r == 0,
         "margins": dataclasses.asdict(recipe.margin_config()),
         "budget": {
             **recipe.budget.to_dict(),
             "weights": schedule_weights(recipe.budget.schedule, recipe.rounds),
-            "per_round": recipe.round_budgets(),
-            "this_round": recipe.round_budgets()[r - 1],
+            "warmup": recipe.warmup,
+            "per_round": dict(zip(map(str, recipe.round_numbers()), recipe.round_budgets(), strict=True)),
+            "this_round": recipe.round_budgets()[r - recipe.first_round],
         },
         "selection": {**dataclasses.asdict(selection_config), **selection_summary(candidates)},
         "annotation": {
@@ -792,10 +905,22 @@ def iteration_record(
             "responses_annotated": sum(sum(row) for row in annotated),
             "pairs_kept": len(kept),
             "dropped": dict(sorted(dropped.items())),
+            **({"pairwise": _pairwise_counts(annotate, candidates)} if annotate.pairwise else {}),
         },
         "training": recipe.training_overrides(),
         "next_policy": f"round-{r}/policy",
     }
+
+
+def _pairwise_counts(annotate: AnnotateSelected, candidates) -> dict[str, int]:
+    """A pairwise annotator's verdicts (ties and order disagreements) and failures over the round."""
+    from hfpref.judges.pairwise import pairwise_summary
+
+    prefix = annotate.annotator.config.column_prefix
+    counts = pairwise_summary(candidates, prefix)
+    for name in ("parse_failures", "request_failures"):
+        counts[name] = sum(candidates[f"{prefix}pairwise_{name}"])
+    return counts
 
 
 def iteration_card_section(record: Mapping[str, Any]) -> str:
@@ -821,16 +946,33 @@ def iteration_card_section(record: Mapping[str, Any]) -> str:
     excluded = ", ".join(f"{k}: {v}" for k, v in selection["excluded"].items()) or "none"
     dropped = ", ".join(f"{k}: {v}" for k, v in annotation["dropped"].items()) or "none"
     margins = record["margins"]
-    lines = [
-        f"## Iterative round {record['round']} of {record['rounds']} (annotation by implicit margins)",
-        "",
-        f"- Policy that sampled the responses: `{record['policy']}`; its DPO reference: `{record['reference']}`"
-        + (
-            " (the same model: every margin is 0, so the selection is random by seed)"
-            if record["policy"] == record["reference"]
-            else ""
+    if record.get("warmup"):
+        title = (
+            f"## Warm-up round (round 0 before {record['rounds']} rounds of annotation by implicit margins)"
         )
+        how = (
+            f"- Warm-up: {100 * budget['warmup']:.4g}% of the total budget annotated at random, to train a policy "
+            "that differs from its reference before pairs are selected by margin."
+        )
+    else:
+        title = f"## Iterative round {record['round']} of {record['rounds']} (annotation by implicit margins)"
+        how = None
+    equal = selection.get("margins_all_equal") and selection["strategy"] != "random"
+    lines = [
+        title,
+        "",
+        *([how] if how else []),
+        f"- Policy that sampled the responses: `{record['policy']}`; its DPO reference: `{record['reference']}`"
+        + (" (the same model)" if record["policy"] == record["reference"] else "")
         + ".",
+        *(
+            [
+                f"- **All eligible margins were equal**, so `{selection['strategy']}` selected at random by the "
+                "seed (`selection.on_equal_margins: random`)."
+            ]
+            if equal
+            else []
+        ),
         f"- Implicit reward r̂(y) = β·(log π(y|x) − log π_ref(y|x)), β = {margins['beta']}"
         + (", per-token (length-normalised)" if margins["length_normalize"] else ", summed over tokens")
         + "; a pair's margin is r̂(y_i) − r̂(y_j).",
@@ -842,6 +984,15 @@ def iteration_card_section(record: Mapping[str, Any]) -> str:
         f"{stat('abs_margin_unselected')}.",
         f"- Annotation by `{annotation['annotator']}`: {annotation['responses_annotated']} of "
         f"{annotation['responses']} responses scored; {annotation['pairs_kept']} pairs kept, dropped: {dropped}.",
+        *(
+            [
+                f"- Pairwise judge, both orders per pair: {pw['judged_pairs']} pairs judged; "
+                f"{pw['tie']} ties and {pw['order_disagreement']} order disagreements (both counted as ties); "
+                f"{pw['parse_failure']} unreadable and {pw['request_failure']} failed."
+            ]
+            if (pw := annotation.get("pairwise"))
+            else []
+        ),
         f"- Unselected pairs stay in the `candidates` config (`selected_for_annotation` is false); the trained "
         f"policy is in `{record['next_policy']}` next to this release.",
         "",
@@ -880,6 +1031,7 @@ __all__ = [
     "RoundResult",
     "largest_remainder",
     "models_of_round",
+    "round_steps",
     "round_version",
     "run_iterations",
     "schedule_weights",

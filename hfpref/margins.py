@@ -29,10 +29,14 @@ at one of two levels:
   ``select_for_annotation``), which ranks globally and then writes the flags with a map.
 
 Ties are broken by a seeded pseudo-random key per pair, drawn from the selection seed and a hash of the
-prompt (so it depends on neither the batch nor the row order), then by row index and pair position. When
-all margins are equal — in the first round of iterative DPO the policy *is* the reference, so every
-margin is exactly 0 — ``smallest_margin`` and ``largest_margin`` therefore reduce to seeded random
-selection.
+prompt (so it depends on neither the batch nor the row order), then by row index and pair position.
+
+All margins equal. When every eligible pair of the dataset has the same margin — in the first round of
+iterative DPO, if the policy *is* its reference, every margin is exactly 0 — ``smallest_margin`` and
+``largest_margin`` would select exactly what ``random`` selects. That is never done silently:
+``on_equal_margins="error"`` (the default) makes ``AnnotationSelector.apply`` raise ``EqualMarginsError``;
+``on_equal_margins="random"`` selects at random by the seed, knowingly, and ``selection_summary`` reports
+``margins_all_equal`` so the release card says so.
 
 Some pairs are never selected, and say why in ``pair_excluded_reason``: ``missing_response`` (either
 response is None, e.g. a failed API call: it has no log-probs, so ``ImplicitMargins`` writes None for its
@@ -54,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from hfpref import columns as C
+from hfpref.errors import UserError
 from hfpref.selection import prompt_seed
 from hfpref.summary import describe_values
 from hfpref.transform import Batch, RowError, Step, StepConfig, check_columns, row_label
@@ -79,6 +84,11 @@ SELECTION_COLUMNS = (SELECTION_STRATEGY, SELECTION_LEVEL, SELECTION_FRACTION, SE
 SELECTION_STRATEGIES = ("smallest_margin", "largest_margin", "random")
 SELECTION_LEVELS = ("instance", "corpus")
 EXCLUSION_REASONS = ("missing_response", "empty_response", "identical_responses", "nan_margin")
+ON_EQUAL_MARGINS = ("error", "random")
+
+
+class EqualMarginsError(UserError):
+    """Margin-based selection over margins that are all equal (it would be random selection in disguise)."""
 
 
 # ---- formulas --------------------------------------------------------------------------------------------
@@ -281,13 +291,16 @@ class ImplicitMargins(Step):
 class AnnotationSelectionConfig(StepConfig):
     """Which pairs go to annotation: ``strategy`` (``SELECTION_STRATEGIES``), ``level`` ("instance" or
     "corpus"), and exactly one budget: ``fraction`` of the pairs (0 < fraction ≤ 1) or ``count`` pairs
-    (per prompt at instance level, in all at corpus level); ``seed`` for tie-breaks and ``random``."""
+    (per prompt at instance level, in all at corpus level); ``seed`` for tie-breaks and ``random``;
+    ``on_equal_margins``: what a margin strategy does when every eligible margin is the same, "error"
+    (default) or "random" (select at random by the seed, reported in ``selection_summary``)."""
 
     strategy: str = "smallest_margin"
     level: str = "instance"
     fraction: float | None = None
     count: int | None = None
     seed: int = 0
+    on_equal_margins: str = "error"
 
     def __post_init__(self) -> None:
         if self.strategy not in SELECTION_STRATEGIES:
@@ -312,6 +325,10 @@ class AnnotationSelectionConfig(StepConfig):
             raise ValueError(f"count must be a non-negative int, got {self.count!r}")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        if self.on_equal_margins not in ON_EQUAL_MARGINS:
+            raise ValueError(
+                f"on_equal_margins must be one of {list(ON_EQUAL_MARGINS)}, got {self.on_equal_margins!r}"
+            )
 
     @property
     def name(self) -> str:
@@ -433,11 +450,45 @@ class AnnotationSelector(Step):
             selected.setdefault(int(row), set()).add(int(position))
         return selected
 
+    def equal_margins(self, dataset, *, batch_size: int = 1000) -> tuple[int, float | None]:
+        """(number of eligible pairs, their common margin or None when they differ) over the dataset."""
+        low, high, eligible = math.inf, -math.inf, 0
+        view = dataset.select_columns(self.input_columns())
+        offset = 0
+        for batch in view.iter(batch_size=batch_size):
+            batch_indices = list(range(offset, offset + len(batch[C.PROMPT])))
+            for i in range(len(batch[C.PROMPT])):
+                excluded, margins = self._row(batch, i, batch_indices)
+                values = margins[[reason is None for reason in excluded]]
+                if len(values):
+                    eligible += len(values)
+                    low, high = min(low, float(values.min())), max(high, float(values.max()))
+            offset += len(batch[C.PROMPT])
+        return eligible, (low if eligible and low == high else None)
+
+    def check_margins_differ(self, dataset) -> None:
+        """Raise ``EqualMarginsError`` when a margin strategy would rank pairs whose margins are all equal."""
+        config = self.config
+        if config.strategy == "random" or config.on_equal_margins == "random":
+            return
+        eligible, value = self.equal_margins(dataset)
+        if eligible >= 2 and value is not None:
+            raise EqualMarginsError(
+                f"{self.name}: all {eligible} eligible pairs have the same implicit margin ({value:g}), so "
+                f"{config.strategy} selection would be random selection (the policy scores every response "
+                "exactly as its reference does). Score the responses under a policy that differs from its "
+                "reference, or set on_equal_margins: random to select at random by the seed knowingly"
+            )
+
     def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
-        """``Step.apply``; at corpus level the global ranking is computed first, then written by a map."""
+        """``Step.apply``; at corpus level the global ranking is computed first, then written by a map.
+
+        Either level first checks that the margins are not all equal (see ``on_equal_margins``).
+        """
+        check_columns(dataset.column_names, self.input_columns(), self.name)
+        self.check_margins_differ(dataset)
         if self.config.level == "instance":
             return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
-        check_columns(dataset.column_names, self.input_columns(), self.name)
         self._corpus_selected = self.corpus_selection(dataset)
         try:
             return super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
@@ -458,10 +509,10 @@ def selection_summary(candidates) -> dict[str, Any]:
 
     Returns pairs (all), eligible, excluded (by reason), selected, rows_with_selection, and
     statistics of |implicit margin| over the selected and over the eligible unselected pairs, plus the
-    |margin| range of the selected pairs.
+    |margin| range of the selected pairs, and ``margins_all_equal`` (every eligible margin the same).
     """
     excluded: Counter = Counter()
-    selected_abs, unselected_abs = [], []
+    selected_abs, unselected_abs, eligible_margins = [], [], set()
     pairs = eligible = rows_with = 0
     for reasons, flags, margins in zip(
         candidates[PAIR_EXCLUDED_REASON],
@@ -476,6 +527,7 @@ def selection_summary(candidates) -> dict[str, Any]:
                 excluded[reason] += 1
                 continue
             eligible += 1
+            eligible_margins.add(margin)
             (selected_abs if flag else unselected_abs).append(abs(margin))
     return {
         "pairs": pairs,
@@ -486,12 +538,15 @@ def selection_summary(candidates) -> dict[str, Any]:
         "rows_with_selection": rows_with,
         "abs_margin_selected": describe_values(selected_abs),
         "abs_margin_unselected": describe_values(unselected_abs),
+        # every eligible margin the same: a margin strategy selected at random (on_equal_margins: random)
+        "margins_all_equal": eligible >= 2 and len(eligible_margins) == 1,
     }
 
 
 __all__ = [
     "AnnotationSelectionConfig",
     "AnnotationSelector",
+    "EqualMarginsError",
     "ImplicitMargins",
     "MarginConfig",
     "budget_size",

@@ -84,6 +84,7 @@ STEP_REGISTRY: dict[str, str] = {
     "AnnotateSelected": "hfpref.annotate:AnnotateSelected",
     "QualityJudge": "hfpref.judges.quality:QualityJudge",
     "FeatureDifferenceJudge": "hfpref.judges.features:FeatureDifferenceJudge",
+    "PairwiseJudge": "hfpref.judges.pairwise:PairwiseJudge",
     "GeneratorDeltaTagger": "hfpref.generator_delta:GeneratorDeltaTagger",
 }
 PAIR_SELECTOR = "hfpref.selection:PairSelector"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -50,18 +51,38 @@ def test_round_budgets_sum_to_the_total():
         BudgetSpec.from_dict({"fraction": 0.5, "pairs": 3})
 
 
+def test_warmup_takes_its_share_of_the_same_total():
+    # F·R = 0.5·2 = 1 round's worth of pairs in all: warm-up 0.1 of it, the rounds 0.9·(2/3, 1/3)
+    spec = BudgetSpec.from_dict({"fraction": 0.5, "schedule": "decreasing"})
+    assert [b["fraction"] for b in spec.per_round(2, warmup=0.1)] == pytest.approx([0.1, 0.6, 0.3])
+    counts = BudgetSpec.from_dict({"pairs": 10, "schedule": "decreasing"}).per_round(2, warmup=0.1)
+    assert counts == [{"count": 1}, {"count": 6}, {"count": 3}]  # 1, 6, 3 exactly: sums to 10
+    with pytest.raises(IterateError, match=r"warm-up share 0.9 asks round\(s\) \[0\]"):
+        BudgetSpec.from_dict({"fraction": 0.6, "schedule": "constant"}).per_round(2, warmup=0.9)
+
+
 # ---- recipes ---------------------------------------------------------------------------------------------
 
 
 def test_published_recipe_is_the_papers_setting():
     recipe = IterateRecipe.from_yaml(SCRIPTS / "iterative_margins.yaml")  # validates every config offline
     assert recipe.sampling["n"] == 8
-    assert recipe.selection == {"strategy": "smallest_margin", "level": "corpus", "seed": 0}
+    assert recipe.selection == {
+        "strategy": "smallest_margin",
+        "level": "corpus",
+        "seed": 0,
+        "on_equal_margins": "error",
+    }
     assert (recipe.budget.fraction, recipe.budget.schedule) == (0.5, "decreasing")
     assert recipe.policy.model == "meta-llama/Meta-Llama-3-8B"
-    budgets = [recipe.selection_config(r) for r in (1, 2, 3)]
-    assert [b.fraction for b in budgets] == pytest.approx([0.75, 0.5, 0.25])
-    assert [b.seed for b in budgets] == [0, 1, 2]
+    # the base model is its own reference: a random warm-up round trains π_1 before margins rank pairs
+    assert recipe.warmup == 0.1 and recipe.round_numbers() == [0, 1, 2, 3]
+    budgets = [recipe.selection_config(r) for r in (0, 1, 2, 3)]
+    assert [b.strategy for b in budgets] == ["random"] + ["smallest_margin"] * 3
+    # F·R = 1.5 rounds' worth: 10% of it in the warm-up, 90% by the decreasing weights 3/6, 2/6, 1/6
+    assert [b.fraction for b in budgets] == pytest.approx([0.15, 0.675, 0.45, 0.225])
+    assert [b.seed for b in budgets] == [0, 1, 2, 3]
+    assert all(b.on_equal_margins == "error" for b in budgets)
     assert recipe.annotate_config().annotator == "RewardAnnotator"
 
 
@@ -79,7 +100,13 @@ def _raw(tmp_path: Path, models: dict, **changes) -> dict:
         "policy": {"model": str(models["policy"])},
         "rounds": 2,
         "sampling": {"n": 3, "max_new_tokens": 8, "seed": 0, "backend": "transformers"},
-        "selection": {"strategy": "smallest_margin", "level": "corpus", "seed": 0},
+        # the tiny policy is its own reference in round 1: random selection there is asked for explicitly
+        "selection": {
+            "strategy": "smallest_margin",
+            "level": "corpus",
+            "seed": 0,
+            "on_equal_margins": "random",
+        },
         "budget": {"fraction": 0.5, "schedule": "decreasing"},
         "annotation": {"annotator": "RewardAnnotator", "config": {"model": str(models["reward"])}},
         "training": {
@@ -107,6 +134,14 @@ def _raw(tmp_path: Path, models: dict, **changes) -> dict:
         ({"selection": {"strategy": "smallest"}}, "unknown selection strategy"),
         ({"annotation": {"annotator": "PairRM"}}, "unknown step 'PairRM'"),
         ({"rounds": 0}, "rounds must be a positive int"),
+        ({"warmup": {"fraction": 1.0}}, r"warmup.fraction .* in \(0, 1\)"),
+        ({"warmup": {"share": 0.1}}, r"warmup: unknown field\(s\) \['share'\]"),
+        ({"reference": {"revision": "main"}}, "reference: 'model' must name"),
+        (
+            {"selection": {"strategy": "largest_margin", "level": "corpus"}},
+            r"round 1: the policy .* is its own "
+            r"reference.*`reference: \{model: SFT_MODEL\}`.*`warmup: \{fraction: 0.1\}`.*on_equal_margins: random",
+        ),
         ({"extra": 1}, r"unknown field\(s\) \['extra'\]"),
         ({"output": {"push_to_hub": {"repo_id": "a/b"}}}, "push each round"),
     ],
@@ -224,6 +259,10 @@ def test_two_rounds_interrupted_and_resumed(tiny_models, tmp_path, monkeypatch):
         assert data["content_hash"] == content_hash(folder / f"round-{r}" / "release")
     card = (folder / "round-2" / "release" / "README.md").read_text()
     assert "## Iterative round 2 of 2" in card and "smallest_margin" in card
+    assert "All eligible margins were equal" not in card
+    # round 1's random fallback is on its card and in its manifest, never silent
+    assert first["selection"]["margins_all_equal"] and first["selection"]["on_equal_margins"] == "random"
+    assert "All eligible margins were equal" in (folder / "round-1" / "release" / "README.md").read_text()
     # the round's section lives in the manifest, so re-rendering the card (as hfpref push does) keeps it
     from hfpref.release import set_release_version
 
@@ -237,3 +276,145 @@ def test_a_different_recipe_cannot_reuse_the_folder(tiny_models, tmp_path):
     changed = IterateRecipe.from_dict(_raw(tmp_path, tiny_models, rounds=3))
     with pytest.raises(IterateError, match="different recipe"):
         IT.run_iterations(changed, progress=False)
+
+
+# ---- the first round: a policy that differs from its reference, or a warm-up --------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_policy(tmp_path_factory) -> Path:
+    """A tiny policy built with another seed (same tokenizer): it differs from the tiny policy everywhere."""
+    from tests.tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("other-seed"), seed=5)["policy"]
+
+
+def _selected(out) -> set[tuple[int, tuple[int, int]]]:
+    return {
+        (row, tuple(pair))
+        for row, (flags, pairs) in enumerate(
+            zip(out["selected_for_annotation"], out["pair_indices"], strict=True)
+        )
+        for flag, pair in zip(flags, pairs, strict=True)
+        if flag
+    }
+
+
+def test_round_one_with_a_reference_ranks_real_margins(tiny_models, other_policy, tmp_path):
+    raw = _raw(
+        tmp_path,
+        tiny_models,
+        policy={"model": str(other_policy)},
+        reference={"model": str(tiny_models["policy"])},
+        rounds=1,
+        selection={"strategy": "smallest_margin", "level": "corpus", "seed": 0},  # on_equal_margins: error
+        budget={"fraction": 0.5, "schedule": "constant"},
+    )
+    recipe = IterateRecipe.from_dict(raw)
+    policy, reference = IT.models_of_round(recipe, Path(recipe.output.folder), 1)
+    assert (policy.model, reference.model) == (str(other_policy), str(tiny_models["policy"]))
+    steps = IT.round_steps(recipe, 1, policy, reference)
+    assert [type(s).__name__ for s in steps[:4]] == [
+        "ResponseSampler", "LogProbAnnotator", "LogProbAnnotator", "ImplicitMargins"
+    ]  # fmt: skip
+    candidates, _ = IT._load_prompts(recipe, tmp_path / "cache")
+    for step in steps[:4]:
+        candidates = step.apply(candidates)
+    picks, summaries = {}, {}
+    for strategy in ("smallest_margin", "largest_margin", "random"):
+        config = dataclasses.replace(recipe.selection_config(1), strategy=strategy)
+        out = IT.AnnotationSelector(config).apply(candidates)
+        picks[strategy], summaries[strategy] = _selected(out), IT.selection_summary(out)
+    assert picks["smallest_margin"] != picks["random"] != picks["largest_margin"] != picks["smallest_margin"]
+    assert not any(s["margins_all_equal"] for s in summaries.values())
+
+    # |margin| recomputed from the log-prob columns: β·((log π − log π_ref)_i − (log π − log π_ref)_j)
+    def abs_margin(row: int, pair: tuple[int, int]) -> float:
+        policy_logps, ref_logps = candidates["policy_logps"][row], candidates["ref_logps"][row]
+        i, j = pair
+        return abs(recipe.beta * ((policy_logps[i] - ref_logps[i]) - (policy_logps[j] - ref_logps[j])))
+
+    eligible = {
+        (row, tuple(pair))
+        for row, (pairs, reasons) in enumerate(
+            zip(out["pair_indices"], out["pair_excluded_reason"], strict=True)
+        )
+        for pair, reason in zip(pairs, reasons, strict=True)
+        if reason is None
+    }
+    by_size = sorted(eligible, key=lambda key: abs_margin(*key))
+    budget = min(len(eligible), 5)  # round(0.5 · 9 pairs), halves up
+    assert picks["smallest_margin"] == set(by_size[:budget])
+    assert picks["largest_margin"] == set(by_size[len(by_size) - budget :])
+    small = [abs_margin(*key) for key in picks["smallest_margin"]]
+    large = [abs_margin(*key) for key in picks["largest_margin"]]
+    assert max(small) <= min(large) and sum(small) < sum(large)
+
+
+def test_equal_margins_stop_the_round_and_say_what_to_set(tiny_models, tmp_path, monkeypatch):
+    # a reference that is a copy of the policy in another folder: the loop scores both, margins are all 0
+    import shutil
+
+    copy = tmp_path / "copy-of-policy"
+    shutil.copytree(tiny_models["policy"], copy)
+    raw = _raw(tmp_path, tiny_models, reference={"model": str(copy)}, rounds=1)
+    raw["selection"] = {"strategy": "smallest_margin", "level": "corpus"}
+    recipe = IterateRecipe.from_dict(raw)
+    trained = []
+    monkeypatch.setattr(IT, "train_dpo", lambda *args, **kwargs: trained.append(args))
+    with pytest.raises(
+        IterateError, match=r"round 1: AnnotationSelector: all \d+ eligible pairs have the same"
+    ) as err:
+        IT.run_iterations(recipe, progress=False)
+    assert "on_equal_margins: random" in str(err.value) and "warmup" in str(err.value)
+    assert not trained and not (Path(recipe.output.folder) / "round-1" / "release").exists()
+
+
+def test_a_warmup_round_trains_the_first_policy(tiny_models, tmp_path, monkeypatch):
+    raw = _raw(tmp_path, tiny_models, rounds=1, warmup={"fraction": 0.3})
+    raw["selection"] = {"strategy": "smallest_margin", "level": "corpus", "seed": 0}
+    raw["budget"] = {"fraction": 1.0, "schedule": "constant"}
+    recipe = IterateRecipe.from_dict(raw)
+    folder = Path(recipe.output.folder)
+    results = IT.run_iterations(recipe, progress=False)
+    assert [r.round for r in results] == [0, 1]
+    assert [r.config_name for r in results] == ["random_corpus", "smallest_margin_corpus"]
+    warm = json.loads((folder / "round-0/release/hfpref_manifest.json").read_text())["iteration"]
+    first = json.loads((folder / "round-1/release/hfpref_manifest.json").read_text())["iteration"]
+    assert warm["warmup"] and not first["warmup"]
+    assert warm["policy"] == warm["reference"] == str(tiny_models["policy"])
+    assert first["policy"] == str(folder / "round-0" / "policy")  # π_1, DPO-trained in the warm-up
+    assert first["reference"] == str(tiny_models["policy"])
+    # 9 pairs a round; the total budget (1.0 · 1 round) is split 0.3 / 0.7: round(2.7) = 3, round(6.3) = 6
+    assert warm["selection"]["selected"] == min(3, warm["selection"]["eligible"])
+    assert first["selection"]["selected"] == min(6, first["selection"]["eligible"])
+    assert not first["selection"]["margins_all_equal"]
+    one = _load(folder / "round-1" / "release", "candidates", tmp_path)
+    assert any(m != 0.0 for row in one["implicit_margins"] for m in row)
+    assert "## Warm-up round" in (folder / "round-0" / "release" / "README.md").read_text()
+    assert (folder / "round-1" / "policy" / "model.safetensors").exists()
+
+
+def test_a_pairwise_judge_annotates_the_round(tiny_models, tmp_path, monkeypatch):
+    """PairwiseJudge as the loop's annotator (PairRM's role): chosen = the response it prefers in both orders."""
+    judge = {"model": "scripted", "backend": "tests.test_pairwise_judge:ScriptedBackend", "cache_dir": None}
+    raw = _raw(
+        tmp_path, tiny_models, rounds=1, annotation={"annotator": "PairwiseJudge", "config": {"judge": judge}}
+    )
+    raw["budget"] = {"fraction": 1.0, "schedule": "constant"}
+    recipe = IterateRecipe.from_dict(raw)
+    trained = []
+    monkeypatch.setattr(IT, "train_dpo", lambda dataset, model, output_dir, **kwargs: trained.append(dataset))
+    [result] = IT.run_iterations(recipe, progress=False)
+    assert trained == [str(result.release)]
+    record = json.loads((result.release / "hfpref_manifest.json").read_text())["iteration"]
+    counts = record["annotation"]["pairwise"]
+    judged = record["selection"]["selected"]
+    assert counts["judged_pairs"] == judged and counts["request_failure"] == counts["parse_failure"] == 0
+    # the scripted judge prefers the longer response; equal lengths make the orders disagree (a tie)
+    pairs = _load(result.release, "smallest_margin_corpus", tmp_path)
+    assert len(pairs) == record["annotation"]["pairs_kept"] == counts["first"] + counts["second"]
+    for row in pairs:
+        assert len(row["chosen"][0]["content"]) > len(row["rejected"][0]["content"])
+    assert record["annotation"]["dropped"].get("judge_tie", 0) == counts["order_disagreement"] + counts["tie"]
+    assert "Pairwise judge, both orders per pair" in (result.release / "README.md").read_text()

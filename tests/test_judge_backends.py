@@ -153,6 +153,37 @@ def test_feature_judge_on_the_served_model(served_model, tmp_path):
     assert all(isinstance(text, str) for text in out["feature_judge_raw"][0])
 
 
+def test_pairwise_judge_on_the_served_model(served_model, tmp_path):
+    """Both orders of every selected pair go to the real server; its gibberish is counted, never guessed."""
+    from hfpref.judges.pairwise import PairwiseJudge
+
+    judge = {**served_model, "max_new_tokens": 8, "concurrency": 2, "cache_dir": str(tmp_path / "cache")}
+    judge["on_request_error"] = "missing"
+    rows = {
+        "prompt": [PAIRS[0]["prompt"], PAIRS[1]["prompt"]],
+        "responses": [[PAIRS[0]["chosen"], PAIRS[0]["rejected"], "Waves."], [PAIRS[1]["chosen"], "Pluto."]],
+        "pair_indices": [[[0, 1], [0, 2], [1, 2]], [[0, 1]]],
+        "selected_for_annotation": [[True, False, True], [True]],
+    }
+    step = PairwiseJudge(judge=judge)
+    out = step(rows)
+    assert out["pairwise_request_failures"] == [0, 0]
+    assert out["pairwise_parse_failures"] == [4, 2]  # a tiny random model never answers {"winner": ...}
+    assert out["pairwise_verdicts"] == [["parse_failure", None, "parse_failure"], ["parse_failure"]]
+    assert out["pairwise_preferences"] == [[None, None, None], [None]]
+    assert len(ResponseCache(tmp_path / "cache")) == 6  # 3 selected pairs x 2 orders, all received
+    # the second order's reply is what the server says to the swapped prompt, sent by hand
+    ab, ba = out["pairwise_judge_raw"][0][2]
+    for reply, (x, y) in ((ab, ("Sea.", "Waves.")), (ba, ("Waves.", "Sea."))):
+        payload = {
+            "model": served_model["model"],
+            "messages": [{"role": "user", "content": step.judge_prompt(PAIRS[0]["prompt"], x, y)}],
+            "max_tokens": 8,
+            "temperature": 0.0,
+        }
+        assert reply == _post_chat(served_model["base_url"], payload)
+
+
 # ---- a stub OpenAI-compatible server -------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from hfpref.logprobs import LogProbAnnotator
 from hfpref.margins import (
     AnnotationSelectionConfig,
     AnnotationSelector,
+    EqualMarginsError,
     ImplicitMargins,
     budget_size,
     implicit_rewards,
@@ -256,13 +257,32 @@ def _zero_margin_rows(prompts: int = 12, n: int = 4) -> list[dict]:
 
 
 @pytest.mark.parametrize("level", ["instance", "corpus"])
-def test_all_zero_margins_select_at_random_by_seed(level):
-    """Round 1 of iterative DPO: the policy is its reference, every margin is 0."""
+@pytest.mark.parametrize("strategy", ["smallest_margin", "largest_margin"])
+def test_all_equal_margins_are_an_error_by_default(level, strategy):
+    """Round 1 of iterative DPO with the policy as its own reference: every margin is 0."""
+    rows = _candidates(_zero_margin_rows())
+    with pytest.raises(EqualMarginsError, match=r"all 72 eligible pairs have the same implicit margin \(0\)"):
+        select_for_annotation(rows, strategy=strategy, level=level, fraction=0.5)
+    # one differing margin anywhere is enough to rank by
+    changed = _zero_margin_rows()
+    changed[5]["margins"][2] = 0.25
+    out = select_for_annotation(_candidates(changed), strategy=strategy, level=level, fraction=0.5)
+    assert selection_summary(out)["margins_all_equal"] is False
+    # random selection never needed margins
+    select_for_annotation(rows, strategy="random", level=level, fraction=0.5)
+
+
+@pytest.mark.parametrize("level", ["instance", "corpus"])
+def test_all_zero_margins_select_at_random_by_seed_when_asked(level):
+    """``on_equal_margins: random``: the explicit fallback is the seeded random selection, and reported."""
     rows = _candidates(_zero_margin_rows())
     picks = {}
     for strategy in ("smallest_margin", "largest_margin", "random"):
         for seed in (0, 1):
-            out = select_for_annotation(rows, strategy=strategy, level=level, fraction=0.5, seed=seed)
+            out = select_for_annotation(
+                rows, strategy=strategy, level=level, fraction=0.5, seed=seed, on_equal_margins="random"
+            )
+            assert selection_summary(out)["margins_all_equal"] is True
             picks[strategy, seed] = out["selected_for_annotation"]
             assert sum(map(sum, picks[strategy, seed])) == 12 * 3  # half of 12 x 6 pairs, exactly
     # with no margin to rank by, each strategy is the seeded random selection
@@ -337,6 +357,8 @@ def test_config_and_row_errors():
         AnnotationSelectionConfig(strategy="smallest", fraction=0.5)
     with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
         AnnotationSelectionConfig(fraction=1.5)
+    with pytest.raises(ValueError, match=r"on_equal_margins must be one of \['error', 'random'\]"):
+        AnnotationSelectionConfig(fraction=0.5, on_equal_margins="ignore")
     step = AnnotationSelector(fraction=0.5)
     bad = {
         "prompt": ["p"],

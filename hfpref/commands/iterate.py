@@ -10,7 +10,10 @@ Run rounds of iterative preference learning (arXiv 2406.17312): each round sampl
 from the current policy, scores them under the policy and its DPO reference, ranks all response pairs by
 their DPO implicit reward margin, annotates the pairs the round's budget allows (smallest, largest or
 random margins; per prompt or across the corpus), writes the round's release (round-R/release, with its
-card) and trains the next policy with DPO (round-R/policy).
+card) and trains the next policy with DPO (round-R/policy). Margins rank pairs only when the policy
+differs from its reference: give the recipe a `reference` beside a DPO-trained `policy`, or a `warmup`
+round (random selection, then training); a policy that is its own reference stops the run unless
+`selection: {on_equal_margins: random}` accepts random selection.
 
 An interrupted run resumes: finished rounds (recorded in iterate_state.json, with their release and
 checkpoint present) are skipped, and a round whose release exists only retrains."""

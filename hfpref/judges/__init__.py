@@ -4,7 +4,8 @@
   reply cache, and ``JudgeStep`` (the base of the judge steps);
 * ``parsing``: reading judge replies (a reply that does not parse is a counted missing value);
 * ``quality``: ``QualityJudge`` and ``filter_by_sample_delta``;
-* ``features``: ``FeatureDifferenceJudge``, f_Δ^rel / f_Δ^des, ``feature_summary``.
+* ``features``: ``FeatureDifferenceJudge``, f_Δ^rel / f_Δ^des, ``feature_summary``;
+* ``pairwise``: ``PairwiseJudge``, which of two responses is better, asked in both orders (PairRM's role).
 
 Prompt templates ship as package data in ``hfpref/judges/templates/*.j2``. Names import lazily, so
 ``import hfpref.judges`` needs neither ``openai`` nor ``torch``.
@@ -23,6 +24,7 @@ _LAZY = {
     "TransformersBackend": "hfpref.judges.backends",
     "ResponseCache": "hfpref.judges.backends",
     "JudgeRequestError": "hfpref.judges.backends",
+    "JudgeFailureWarning": "hfpref.judges.backends",
     "parse_failure_summary": "hfpref.judges.parsing",
     "QualityConfig": "hfpref.judges.quality",
     "QualityJudge": "hfpref.judges.quality",
@@ -33,6 +35,9 @@ _LAZY = {
     "IRRELEVANT_FEATURES": "hfpref.judges.features",
     "analyze_feature_differences": "hfpref.judges.features",
     "feature_summary": "hfpref.judges.features",
+    "PairwiseConfig": "hfpref.judges.pairwise",
+    "PairwiseJudge": "hfpref.judges.pairwise",
+    "pairwise_summary": "hfpref.judges.pairwise",
 }
 
 __all__ = list(_LAZY)

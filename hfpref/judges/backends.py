@@ -16,28 +16,44 @@ A backend turns chat conversations (lists of ``{"role", "content"}`` messages) i
 Every backend shares ``JudgeBackend.complete``: identical requests are sent once, and each reply is
 stored in a SQLite file under ``cache_dir`` as soon as it arrives, keyed by the model's identity, the
 messages and the sampling parameters (not the endpoint), so an interrupted run, or the same requests
-sent to another server of the same model, never pays twice. Failed requests are not cached.
+sent to another server of the same model, never pays twice. Failed requests are never cached: an error
+answer, a timeout, an HTTP 200 whose body is not a chat completion (invalid JSON, an HTML page, no
+choices) and a reply whose ``content`` is null are all failures (``Completion.error``), so a rerun asks
+them again.
+
+Failures as missing values (``on_request_error="missing"``). A judge step writes None for a failed
+request and counts it in its ``*_request_failures`` column; ``JudgeStep.apply`` then warns
+(``JudgeFailureWarning``: the count and the first error) and keeps the output out of every later run's
+cache: the output gets a fresh random fingerprint (so no later step's cached output is built on it), and
+a ``datasets`` cache file of the step that records failures is deleted before the next run maps, so the
+rerun maps again and the reply cache answers every request that succeeded; exactly the failed ones are
+sent again.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import hashlib
 import importlib
 import importlib.resources
 import json
+import logging
 import os
 import sqlite3
 import time
+import uuid
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hfpref.transform import Batch, RowError, Step, row_label
+from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
 
 Messages = list[dict[str, str]]
+logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = "~/.cache/hfpref/judge"
 BACKENDS = {
@@ -62,9 +78,9 @@ class JudgeConfig:
     ``seed``, ``extra_body`` (extra JSON fields for the endpoint, e.g. ``{"response_format": ...}``),
     ``dtype`` (transformers), and ``on_request_error``: ``"raise"`` (default; a request that still fails
     after the retries stops the step, and a rerun pays only for what the cache lacks) or ``"missing"``
-    (its scores are None and it is counted in ``*_request_failures``; ``datasets`` then caches those
-    rows like any others, so redo them with ``apply(..., load_from_cache_file=False)``, which re-sends
-    only the requests the reply cache lacks).
+    (its scores are None, it is counted in ``*_request_failures`` and warned about, and the step's output
+    is never reused from the ``datasets`` cache, so a rerun re-sends exactly the failed requests: see
+    the module notes).
 
     How (not fingerprinted): ``base_url`` (None: the client's default, ``OPENAI_BASE_URL``),
     ``api_key_env`` (the environment variable holding the key; local servers need none),
@@ -269,9 +285,9 @@ class OpenAIBackend(JudgeBackend):
             )
         except openai.OpenAIError as error:
             return Completion(None, error=f"{type(error).__name__}: {error}")
-        if not response.choices:
-            return Completion(None, error=f"the endpoint returned no choices: {response!r:.300}")
-        return Completion(response.choices[0].message.content or "")
+        except ValueError as error:  # json.JSONDecodeError: an HTTP 200 whose JSON body does not parse
+            return Completion(None, error=f"the endpoint's answer is not valid JSON ({error})")
+        return completion_of(response)
 
     def generate(self, conversations: Sequence[Messages]) -> Iterator[tuple[int, Completion]]:
         if not conversations:
@@ -290,6 +306,32 @@ class OpenAIBackend(JudgeBackend):
                     for queued in futures:
                         queued.cancel()
                 yield futures[future], completion
+
+
+def completion_of(response: Any) -> Completion:
+    """A chat completion object as a ``Completion``; anything that is not a usable reply is an error.
+
+    The openai client hands back the raw text when a 200 answer is not JSON (an HTML error page from a
+    proxy), an object without ``choices`` for JSON of another shape, and ``content=None`` when the
+    server produced no text: none of them is a reply, and none may be cached as one.
+    """
+    if isinstance(response, (str, bytes)):
+        text = response.decode(errors="replace") if isinstance(response, bytes) else response
+        return Completion(None, error=f"the endpoint's answer is not a chat completion: {text!r:.200}")
+    choices = getattr(response, "choices", None)
+    if not choices:
+        return Completion(None, error=f"the endpoint returned no choices: {response!r:.300}")
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if not isinstance(content, str):
+        refusal = getattr(message, "refusal", None)
+        return Completion(
+            None,
+            error="the endpoint returned no text (content null"
+            + (f", refusal {refusal!r:.200}" if refusal else "")
+            + f", finish_reason {getattr(choices[0], 'finish_reason', None)!r})",
+        )
+    return Completion(content)
 
 
 class TransformersBackend(JudgeBackend):
@@ -372,6 +414,30 @@ class JudgeRequestError(RuntimeError):
     """A judge request failed after its retries (with ``on_request_error="raise"``)."""
 
 
+class JudgeFailureWarning(UserWarning):
+    """Judge requests failed and were written as missing values (``on_request_error="missing"``)."""
+
+
+def _cache_files_of(dataset: Any, fingerprint: str) -> list[str]:
+    """The ``datasets`` cache file(s) a map over ``dataset`` with ``fingerprint`` writes (one, or one per
+    worker of ``Dataset.map(num_proc=k)``, named ``..._00000_of_0000k.arrow``)."""
+    path = dataset._get_cache_file_path(fingerprint)  # no public call names a map's cache file
+    stem, suffix = os.path.splitext(path)
+    return sorted({path, *(str(p) for p in Path(stem).parent.glob(f"{Path(stem).name}_*_of_*{suffix}"))})
+
+
+def _failures_in_files(paths: Sequence[str], column: str) -> int:
+    import datasets
+
+    total = 0
+    for path in paths:
+        if os.path.exists(path):
+            cached = datasets.Dataset.from_file(path)
+            if column in cached.column_names:
+                total += sum(v or 0 for v in cached[column])
+    return total
+
+
 def text_of_prompt(prompt: Any) -> str | None:
     """A prompt as the judge reads it: the string itself, or the conversation as ``[role]`` blocks."""
     if isinstance(prompt, str):
@@ -414,9 +480,102 @@ class JudgeStep(Step):
     """
 
     default_template: ClassVar[str] = ""
+    # the name part of the step's ``*_request_failures`` column (after ``column_prefix``)
+    failure_column: ClassVar[str] = ""
+
+    def __init__(self, config: StepConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        # cache files older than this step object are earlier runs'; newer ones may be this run's workers'
+        self._since = time.time()
+        self._failed_requests = 0  # failed requests seen in this step object's outputs
+        self._reported: set[str] = set()  # cache files whose failures this object has warned about
+        self._mapping = False
 
     def load(self, rank: int | None) -> JudgeBackend:
         return make_backend(self.config.judge, rank)
+
+    # ---- failures: counted, warned about, never cached as results ------------------------------
+    def request_failures_column(self) -> str:
+        """The per-row count of failed requests (``on_request_error="missing"``)."""
+        return self.column(self.failure_column)
+
+    def output_fingerprint(self, dataset_fingerprint: str) -> str:
+        """``Step.output_fingerprint``; once an output of this step object held failed requests, a fresh
+        random one (outside its own map, which must find and write its cache file under the stable one),
+        so that nothing computed from such an output is found in a later run's cache: the engines look up
+        cached shards and join shards under this fingerprint."""
+        stable = super().output_fingerprint(dataset_fingerprint)
+        if getattr(self, "_mapping", False) or not getattr(self, "_failed_requests", 0):
+            return stable
+        return hashlib.sha256(f"{stable}:request-failures:{uuid.uuid4().hex}".encode()).hexdigest()[:32]
+
+    def _drop_stale_failures(self, dataset) -> int:
+        """Delete a cache file of this step over ``dataset`` that records failed requests, when it is an
+        earlier run's (older than this step object) or one this object already warned about; returns how
+        many failures it held (0: nothing deleted)."""
+        from hfpref.resume import can_resume
+
+        if not can_resume(dataset):
+            return 0
+        files = [
+            path
+            for path in _cache_files_of(dataset, Step.output_fingerprint(self, dataset._fingerprint))
+            if os.path.exists(path)
+            and (
+                os.path.getmtime(path) < getattr(self, "_since", 0) or path in getattr(self, "_reported", ())
+            )
+        ]
+        stale = _failures_in_files(files, self.request_failures_column())
+        if stale:
+            logger.warning(
+                "%s: a cached output holds %d failed judge request(s); mapping again (the reply cache answers "
+                "the requests that succeeded)",
+                self.name,
+                stale,
+            )
+            for path in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+        return stale
+
+    def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
+        """``Step.apply``, but an output with failed requests is never a cache hit in a later run.
+
+        Before mapping, a cache file of this step over ``dataset`` that records failed requests (an earlier
+        run's) is deleted, so the map runs again and only the requests missing from the reply cache are
+        sent. After mapping, failures in the output are counted and warned about
+        (``JudgeFailureWarning``), and the output gets a random fingerprint (see ``output_fingerprint``).
+        """
+        from hfpref.resume import NotComputed
+
+        column = self.request_failures_column()
+        stale = self._drop_stale_failures(dataset)
+        self._mapping = True
+        try:
+            try:
+                out = super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
+            except NotComputed:
+                if not stale:
+                    raise
+                # an engine replays a shard it found cached before this call deleted it: compute it here
+                map_kwargs.pop("function", None)
+                out = super().apply(dataset, batch_size=batch_size, num_proc=None, **map_kwargs)
+        finally:
+            self._mapping = False
+        failed = sum(v or 0 for v in out[column]) if column in out.column_names else 0
+        if failed:
+            self._failed_requests = getattr(self, "_failed_requests", 0) + failed
+            self._reported = {*getattr(self, "_reported", ()), *(f["filename"] for f in out.cache_files)}
+            out._fingerprint = self.output_fingerprint(dataset._fingerprint)
+            first = getattr(self, "_first_error", None) or "(raised in a worker process; see its log)"
+            warnings.warn(
+                f"{self.name}: {failed} judge request(s) failed and are missing values in {column!r} "
+                f"(first error: {first}). They are not cached: rerun when the endpoint answers, and only "
+                "they are sent again.",
+                JudgeFailureWarning,
+                stacklevel=2,
+            )
+        return out
 
     # judge steps compare two responses to one prompt, in columns their configs name
     def column(self, name: str) -> str:
@@ -496,6 +655,17 @@ class JudgeStep(Step):
     ) -> list[Completion]:
         """The judge's replies; ``owners[k]`` is the batch row of conversation k (named if a request fails)."""
         completions = self.resources(rank).complete(conversations)
+        failed = [
+            (owner, c.error) for owner, c in zip(owners, completions, strict=True) if c.error is not None
+        ]
+        if failed and self.config.judge.on_request_error == "missing":
+            owner, error = failed[0]
+            first = f"{row_label(batch, owner, indices)}: {error}"
+            if getattr(self, "_first_error", None) is None:
+                self._first_error = first
+            logger.warning(
+                "%s: %d judge request(s) of a batch failed; first: %s", self.name, len(failed), first
+            )
         if self.config.judge.on_request_error == "raise":
             for owner, completion in zip(owners, completions, strict=True):
                 if completion.error is not None and not completion.error.startswith("not sent"):

@@ -240,6 +240,7 @@ class FeatureDifferenceJudge(JudgeStep):
     config_class: ClassVar[type[StepConfig]] = FeatureConfig
     version: ClassVar[str] = "1"
     default_template: ClassVar[str] = "features.j2"
+    failure_column: ClassVar[str] = "feature_request_failures"
     config: FeatureConfig
 
     def output_columns(self) -> list[str]:

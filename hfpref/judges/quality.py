@@ -100,6 +100,7 @@ class QualityJudge(JudgeStep):
     config_class: ClassVar[type[StepConfig]] = QualityConfig
     version: ClassVar[str] = "1"
     default_template: ClassVar[str] = "quality.j2"
+    failure_column: ClassVar[str] = "quality_request_failures"
     config: QualityConfig
 
     # ---- columns ---------------------------------------------------------------------------

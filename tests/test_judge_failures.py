@@ -1,0 +1,261 @@
+"""Judge failures are never cached as results (issue 13, item 8).
+
+A loopback server (stdlib ``http.server`` on 127.0.0.1, port 0) answers each prompt in one way: a good
+reply, HTTP 500, HTTP 429 with Retry-After, a reply slower than the client's timeout, a 200 with an invalid
+JSON body, a 200 with ``content: null``, or a 200 with an HTML page. With ``on_request_error: missing`` the
+first run counts and warns about every failure; after the server is switched to good answers, a rerun over
+the same (disk-backed) dataset sends exactly the requests that failed, and a third run sends none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import datasets
+import pytest
+
+from hfpref.engines.local import map_step
+from hfpref.judges.backends import (
+    Completion,
+    JudgeConfig,
+    JudgeFailureWarning,
+    OpenAIBackend,
+    ResponseCache,
+    completion_of,
+)
+from hfpref.judges.quality import QualityJudge
+from hfpref.transform import Step
+
+CANNED = '{"correctness": 7, "logical_soundness": 6, "clarity": 8, "completeness": 7}'
+MODES = ["good", "500", "429", "timeout", "garbage", "null", "html"]
+TIMEOUT = 0.3  # the client's, per attempt; the server's slow answers take longer
+PROMPT_RE = re.compile(r"PROMPT-(\d+)")
+
+
+class FlakyServer:
+    """Answers chat completions by the mode of the prompt number in the message; ``healthy`` overrides."""
+
+    def __init__(self, modes: list[str]) -> None:
+        self.modes, self.healthy = modes, False
+        self.seen: list[str] = []  # the user message of every request received
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                content = body["messages"][-1]["content"]
+                with server.lock:
+                    server.seen.append(content)
+                mode = "good" if server.healthy else server.modes[int(PROMPT_RE.search(content).group(1))]
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client timed out
+                    self._answer(mode, body["model"])
+
+            def _answer(self, mode: str, model: str) -> None:
+                if mode == "timeout":
+                    time.sleep(TIMEOUT * 4)
+                    mode = "good"
+                if mode in ("500", "429"):
+                    self._send(int(mode), b'{"error": {"message": "stub failure"}}', {"Retry-After": "0"})
+                elif mode == "garbage":
+                    self._send(200, b'{"choices": [{"message": ', {})
+                elif mode == "html":
+                    self._send(200, b"<html><body>502 Bad Gateway</body></html>", {}, "text/html")
+                else:
+                    content = CANNED if mode == "good" else None
+                    completion = {
+                        "id": "stub",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": content},
+                            }
+                        ],
+                    }
+                    self._send(200, json.dumps(completion).encode(), {})
+
+            def _send(self, status, data, headers, content_type="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def take(self) -> list[str]:
+        with self.lock:
+            seen, self.seen = self.seen, []
+        return seen
+
+    def __enter__(self) -> FlakyServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def _disk_dataset(tmp_path, n: int) -> datasets.Dataset:
+    """A dataset backed by an Arrow file, so ``Dataset.map`` caches its outputs next to it."""
+    rows = [{"prompt": f"PROMPT-{i}", "chosen": f"good answer {i}", "rejected": f"bad {i}"} for i in range(n)]
+    folder = tmp_path / "pairs"
+    datasets.Dataset.from_list(rows).save_to_disk(str(folder))
+    return datasets.load_from_disk(str(folder))
+
+
+def _judge(server: FlakyServer, tmp_path) -> dict:
+    return {
+        "model": "stub-judge",
+        "base_url": server.base_url,
+        "cache_dir": str(tmp_path / "replies"),
+        "max_retries": 0,  # one request per failure, so the server's counts are exact
+        "timeout": TIMEOUT,
+        "concurrency": 4,
+        "on_request_error": "missing",
+    }
+
+
+def _failed_requests(step: QualityJudge, n: int) -> Counter:
+    """The judge messages of the rows whose mode fails (both responses of each), as the server sees them."""
+    wanted = Counter()
+    for i in range(n):
+        if MODES[i] != "good":
+            for response in (f"good answer {i}", f"bad {i}"):
+                wanted[step.judge_prompt(f"PROMPT-{i}", response)] += 1
+    return wanted
+
+
+def test_failures_are_counted_warned_and_only_they_are_resent(tmp_path):
+    n = len(MODES)
+    with FlakyServer(MODES) as server:
+        judge = _judge(server, tmp_path)
+        step = QualityJudge(judge=judge)
+        data = _disk_dataset(tmp_path, n)
+        with pytest.warns(JudgeFailureWarning, match=r"12 judge request\(s\) failed") as caught:
+            first = step.apply(data, batch_size=4)
+        assert len(server.take()) == 2 * n  # every request once (no retries)
+        failures = dict(zip(MODES, first["quality_request_failures"], strict=True))
+        assert failures == {"good": 0, **{mode: 2 for mode in MODES[1:]}}
+        assert first["quality_judge_raw"][0] == [CANNED, CANNED]
+        assert all(raw == [None, None] for raw in first["quality_judge_raw"][1:])
+        message = str(caught[0].message)
+        assert "first error: row " in message and "PROMPT-" not in message.split("first error:")[0]
+        # only the two good replies are in the reply cache
+        assert len(ResponseCache(tmp_path / "replies")) == 2
+        # the output is not what a later run would look up: nothing downstream can be cached on it
+        assert first._fingerprint != Step.output_fingerprint(step, data._fingerprint)
+
+        # the endpoint recovers; a rerun (a fresh step, as in a new process) asks exactly the failed ones
+        server.healthy = True
+        again = QualityJudge(judge=judge).apply(
+            datasets.load_from_disk(str(tmp_path / "pairs")), batch_size=4
+        )
+        assert Counter(server.take()) == _failed_requests(step, n)
+        assert again["quality_request_failures"] == [0] * n
+        assert again["quality_chosen"][1]["overall"] == 7.0
+        assert again._fingerprint == Step.output_fingerprint(step, data._fingerprint)
+        # and a third run is a cache hit: nothing is sent
+        third = QualityJudge(judge=judge).apply(
+            datasets.load_from_disk(str(tmp_path / "pairs")), batch_size=4
+        )
+        assert server.take() == []
+        assert third["quality_judge_raw"] == again["quality_judge_raw"]
+
+
+def test_sharded_engine_run_resends_only_the_failed_requests(tmp_path):
+    # the recipe engine maps in resumable shards (each its own cache file) and joins them
+    n = len(MODES)
+    with FlakyServer(MODES) as server:
+        judge = _judge(server, tmp_path)
+        data = _disk_dataset(tmp_path, n)
+        step = QualityJudge(judge=judge)
+        with pytest.warns(JudgeFailureWarning):
+            first = map_step(step, data, batch_size=2, shard_rows=2)
+        assert len(server.take()) == 2 * n
+        assert sum(first["quality_request_failures"]) == 12
+        assert first._fingerprint != Step.output_fingerprint(step, data._fingerprint)
+        server.healthy = True
+        again = map_step(
+            QualityJudge(judge=judge),
+            datasets.load_from_disk(str(tmp_path / "pairs")),
+            batch_size=2,
+            shard_rows=2,
+        )
+        assert Counter(server.take()) == _failed_requests(step, n)
+        assert sum(again["quality_request_failures"]) == 0
+        assert again._fingerprint == Step.output_fingerprint(step, data._fingerprint)
+
+
+def test_worker_processes_rerun_resends_only_the_failed_requests(tmp_path):
+    # two worker processes map the shards; on the rerun the engine sees their cache files and replays
+    # them in this process, where the judge step finds the recorded failures and asks again instead
+    n = len(MODES)
+    with FlakyServer(MODES) as server:
+        judge = _judge(server, tmp_path)
+        data = _disk_dataset(tmp_path, n)
+        with pytest.warns(JudgeFailureWarning) as caught:  # one warning per shard with failures
+            first = map_step(QualityJudge(judge=judge), data, batch_size=2, num_proc=2, shard_rows=2)
+        counts = [int(re.search(r"(\d+) judge request", str(w.message)).group(1)) for w in caught]
+        assert sum(counts) == 12
+        assert len(server.take()) == 2 * n and sum(first["quality_request_failures"]) == 12
+        server.healthy = True
+        again = map_step(QualityJudge(judge=judge), data, batch_size=2, num_proc=2, shard_rows=2)
+        assert Counter(server.take()) == _failed_requests(QualityJudge(judge=judge), n)
+        assert sum(again["quality_request_failures"]) == 0
+
+
+def test_without_a_reply_cache_the_rerun_is_still_not_a_datasets_cache_hit(tmp_path):
+    with FlakyServer(["good", "500"]) as server:
+        judge = {**_judge(server, tmp_path), "cache_dir": None}
+        data = _disk_dataset(tmp_path, 2)
+        with pytest.warns(JudgeFailureWarning, match=r"2 judge request\(s\)"):
+            QualityJudge(judge=judge).apply(data)
+        server.take()
+        server.healthy = True
+        again = QualityJudge(judge=judge).apply(datasets.load_from_disk(str(tmp_path / "pairs")))
+        assert again["quality_request_failures"] == [0, 0]
+        assert len(server.take()) == 4  # no reply cache: the whole step is asked again, never reused
+
+
+@pytest.mark.parametrize(
+    ("response", "error"),
+    [
+        ("<html>502</html>", "not a chat completion"),
+        (type("R", (), {"choices": None})(), "no choices"),
+    ],
+)
+def test_completion_of_rejects_what_is_not_a_reply(response, error):
+    completion = completion_of(response)
+    assert completion.text is None and error in completion.error
+
+
+def test_null_content_is_a_failure_not_an_empty_reply(tmp_path):
+    with FlakyServer(["null"]) as server:
+        backend = OpenAIBackend(JudgeConfig(**{**_judge(server, tmp_path), "on_request_error": "raise"}))
+        [completion] = backend.complete([[{"role": "user", "content": "PROMPT-0"}]])
+    assert completion == Completion(None, error=completion.error) and "content null" in completion.error
+    assert backend.stats["failed"] == 1 and len(ResponseCache(tmp_path / "replies")) == 0
