@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from hfpref.engines import EngineError
     from hfpref.recipe import RecipeError
     from hfpref.release import ReleaseError, push_release, read_manifest, write_release
-    from hfpref.summary import summary_table
+    from hfpref.summary import ranking_text, summary_table
 
     engine = None
     try:
@@ -243,10 +243,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(summary_table(pairs))
     if manifest["generator_ranking"]:
-        print(
-            f"stronger chosen: share of pairs whose chosen response comes from the higher-ranked generator "
-            f"({' > '.join(manifest['generator_ranking'])})"
-        )
+        print()
+        print(ranking_text(manifest))
     for strategy, why in manifest["skipped_strategies"].items():
         print(f"not run: {strategy}: {why}")
     print(f"release written to {folder}/ (card: {folder}/README.md)")
