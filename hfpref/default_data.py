@@ -102,6 +102,24 @@ def _responses_table():
     return pq.read_table(data_dir() / RESPONSES_FILE)
 
 
+# the source file each generator's responses came from (responses_<stem>.jsonl in the IFEval / M-IFEval
+# copies), so code that knew the files by these names can ask for a generator by them
+SOURCE_STEMS = {
+    "gpt-4": "gpt-4-20231107",
+    "text-bison": "text-bison-001",
+    **{g: g for g in GENERATORS if g not in ("gpt-4-20231107", "text-bison-001")},
+}
+
+
+def response_records(generator: str) -> list[dict[str, Any]]:
+    """One generator's rows of ``responses.parquet`` (``key``, ``generator``, ``prompt_seen``,
+    ``response``; None kept), in file order; ``generator`` is its name or its source file stem."""
+    name = SOURCE_STEMS.get(generator, generator)
+    if name not in GENERATORS:
+        raise DefaultDataError(f"no packaged responses of {generator!r}; packaged: {list(GENERATORS)}")
+    return [row for row in _responses_table().to_pylist() if row["generator"] == name]
+
+
 def generator_names() -> list[str]:
     """The generators of the packaged responses, in file order."""
     table = _responses_table()
