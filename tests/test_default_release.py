@@ -196,3 +196,28 @@ def test_printed_summary_fits_110_columns_and_card_shows_the_method(run):
     for a in manifest["generator_accuracy"]:
         assert f"`{a['generator']}` | {a['responses']} | {100 * a['prompt_level']:.1f} [" in card
     assert (run["folder"] / manifest["plot"]).is_file()
+
+
+def test_generator_ranking_values_are_checked_before_running(tmp_path):
+    from hfpref.recipe import Recipe, RecipeError
+
+    def recipe(ranking, steps=("IFEvalVerifier", "PairMetrics"), input_=None):
+        raw = {
+            "input": input_ or {"default": "ifeval"},
+            "steps": [{"step": s} for s in steps],
+            "pairs": {"strategies": ["ds_fix"], "config": {"generator_ranking": ranking}},
+        }
+        return Recipe.from_dict(raw)
+
+    assert recipe("measured").pairs.ranking_source == "measured"
+    assert recipe(["gpt-4-20231107", "text-bison-001"]).pairs.ranking_source == "given"
+    with pytest.raises(RecipeError, match="expected 'measured'.*got 'best'"):
+        recipe("best")
+    # measured needs verdicts: rewarded candidates without IFEval verdicts fail in preflight
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        json.dumps({"prompt": "p", "responses": ["a", "b"], "rewards": [1, 0], "generators": ["x", "y"]})
+    )
+    without = recipe("measured", steps=(), input_={"path": str(rows)})
+    with pytest.raises(RecipeError, match="'measured' ranks generators by their IFEval accuracy"):
+        without.run(cache_dir=tmp_path / "cache", progress=False)
