@@ -289,3 +289,23 @@ def ranking_text(manifest: Mapping[str, Any]) -> str:
         'generator ranking measured on these candidates (used by ds_fix and "stronger chosen"):\n'
         + format_table(headers, rows)
     )
+
+
+def candidates_text(manifest: Mapping[str, Any]) -> str:
+    """One line for ``hfpref curate`` on what screening removed and how many responses were missing."""
+    summary = manifest.get("candidates_summary") or {}
+    parts = []
+    screened = summary.get("screened_out")
+    if screened is not None:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in screened["by_reason"].items()) or "none"
+        parts.append(f"screened out {screened['removed']} responses ({reasons})")
+    missing = sum((summary.get("missing_responses") or {}).values())
+    if missing:
+        parts.append(f"{missing} missing (None) responses")
+    if not parts:
+        return ""
+    return (
+        f"candidates: {summary.get('responses', 0)} responses kept; "
+        + "; ".join(parts)
+        + " (per generator: card)"
+    )

@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from hfpref.engines import EngineError
     from hfpref.recipe import RecipeError
     from hfpref.release import ReleaseError, push_release, read_manifest, write_release
-    from hfpref.summary import ranking_text, summary_table
+    from hfpref.summary import candidates_text, ranking_text, summary_table
 
     engine = None
     try:
@@ -241,6 +241,8 @@ def run(args: argparse.Namespace) -> int:
         f"{manifest['name']} {manifest['version']}: {len(result.candidates)} candidates rows, e_Δ unit: "
         f"{manifest['edit_distance_unit']}, p_Δ: {'yes' if manifest['has_logp'] else 'n/a (no reference model)'}"
     )
+    if candidates_text(manifest):
+        print(candidates_text(manifest))
     print(summary_table(pairs))
     if manifest["generator_ranking"]:
         print()
