@@ -304,8 +304,4 @@ def candidates_text(manifest: Mapping[str, Any]) -> str:
         parts.append(f"{missing} missing (None) responses")
     if not parts:
         return ""
-    return (
-        f"candidates: {summary.get('responses', 0)} responses kept; "
-        + "; ".join(parts)
-        + " (per generator: card)"
-    )
+    return f"candidates: {summary.get('responses', 0)} responses kept; " + "; ".join(parts)
