@@ -157,6 +157,8 @@ def candidates_summary(candidates) -> dict[str, Any]:
     out: dict[str, Any] = {"responses": 0, "missing_responses": {}, "responses_per_generator": {}}
     per_generator: Counter = Counter()
     missing: Counter = Counter()
+    if C.RESPONSES not in columns:  # e.g. prompts-only rows: nothing to count
+        return out
     for i, responses in enumerate(candidates[C.RESPONSES]):
         generators = candidates[C.GENERATORS][i] if C.GENERATORS in columns else None
         for k, text in enumerate(responses or []):
