@@ -3,7 +3,8 @@
 A recipe looks like::
 
     description: IFEval prompts, GPT-4 vs text-bison, verifiable rewards
-    input: {default: ifeval}            # or {hub: ID, revision: SHA_OR_TAG, split: train, config: NAME}
+    input: {default: ifeval}            # or ifeval-2, or {default: ifeval, generators: [...]}
+                                        # or {hub: ID, revision: SHA_OR_TAG, split: train, config: NAME}
                                         # or {path: FILE_OR_FOLDER}
     steps:                              # candidate-level steps, in order
       - step: IFEvalVerifier
@@ -12,7 +13,7 @@ A recipe looks like::
         config: {tokenizer: null}
     pairs:
       strategies: [best_of_n2, max_margin, ds_fix]     # or "all"
-      config: {seed: 0, generator_ranking: [gpt-4-20231107, text-bison-001]}
+      config: {seed: 0, generator_ranking: measured}  # or a list, strongest first: [gpt-4-20231107, ...]
       makers:                           # optional: pair-making steps, one release config each
         - {name: rs_high_contrast, step: ContrastPairs, config: {mode: high}}
         - {name: rs_low_contrast, step: ContrastPairs, config: {mode: low}}
@@ -24,6 +25,10 @@ A recipe looks like::
       name: hfpref-ifeval-two-generators
       version: 0.1.0
       push_to_hub: {repo_id: ORG/NAME}  # optional
+
+``generator_ranking: measured`` ranks the generators by their strict IFEval accuracy on the candidates
+(``hfpref.capabilities``), computed after the steps ran and passed to every strategy (``ds_fix``, the
+"stronger chosen" share); a list is a ranking given by hand. The card says which it was.
 
 Every pair strategy, maker and mix becomes one release config, named by the strategy or by ``name``:
 

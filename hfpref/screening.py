@@ -24,8 +24,9 @@ With ``remove=True`` (default) flagged responses leave the row: every per-respon
 ``screened_out`` records each removed response as ``{index, generator, reason, chars}`` (``index``: its
 position before screening) so the release counts them per reason and generator.
 
-Input columns: ``responses``; ``prompt`` and ``prompts_seen`` unless ``stale_prompt="off"``; ``generators``
-when present. Output columns: ``responses`` and the other per-response columns present, ``response_flags``
+Input columns: ``responses``; ``prompt`` and ``prompts_seen`` when present (stale-prompt screening needs
+both: data that does not record which prompt each response answered is screened for runaways only, so
+the default recipe runs on any candidates); ``generators`` when present. Output columns: ``responses`` and the other per-response columns present, ``response_flags``
 (per kept response: None when removing, else its flag), ``screened_out``.
 """
 
@@ -154,9 +155,7 @@ class ScreenResponses(Step):
     config: ScreenConfig
 
     def input_columns(self) -> list[str]:
-        if self.config.stale_prompt == "off":
-            return [C.RESPONSES]
-        return [C.PROMPT, C.RESPONSES, C.PROMPTS_SEEN]
+        return [C.RESPONSES]
 
     def output_columns(self) -> list[str]:
         return [C.RESPONSES, C.RESPONSE_FLAGS, C.SCREENED_OUT]
@@ -201,7 +200,8 @@ class ScreenResponses(Step):
                         f"entries for {n} responses; per-response columns must be aligned with 'responses'"
                     )
             seen = batch[C.PROMPTS_SEEN][i] if C.PROMPTS_SEEN in batch else None
-            prompt = batch[C.PROMPT][i] if C.PROMPT in batch and self.config.stale_prompt != "off" else None
+            compare = seen is not None and C.PROMPT in batch and self.config.stale_prompt != "off"
+            prompt = batch[C.PROMPT][i] if compare else None
             if prompt is not None and not isinstance(prompt, str):
                 raise RowError(
                     f"{self.name}: {row_label(batch, i, indices)} stale-prompt screening compares text "

@@ -94,6 +94,12 @@ def test_flag_only_and_thresholds_are_config_fields():
         ScreenConfig(stale_prompt="sometimes")
 
 
+def test_without_prompts_seen_only_runaways_are_screened():
+    rows = {k: v for k, v in _rows().items() if k != "prompts_seen"}
+    out = ScreenResponses(remove=False).apply(datasets.Dataset.from_dict(rows))
+    assert out[0]["response_flags"] == [None, "runaway", None, None]
+
+
 def test_misaligned_column_is_a_row_error_and_step_is_registered():
     from hfpref.transform import RowError
 
