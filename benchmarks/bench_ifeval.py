@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import hfpref
+from hfpref import default_data
 from hfpref.ifeval import IFEvalVerifier, instruction_registry
 
 DATA = Path(hfpref.__file__).parent / "data" / "ifeval"
@@ -35,8 +36,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 def candidates() -> list[dict]:
     prompts = {row["key"]: row for row in _read_jsonl(DATA / "prompts.jsonl")}
     responses: dict[int, list[str]] = {key: [] for key in prompts}
-    for name in ("responses_gpt-4.jsonl", "responses_text-bison.jsonl"):
-        for answer in _read_jsonl(DATA / name):
+    for name in ("gpt-4", "text-bison"):
+        for answer in default_data.response_records(name):
             responses[answer["key"]].append(answer["response"])
     return [{**prompts[key], "responses": responses[key]} for key in prompts]
 

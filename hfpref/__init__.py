@@ -52,6 +52,9 @@ _LAZY = {
     "MCTSConfig": "hfpref.mcts",
     "GeneratorDeltaTagger": "hfpref.generator_delta",
     "measure_generator_capabilities": "hfpref.generator_delta",
+    "ScreenResponses": "hfpref.screening",
+    "ScreenConfig": "hfpref.screening",
+    "generator_accuracy": "hfpref.capabilities",
 }
 
 __all__ = ["MissingColumnError", "RowError", "Step", "StepConfig", "__version__", *_LAZY]

@@ -18,6 +18,9 @@ IFEVAL_LOOSE = "ifeval_loose"
 CORRECTNESS = "correctness"
 INSTRUCTION_ID_LIST = "instruction_id_list"
 KWARGS = "kwargs"
+PROMPTS_SEEN = "prompts_seen"  # per response: the prompt text its generator answered (embedded IFEval data)
+RESPONSE_FLAGS = "response_flags"  # per response: why screening flagged it (None = kept), hfpref.screening
+SCREENED_OUT = "screened_out"  # per row: the responses screening removed, [{index, generator, reason, chars}]
 
 # per-prompt N x N matrices written by the pair-metrics step (row i = chosen candidate, column j = rejected)
 EDIT_DISTANCE_MATRIX = "edit_distance_matrix"
@@ -53,6 +56,8 @@ PER_RESPONSE_COLUMNS = (
     IFEVAL_STRICT,
     IFEVAL_LOOSE,
     CORRECTNESS,
+    PROMPTS_SEEN,
+    RESPONSE_FLAGS,
 )
 
 # written by IFEvalVerifier: per row, "<instruction id>.<argument>" for each argument lm-eval's check drew at

@@ -1,25 +1,30 @@
 """The pairs of a release in the distance / reward-margin plane (the DCRM paper's Figure 1, bottom).
 
-Left panel: every kept pair, one colour per strategy. Right panel: each strategy's mean e_Δ and mean
-r_Δ, the location the paper compares datasets by (small distance and large margin is the ideal corner).
-Drawn with matplotlib's Agg backend, so it works without a display.
+One panel per strategy (strategies that picked exactly the same pairs share a panel): its kept pairs in
+colour over every other strategy's pairs in grey, and its mean (e_Δ, r_Δ) as a large marker, so how
+best-of-N² (small distance, positive margin), max_margin (large margin, any distance) and random differ is
+visible at a glance. A last panel puts every strategy's mean side by side, the location the paper compares
+datasets by (small distance and large margin is the ideal corner). Drawn with matplotlib's Agg backend, so
+it works without a display.
 """
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 PLOT_FILE = "pairs_distance_reward_margin.png"
+PANEL_COLUMNS = 4
 
 
-def _label(strategies: str | tuple[str, ...]) -> str:
+def _label(strategies: str | tuple[str, ...], width: int = 48) -> str:
     if isinstance(strategies, str):
         return strategies
     if len(strategies) == 1:
         return strategies[0]
-    return textwrap.fill(" = ".join(strategies), width=48)
+    return textwrap.fill(" = ".join(strategies), width=width)
 
 
 def plot_pairs_plane(
@@ -32,7 +37,8 @@ def plot_pairs_plane(
     """Save the figure as a PNG at ``path``.
 
     ``points``: strategy -> (edit distances, reward margins); a tuple of strategies as the key stands for
-    strategies that picked exactly the same pairs, drawn once and labelled with all their names.
+    strategies that picked exactly the same pairs, drawn once and labelled with all their names. None
+    values (a maker that writes no metric) are left out.
     """
     import matplotlib
 
@@ -42,47 +48,63 @@ def plot_pairs_plane(
 
     path = Path(path)
     strategies = list(points)
-    labels = [_label(s) for s in strategies]
     colours = plt.get_cmap("tab20" if len(strategies) > 10 else "tab10")
     markers = "os^vD<>pPX*h"
-    fig, (ax_all, ax_mean) = plt.subplots(1, 2, figsize=(15, 5.5), constrained_layout=True)
-    means_x, means_y = [0.0], [0.0]
-    # larger sets first, so a smaller set drawn over it (often its subset) stays visible
-    order = sorted(range(len(strategies)), key=lambda k: -len(points[strategies[k]][0]))
-    for i in order:
-        strategy = strategies[i]
-        distances = np.asarray(points[strategy][0], dtype=float)
-        margins = np.asarray(points[strategy][1], dtype=float)
+    arrays = []
+    for strategy in strategies:
+        x = np.asarray([np.nan if v is None else v for v in points[strategy][0]], dtype=float)
+        y = np.asarray([np.nan if v is None else v for v in points[strategy][1]], dtype=float)
+        finite = np.isfinite(x) & np.isfinite(y)
+        arrays.append((x[finite], y[finite]))
+    panels = len(strategies) + 1  # one per strategy, then the means
+    columns = min(PANEL_COLUMNS, panels)
+    rows = math.ceil(panels / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), constrained_layout=True)
+    axes = np.atleast_1d(axes).ravel()
+    all_x = np.concatenate([a[0] for a in arrays]) if arrays else np.zeros(0)
+    all_y = np.concatenate([a[1] for a in arrays]) if arrays else np.zeros(0)
+    means_ax = axes[len(strategies)]
+    for i, strategy in enumerate(strategies):
+        ax = axes[i]
+        x, y = arrays[i]
         colour = colours(i % colours.N)
         marker = markers[i % len(markers)]
-        ax_all.scatter(distances, margins, s=10, alpha=0.35, color=colour, marker=marker)
-        if len(distances):
-            means_x.append(float(distances.mean()))
-            means_y.append(float(margins.mean()))
-            ax_mean.scatter(
-                distances.mean(),
-                margins.mean(),
+        ax.scatter(all_x, all_y, s=6, color="0.85", marker=".", rasterized=True)
+        ax.scatter(x, y, s=9, alpha=0.45, color=colour, marker=marker)
+        label = _label(strategy, width=36)
+        if len(x):
+            ax.scatter(x.mean(), y.mean(), s=120, color=colour, marker=marker, edgecolor="black", zorder=3)
+            means_ax.scatter(
+                x.mean(),
+                y.mean(),
                 s=90,
                 color=colour,
                 marker=marker,
                 edgecolor="black",
-                label=f"{labels[i]} (n={len(distances)})",
+                label=f"{label} (n={len(x)})",
             )
-    for ax in (ax_all, ax_mean):
-        ax.set_xlabel(distance_label)
-        ax.set_ylabel("r_Δ (reward margin)")
+        ax.set_title(f"{label} (n={len(x)})", fontsize=9)
+    for ax in axes[: len(strategies) + 1]:
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.grid(True, alpha=0.3)
-    ax_all.set_title("every kept pair (colours as in the legend)")
-    ax_mean.set_title("mean per strategy (ideal: left and high)")
-    # the axes include 0 (a zoomed axis would exaggerate small differences) and leave room for the markers
-    x_span = max(means_x) - min(means_x) or 1.0
-    y_span = max(means_y) - min(means_y) or 1.0
-    ax_mean.set_xlim(min(means_x) - 0.08 * x_span, max(means_x) + 0.12 * x_span)
-    ax_mean.set_ylim(min(means_y) - 0.12 * y_span, max(means_y) + 0.12 * y_span)
-    ax_mean.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=True)
+    for ax in axes[len(strategies) + 1 :]:
+        ax.set_visible(False)
+    if len(all_x):  # the strategy panels share one scale (set by hand: the means panel has its own)
+        x_pad = 0.03 * (all_x.max() - all_x.min() or 1.0)
+        y_pad = 0.06 * (all_y.max() - all_y.min() or 1.0)
+        for ax in axes[: len(strategies)]:
+            ax.set_xlim(min(0.0, all_x.min()) - x_pad, all_x.max() + x_pad)
+            ax.set_ylim(min(0.0, all_y.min()) - y_pad, max(0.0, all_y.max()) + y_pad)
+    means_ax.margins(0.15)
+    for ax in axes[: len(strategies) + 1]:
+        ax.set_xlabel(distance_label, fontsize=8)
+        ax.set_ylabel("r_Δ (reward margin)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    means_ax.set_title("mean per strategy (ideal: left and high)", fontsize=9)
+    if strategies:
+        means_ax.legend(fontsize=6, loc="best", frameon=True)
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version stamp: same bytes on rerun
+    fig.savefig(path, dpi=100, metadata={"Software": None})  # no version stamp: same bytes on rerun
     plt.close(fig)
     return path

@@ -3,7 +3,8 @@
 A recipe looks like::
 
     description: IFEval prompts, GPT-4 vs text-bison, verifiable rewards
-    input: {default: ifeval}            # or {hub: ID, revision: SHA_OR_TAG, split: train, config: NAME}
+    input: {default: ifeval}            # or ifeval-2, or {default: ifeval, generators: [...]}
+                                        # or {hub: ID, revision: SHA_OR_TAG, split: train, config: NAME}
                                         # or {path: FILE_OR_FOLDER}
     steps:                              # candidate-level steps, in order
       - step: IFEvalVerifier
@@ -12,7 +13,7 @@ A recipe looks like::
         config: {tokenizer: null}
     pairs:
       strategies: [best_of_n2, max_margin, ds_fix]     # or "all"
-      config: {seed: 0, generator_ranking: [gpt-4-20231107, text-bison-001]}
+      config: {seed: 0, generator_ranking: measured}  # or a list, strongest first: [gpt-4-20231107, ...]
       makers:                           # optional: pair-making steps, one release config each
         - {name: rs_high_contrast, step: ContrastPairs, config: {mode: high}}
         - {name: rs_low_contrast, step: ContrastPairs, config: {mode: low}}
@@ -24,6 +25,10 @@ A recipe looks like::
       name: hfpref-ifeval-two-generators
       version: 0.1.0
       push_to_hub: {repo_id: ORG/NAME}  # optional
+
+``generator_ranking: measured`` ranks the generators by their strict IFEval accuracy on the candidates
+(``hfpref.capabilities``), computed after the steps ran and passed to every strategy (``ds_fix``, the
+"stronger chosen" share); a list is a ranking given by hand. The card says which it was.
 
 Every pair strategy, maker and mix becomes one release config, named by the strategy or by ``name``:
 
@@ -86,13 +91,18 @@ STEP_REGISTRY: dict[str, str] = {
     "FeatureDifferenceJudge": "hfpref.judges.features:FeatureDifferenceJudge",
     "PairwiseJudge": "hfpref.judges.pairwise:PairwiseJudge",
     "GeneratorDeltaTagger": "hfpref.generator_delta:GeneratorDeltaTagger",
+    "ScreenResponses": "hfpref.screening:ScreenResponses",
 }
 PAIR_SELECTOR = "hfpref.selection:PairSelector"
 # strategies whose score is p_Δ alone (hfpref.selection drops every row without ref_logps for them): a run
 # without a reference model skips them instead of writing empty configs. Spelled out here so that reading
 # a recipe does not import hfpref.selection; tests/test_recipe.py checks it against selection's own list.
 STRATEGIES_NEEDING_REF_LOGPS = ("dcrm_no_edit", "logp_only")
-DEFAULT_INPUTS = ("ifeval",)
+DEFAULT_INPUTS = ("ifeval", "ifeval-2")  # hfpref.default_data.NAMED_INPUTS (tests check they agree)
+# pairs.config.generator_ranking: "measured" ranks the generators by their IFEval accuracy on the candidates
+# (hfpref.capabilities), computed after the steps ran; a list is a ranking given by hand
+MEASURED = "measured"
+_MEASURED_PLACEHOLDER = ["(measured after the steps)"]  # stands in for the ranking while validating
 ALL_STRATEGIES = "all"
 # the release config of the annotated candidates: no strategy, maker or mix may take its name
 CANDIDATES_CONFIG = "candidates"
@@ -204,6 +214,7 @@ class InputSpec:
     path: str | None = None
     rename: dict[str, str] | None = None
     columns: list[str] | None = None
+    generators: list[str] | None = None  # embedded inputs only: which packaged generators, in this order
 
     @classmethod
     def from_dict(cls, raw: Any) -> InputSpec:
@@ -220,6 +231,17 @@ class InputSpec:
             raise RecipeError(
                 f"{where}: unknown default dataset {spec.default!r}; known: {list(DEFAULT_INPUTS)}"
             )
+        if spec.generators is not None:
+            if spec.default is None:
+                raise RecipeError(f"{where}.generators: applies to embedded inputs (default: ...) only")
+            from hfpref.default_data import DefaultDataError, resolve_generators
+
+            if not isinstance(spec.generators, list):
+                raise RecipeError(f"{where}.generators: expected a list of names, got {spec.generators!r}")
+            try:
+                resolve_generators(spec.default, spec.generators)
+            except DefaultDataError as err:
+                raise RecipeError(str(err)) from None
         if spec.hub is not None and not spec.revision:
             raise RecipeError(
                 f"{where}: hub dataset {spec.hub!r} needs a 'revision' (a commit sha or tag), "
@@ -259,6 +281,8 @@ class InputSpec:
     def to_dict(self) -> dict[str, Any]:
         if self.default is not None:
             out: dict[str, Any] = {"default": self.default}
+            if self.generators is not None:
+                out["generators"] = list(self.generators)
         elif self.path is not None:
             out = {"path": self.path, "split": self.split} if self.split != "train" else {"path": self.path}
         else:
@@ -509,8 +533,22 @@ class PairsSpec:
         )
 
     @property
-    def generator_ranking(self) -> list[str] | None:
+    def generator_ranking(self) -> list[str] | str | None:
+        """The ranking as written: a list (given), "measured", or None."""
         return self.config.get("generator_ranking")
+
+    @property
+    def ranking_source(self) -> str | None:
+        """ "measured", "given" (a hand-written list) or None (no ranking)."""
+        ranking = self.generator_ranking
+        return MEASURED if ranking == MEASURED else ("given" if ranking else None)
+
+    def selector_values(self, ranking: list[str] | None = None) -> dict[str, Any]:
+        """``config`` with a measured ranking resolved to ``ranking`` (a placeholder until it is known)."""
+        values = copy.deepcopy(self.config)
+        if values.get("generator_ranking") == MEASURED:
+            values["generator_ranking"] = list(ranking) if ranking else list(_MEASURED_PLACEHOLDER)
+        return values
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -731,14 +769,23 @@ class Recipe:
                     f"{where}.from: {name!r} is {what}; a mix draws from maker configs: {list(maker_steps)}"
                 )
 
-    def selection_configs(self) -> tuple[dict[str, Any], dict[str, str]]:
+    def selection_configs(self, ranking: list[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
         """(strategy -> SelectionConfig, strategy -> why it is skipped).
 
         "all" takes every strategy whose config builds from ``pairs.config`` and skips the others (e.g.
         ``ds_fix`` without a generator ranking); a named strategy must build, or the recipe is invalid.
+        ``ranking``: the measured generator ranking, when ``generator_ranking: measured`` (before it is
+        known, a placeholder ranking validates the configs).
         """
         selection = importlib.import_module("hfpref.selection")
         config_class = import_target(PAIR_SELECTOR).config_class
+        ranking_value = self.pairs.config.get("generator_ranking")
+        if isinstance(ranking_value, str) and ranking_value != MEASURED:
+            raise RecipeError(
+                f"pairs.config.generator_ranking: expected {MEASURED!r} (rank generators by their IFEval "
+                f"accuracy on the candidates) or a list of generator names, strongest first; got {ranking_value!r}"
+            )
+        values = self.pairs.selector_values(ranking)
         if "strategy" in self.pairs.config:
             raise RecipeError("pairs.config: give strategies in pairs.strategies, not pairs.config.strategy")
         known = [f for f in _config_fields(config_class) if f != "strategy"]
@@ -753,7 +800,7 @@ class Recipe:
             for strategy in selection.STRATEGIES:
                 try:
                     configs[strategy] = build_config(
-                        config_class, {**self.pairs.config, "strategy": strategy}, f"pairs ({strategy})"
+                        config_class, {**values, "strategy": strategy}, f"pairs ({strategy})"
                     )
                 except RecipeError as err:
                     skipped[strategy] = str(err.__cause__ or err)
@@ -766,7 +813,7 @@ class Recipe:
                     f"pairs.strategies: unknown strategy {strategy!r}; known: {', '.join(selection.STRATEGIES)}"
                 )
             configs[strategy] = build_config(
-                config_class, {**self.pairs.config, "strategy": strategy}, f"pairs ({strategy})"
+                config_class, {**values, "strategy": strategy}, f"pairs ({strategy})"
             )
         return configs, skipped
 
@@ -815,12 +862,23 @@ class Recipe:
                     f"columns available: {columns}"
                 )
 
+    def preflight_measured_ranking(self, columns: list[str]) -> None:
+        """``generator_ranking: measured`` needs generators and IFEval verdicts (or correctness)."""
+        if self.pairs.ranking_source != MEASURED:
+            return
+        if C.GENERATORS not in columns or not ({C.IFEVAL_STRICT, C.CORRECTNESS} & set(columns)):
+            raise RecipeError(
+                f"pairs.config.generator_ranking: 'measured' ranks generators by their IFEval accuracy, which "
+                f"needs {C.GENERATORS!r} and {C.IFEVAL_STRICT!r} or {C.CORRECTNESS!r} (an IFEvalVerifier step); "
+                f"the candidates will have {columns}; give a ranking as a list instead"
+            )
+
     def unservable_strategies(self, strategies: list[str], column_names: list[str]) -> dict[str, str]:
         """strategy -> what the candidates lack for it (an input column, or p_Δ's reference log-probs)."""
         reasons = {}
         selector_class = import_target(PAIR_SELECTOR)
         for strategy in strategies:
-            selector = selector_class(strategy=strategy, **self.pairs.config)
+            selector = selector_class(strategy=strategy, **self.pairs.selector_values())
             missing = [c for c in selector.input_columns() if c not in column_names]
             if missing:
                 reasons[strategy] = f"needs column(s) {missing}, which the candidates lack"
@@ -922,6 +980,7 @@ class Recipe:
             if prompts_at is not None:
                 columns_by_source["prompts"] = self.preflight(steps, candidates.column_names, stop=prompts_at)
             self.preflight_makers(makers, columns_by_source)
+            self.preflight_measured_ranking(columns)
             unservable = self.unservable_strategies(list(configs), columns)
             if unservable and self.pairs.strategies != ALL_STRATEGIES:
                 listed = "; ".join(f"{k}: {v}" for k, v in unservable.items())
@@ -952,6 +1011,17 @@ class Recipe:
                     bar.update(1)
                 pairs: dict[str, Any] = {}
                 dropped: dict[str, Counter] = {}
+                accuracy = ranking = None
+                if self.pairs.ranking_source == MEASURED:
+                    # the ranking ds_fix and "stronger chosen" use comes from the candidates themselves
+                    from hfpref.capabilities import generator_accuracy
+                    from hfpref.capabilities import ranking as rank_generators
+
+                    accuracy = generator_accuracy(candidates)
+                    ranking = rank_generators(accuracy)
+                    configs, _ = self.selection_configs(ranking)
+                elif self.pairs.ranking_source == "given":
+                    ranking = list(self.pairs.generator_ranking)
                 selectors = {s: selector_class(c) for s, c in configs.items() if s not in skipped}
                 bar.update(len(configs) - len(selectors))
                 bar.set_postfix_str("pairs")
@@ -993,6 +1063,8 @@ class Recipe:
             input_info=input_info,
             skipped_strategies=skipped,
             step_rows=step_rows,
+            resolved_ranking=ranking,
+            generator_accuracy=accuracy,
         )
 
     def run_mix(self, index: int, pairs: Mapping[str, Any]) -> tuple[Any, MixRecord] | str:
@@ -1030,10 +1102,20 @@ class RecipeResult:
     input_info: dict[str, Any]
     skipped_strategies: dict[str, str] = dataclasses.field(default_factory=dict)
     step_rows: list[dict[str, int]] = dataclasses.field(default_factory=list)  # rows in/out of each step
+    resolved_ranking: list[str] | None = None  # the ranking the selectors used (measured or given)
+    generator_accuracy: list[dict[str, Any]] | None = None  # hfpref.capabilities, when measured
 
     @property
     def generator_ranking(self) -> list[str] | None:
-        return self.recipe.pairs.generator_ranking
+        """Generator names, strongest first, as the selectors used them (measured or given)."""
+        if self.resolved_ranking is not None:
+            return self.resolved_ranking
+        given = self.recipe.pairs.generator_ranking
+        return list(given) if isinstance(given, list) else None
+
+    @property
+    def ranking_source(self) -> str | None:
+        return self.recipe.pairs.ranking_source if self.generator_ranking else None
 
     def edit_distance_unit(self) -> str | None:
         """ "word" or "token:<id>@<rev>", as the pair-metrics step wrote it (None without that step)."""
@@ -1109,7 +1191,10 @@ def _load_input_rows(spec: InputSpec, cache_dir: str | Path | None) -> tuple[Any
     if spec.default is not None:
         from hfpref import default_data
 
-        return default_data.load_ifeval_candidates(cache_dir), default_data.input_description()
+        return (
+            default_data.load_ifeval_candidates(cache_dir, spec.generators, name=spec.default),
+            default_data.input_description(spec.default, spec.generators),
+        )
     if spec.hub is not None:
         dataset = datasets.load_dataset(
             spec.hub, name=spec.config, revision=spec.revision, split=spec.split, cache_dir=cache
@@ -1196,7 +1281,6 @@ def _hub_commit(repo_id: str, revision: str | None) -> str | None:
 
 # ---- the embedded default --------------------------------------------------------------------------
 
-DEFAULT_GENERATOR_RANKING = ["gpt-4-20231107", "text-bison-001"]  # GPT-4 is the stronger of the two
 DEFAULT_STRATEGIES = [
     "best_of_n2",
     "best_of_n2_ds",
@@ -1211,25 +1295,36 @@ DEFAULT_STRATEGIES = [
 ]  # not dcrm_no_edit and logp_only: they need p_Δ, and the default has no reference model
 DEFAULT_RECIPE: dict[str, Any] = {
     "description": (
-        "IFEval's 541 prompts, each with two responses (GPT-4 and PaLM-2 text-bison, as published with "
-        "IFEval), rewarded by the fraction of the prompt's verifiable constraints each response meets "
-        "(strict), paired with every hfpref pair strategy that needs no reference model."
+        "IFEval's 541 prompts, each with up to eight real responses (GPT-4 and PaLM-2 text-bison as published "
+        "with IFEval; Qwen2.5-0.5B/1.5B/7B/14B/32B-Instruct and Mistral-7B-Instruct-v0.3 from M-IFEval), "
+        "screened for answers to an older prompt and runaway answers, rewarded by the fraction of the "
+        "prompt's verifiable constraints each response meets (strict), with the generators ranked by their "
+        "measured IFEval accuracy, paired with every hfpref pair strategy that needs no reference model."
     ),
     "input": {"default": "ifeval"},
     "steps": [
+        {
+            "step": "ScreenResponses",
+            "config": {
+                "stale_prompt": "arguments",
+                "max_chars": 10_000,
+                "repetition_min_chars": 1_000,
+                "min_distinct_trigrams": 0.2,
+            },
+        },
         {"step": "IFEvalVerifier", "config": {"reward": "strict"}},
         {"step": "PairMetrics", "config": {"tokenizer": None}},
     ],
     "pairs": {
         "strategies": DEFAULT_STRATEGIES,
-        "config": {"seed": 0, "generator_ranking": DEFAULT_GENERATOR_RANKING, "eps": 1.0},
+        "config": {"seed": 0, "generator_ranking": MEASURED, "eps": 1.0},
     },
-    "output": {"folder": "hfpref-release", "name": "hfpref-ifeval-two-generators", "version": "0.1.0"},
+    "output": {"folder": "hfpref-release", "name": "hfpref-ifeval-eight-generators", "version": "0.2.0"},
 }
 
 
 def default_recipe(validate: bool = True) -> Recipe:
-    """The recipe ``hfpref curate`` runs without arguments (also ``dataset_scripts/ifeval_two_generators.yaml``)."""
+    """The recipe ``hfpref curate`` runs without arguments (also ``dataset_scripts/ifeval_eight_generators.yaml``)."""
     return Recipe.from_dict(
         copy.deepcopy(DEFAULT_RECIPE), source="(embedded default recipe)", validate=validate
     )

@@ -38,7 +38,13 @@ from hfpref import columns as C
 from hfpref.errors import UserError
 from hfpref.plots import PLOT_FILE, plot_pairs_plane
 from hfpref.recipe import CANDIDATES_CONFIG, RecipeResult, check_version
-from hfpref.summary import METRICS, strategy_summary
+from hfpref.summary import (
+    METRICS,
+    candidates_summary,
+    pair_agreement,
+    reference_config,
+    strategy_summary,
+)
 
 MANIFEST_FILE = "hfpref_manifest.json"
 CARD_FILE = "README.md"
@@ -135,6 +141,14 @@ def build_manifest(
         if strategy in origins:  # only makers and mixes: a strategy's entry stays as it always was
             configs[strategy]["made_by"] = origins[strategy]
         first_with_digest.setdefault(digest, strategy)
+    # how the strategies differ: same pair as the reference strategy, per prompt both kept
+    agreement = pair_agreement(result.pairs)
+    reference = reference_config(list(result.pairs))
+    for strategy in result.pairs:
+        configs[strategy]["same_pair_as_reference"] = {
+            "reference": reference,
+            **agreement[strategy][reference],
+        }
     kept_candidate_columns, dropped_candidate_columns = _candidate_columns(result)
     configs[CANDIDATES_CONFIG] = {
         "kind": "candidates",
@@ -169,6 +183,10 @@ def build_manifest(
             (c["stats"] or {}).get(C.LOGP_DIFF) for c in configs.values() if c["kind"] == "pairs"
         ),
         "generator_ranking": list(ranking) if ranking else None,
+        "generator_ranking_source": result.ranking_source,  # "measured", "given" or None
+        "generator_accuracy": result.generator_accuracy,  # hfpref.capabilities, when measured
+        "pair_agreement": {a: {b: v["fraction"] for b, v in row.items()} for a, row in agreement.items()},
+        "candidates_summary": candidates_summary(result.candidates),
         "packages": package_versions(),
         "default_config": next(iter(result.pairs), CANDIDATES_CONFIG),
         "configs": configs,

@@ -2,12 +2,16 @@
 
 Computed from the pairs columns (``edit_distance``, ``logp_diff``, ``reward_margin``, ``dcrm``,
 ``chosen_generator``, ``rejected_generator``) and the drop-reason counts; the same numbers go into the
-dataset card and the manifest.
+dataset card and the manifest. ``pair_agreement`` says how often two strategies chose the very same pair
+for a prompt, ``generator_mix`` which generators the chosen and rejected responses come from, and
+``candidates_summary`` what screening removed and how many responses were missing.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +20,7 @@ from hfpref import columns as C
 
 # the pair metrics summarised, with the names the card uses for them
 METRICS = {C.EDIT_DISTANCE: "e_Δ", C.LOGP_DIFF: "p_Δ", C.REWARD_MARGIN: "r_Δ", C.DCRM: "DCRM"}
+_NUMERIC = re.compile(r"[-+]?[0-9.]+(e[-+]?[0-9]+)?%?|n/a|-")
 
 
 def describe_values(values: Sequence[float | None]) -> dict[str, float | int] | None:
@@ -82,6 +87,10 @@ def strategy_summary(
             pairs[C.CHOSEN_GENERATOR], pairs[C.REJECTED_GENERATOR], generator_ranking
         )
     dropped_counts = dict(sorted(Counter(dropped).items(), key=lambda kv: (-kv[1], kv[0])))
+    mix = {}
+    for side, column in (("chosen", C.CHOSEN_GENERATOR), ("rejected", C.REJECTED_GENERATOR)):
+        if column in columns:
+            mix[side] = generator_mix(pairs[column])
     return {
         "rows": kept,
         "dropped": dropped_counts,
@@ -89,7 +98,111 @@ def strategy_summary(
         "input_rows": kept + sum(dropped_counts.values()),
         "stats": stats,
         "stronger_generator": share,
+        "generator_mix": mix,
     }
+
+
+def generator_mix(generators: Sequence[str | None]) -> dict[str, Any]:
+    """How many pairs each generator wrote a side of, most first (ties by name), and the top one's share."""
+    counts = Counter("unknown" if g is None else str(g) for g in generators)
+    ordered = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    total = sum(ordered.values())
+    top = next(iter(ordered), None)
+    return {
+        "counts": ordered,
+        "top": top,
+        "top_share": ordered[top] / total if top is not None else None,
+    }
+
+
+def _pair_keys(pairs) -> dict[str, tuple[str, str]]:
+    """prompt (as JSON) -> (chosen, rejected) as JSON, for comparing the pairs of two strategies."""
+    out = {}
+    for prompt, chosen, rejected in zip(pairs[C.PROMPT], pairs[C.CHOSEN], pairs[C.REJECTED], strict=True):
+        key = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+        out[key] = (json.dumps(chosen, ensure_ascii=False), json.dumps(rejected, ensure_ascii=False))
+    return out
+
+
+def pair_agreement(pairs_by_config: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """For every two configs a, b: over the prompts both kept, how many got the same (chosen, rejected).
+
+    Returns ``{a: {b: {"shared_prompts": n, "same_pairs": k, "fraction": k / n or None}}}``; configs with
+    several pairs for one prompt (pair makers) are compared on the last pair kept per prompt.
+    """
+    keyed = {name: _pair_keys(pairs) for name, pairs in pairs_by_config.items()}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for a, pairs_a in keyed.items():
+        out[a] = {}
+        for b, pairs_b in keyed.items():
+            shared = pairs_a.keys() & pairs_b.keys()
+            same = sum(pairs_a[k] == pairs_b[k] for k in shared)
+            out[a][b] = {
+                "shared_prompts": len(shared),
+                "same_pairs": same,
+                "fraction": same / len(shared) if shared else None,
+            }
+    return out
+
+
+def reference_config(names: Sequence[str]) -> str | None:
+    """The config others are compared with in the printed table: best_of_n2 when present, else the first."""
+    return "best_of_n2" if "best_of_n2" in names else next(iter(names), None)
+
+
+def candidates_summary(candidates) -> dict[str, Any]:
+    """What the candidates say beyond the pairs, for the manifest, the card and ``hfpref curate``'s summary.
+
+    ``candidates``: a ``datasets.Dataset`` or a dict of columns with ``responses`` (and optionally
+    ``generators``, ``screened_out``, ``ifeval_invented_args``). Returns ``candidate_rows``; ``responses``
+    (all entries, missing ones included) and ``responses_per_generator``; ``missing_responses`` (None entries:
+    failed generations, never paired), ``missing_responses_per_generator`` and
+    ``rows_with_missing_responses``; ``ifeval_invented_args`` (instruction arguments lm-eval's checks drew at
+    random, graded but flagged) and ``rows_with_ifeval_invented_args``, both None when the column is absent
+    (unknown, not zero); and ``screened_out`` (``hfpref.screening.screening_counts``) when screening ran.
+    """
+    columns = candidates.column_names if hasattr(candidates, "column_names") else list(candidates)
+    responses = candidates[C.RESPONSES] if C.RESPONSES in columns else []
+    generators = candidates[C.GENERATORS] if C.GENERATORS in columns else None
+    per_generator: Counter = Counter()
+    missing: Counter = Counter()
+    rows_missing = 0
+    for i, row in enumerate(responses):
+        names = generators[i] if generators is not None else None
+        row_missing = 0
+        for k, text in enumerate(row or []):
+            name = str(names[k]) if names else "unknown"
+            per_generator[name] += 1
+            if text is None:
+                missing[name] += 1
+                row_missing += 1
+        rows_missing += row_missing > 0
+    out: dict[str, Any] = {
+        "candidate_rows": len(responses),
+        "responses": sum(per_generator.values()),
+        "responses_per_generator": dict(sorted(per_generator.items())),
+        "missing_responses": sum(missing.values()),
+        "missing_responses_per_generator": dict(sorted(missing.items())),
+        "rows_with_missing_responses": rows_missing,
+        "ifeval_invented_args": None,
+        "rows_with_ifeval_invented_args": None,
+    }
+    if C.IFEVAL_INVENTED_ARGS in columns:
+        invented = [len(row or []) for row in candidates[C.IFEVAL_INVENTED_ARGS]]
+        out["ifeval_invented_args"] = sum(invented)
+        out["rows_with_ifeval_invented_args"] = sum(count > 0 for count in invented)
+    if C.SCREENED_OUT in columns:
+        from hfpref.screening import screening_counts
+
+        out["screened_out"] = screening_counts(candidates[C.SCREENED_OUT])
+    return out
+
+
+def short_generator(name: str | None) -> str:
+    """A generator name short enough for the printed table: no "-instruct", date or "-001" suffix."""
+    if name is None:
+        return "n/a"
+    return re.sub(r"-\d{8}$|-\d{3}$", "", name.replace("-instruct", ""))
 
 
 def _fmt(value: float | None) -> str:
@@ -98,67 +211,125 @@ def _fmt(value: float | None) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table with aligned columns (numbers right-aligned)."""
+    """A plain-text table with aligned columns (numbers right-aligned, text left-aligned)."""
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
         cells = []
         for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
-            cells.append(str(cell).ljust(width) if i == 0 else str(cell).rjust(width))
-        lines.append("  ".join(cells))
+            numeric = i > 0 and _NUMERIC.fullmatch(str(cell)) is not None
+            cells.append(str(cell).rjust(width) if numeric else str(cell).ljust(width))
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
 def summary_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
-    """The table ``hfpref curate`` prints: kept rows, dropped rows per reason, mean e_Δ, r_Δ, DCRM (and p_Δ
-    when known), the share of pairs chosen from the stronger generator, and which strategy picked the
-    very same pairs (``same_pairs_as``, when the summaries carry it)."""
-    reasons = sorted({reason for s in summaries.values() for reason in s["dropped"]})
+    """The tables ``hfpref curate`` prints (each under 110 columns).
+
+    First: kept and dropped rows, mean e_Δ, r_Δ, DCRM (and p_Δ when known), the share of pairs chosen from
+    the stronger generator, and the share of prompts on which the strategy chose the same pair as the
+    reference strategy (``same_pair_as_reference``, when the summaries carry it). Second: the generator
+    that wrote most chosen and most rejected responses, with its share, and the drop reasons.
+    """
     show_logp = any(s["stats"].get(C.LOGP_DIFF) for s in summaries.values())
     metric_columns = [C.EDIT_DISTANCE, *([C.LOGP_DIFF] if show_logp else []), C.REWARD_MARGIN, C.DCRM]
-    headers = ["strategy", "kept", *reasons, *[f"mean {METRICS[c]}" for c in metric_columns]]
-    headers += ["stronger chosen", "same pairs as"]
-    rows = []
+    reference = next(
+        (
+            s["same_pair_as_reference"]["reference"]
+            for s in summaries.values()
+            if s.get("same_pair_as_reference")
+        ),
+        None,
+    )
+    headers = ["strategy", "kept", "dropped", *[f"mean {METRICS[c]}" for c in metric_columns]]
+    headers += ["stronger chosen", f"same pair as {reference}" if reference else "same pair as"]
+    rows, mix_rows = [], []
     for strategy, s in summaries.items():
-        row = [strategy, str(s["rows"]), *[str(s["dropped"].get(r, 0)) for r in reasons]]
+        row = [strategy, str(s["rows"]), str(s["dropped_total"])]
         for column in metric_columns:
             stat = s["stats"].get(column)
             row.append(_fmt(stat["mean"] if stat else None))
         share = s.get("stronger_generator")
-        fraction = share["fraction"] if share else None
-        row.append("n/a" if fraction is None else f"{100 * fraction:.1f}%")
-        row.append(s.get("same_pairs_as") or "-")
+        row.append(_share(share["fraction"] if share else None))
+        same = s.get("same_pair_as_reference")
+        row.append(_share(same["fraction"]) if same else "-")
         rows.append(row)
+        mix = s.get("generator_mix") or {}
+        cells = []
+        for side in ("chosen", "rejected"):
+            m = mix.get(side)
+            cells.append(f"{short_generator(m['top'])} {_share(m['top_share'])}" if m and m["top"] else "n/a")
+        reasons = ", ".join(f"{reason} {n}" for reason, n in s["dropped"].items()) or "none"
+        mix_rows.append([strategy, *cells, reasons])
     table = format_table(headers, rows)
-    if reasons:
-        table = f"rows kept, then rows dropped by reason ({', '.join(reasons)}):\n" + table
-    return table
+    mix_table = format_table(["strategy", "top chosen", "top rejected", "dropped by reason"], mix_rows)
+    return table + "\n\n" + mix_table
 
 
-def candidates_summary(candidates) -> dict[str, int | None]:
-    """What the candidates rows lacked, for the card and manifest ("N responses missing").
+def _interval(value: float | None, bounds: Sequence[float] | None) -> str:
+    if value is None:
+        return "n/a"
+    if not bounds or any(b is None or not math.isfinite(b) for b in bounds):
+        return f"{100 * value:.1f}"
+    return f"{100 * value:.1f} [{100 * bounds[0]:.1f}, {100 * bounds[1]:.1f}]"
 
-    ``candidates``: a ``datasets.Dataset`` or a dict of columns with ``responses`` and, after
-    ``IFEvalVerifier``, ``ifeval_invented_args``. Returns ``candidate_rows``; ``responses`` (all entries,
-    missing ones included); ``missing_responses`` (None entries: failed generations, never paired) and
-    ``rows_with_missing_responses``; ``ifeval_invented_args`` (instruction arguments lm-eval's checks drew
-    at random, graded but flagged) and ``rows_with_ifeval_invented_args`` — both None when the column is
-    absent (unknown, not zero).
-    """
-    columns = candidates.column_names if hasattr(candidates, "column_names") else list(candidates)
-    responses = candidates[C.RESPONSES] if C.RESPONSES in columns else []
-    missing = [sum(text is None for text in row or []) for row in responses]
-    summary: dict[str, int | None] = {
-        "candidate_rows": len(responses),
-        "responses": sum(len(row or []) for row in responses),
-        "missing_responses": sum(missing),
-        "rows_with_missing_responses": sum(count > 0 for count in missing),
-        "ifeval_invented_args": None,
-        "rows_with_ifeval_invented_args": None,
-    }
-    if C.IFEVAL_INVENTED_ARGS in columns:
-        invented = [len(row or []) for row in candidates[C.IFEVAL_INVENTED_ARGS]]
-        summary["ifeval_invented_args"] = sum(invented)
-        summary["rows_with_ifeval_invented_args"] = sum(count > 0 for count in invented)
-    return summary
+
+def ranking_text(manifest: Mapping[str, Any]) -> str:
+    """What ``hfpref curate`` prints about the generator ranking "stronger chosen" and ds_fix used:
+    the measured accuracy table (strongest first), or the given order; empty without a ranking."""
+    ranking = manifest.get("generator_ranking")
+    if not ranking:
+        return ""
+    accuracy = manifest.get("generator_accuracy")
+    if not accuracy:
+        order = " > ".join(short_generator(g) for g in ranking)
+        return (
+            f"stronger chosen: chosen from the higher-ranked generator, ranking given by the recipe: {order}"
+        )
+    level = round(100 * accuracy[0]["confidence"])
+    rows = [
+        [
+            str(rank),
+            a["generator"],
+            str(a["responses"]),
+            _interval(a["prompt_level"], a["prompt_level_ci"]),
+            _interval(a["instruction_level"], a["instruction_level_ci"]),
+        ]
+        for rank, a in enumerate(accuracy, start=1)
+    ]
+    headers = [
+        "#",
+        "generator",
+        "graded",
+        f"prompt-level strict % [{level}% CI]",
+        "instruction-level strict % [CI]",
+    ]
+    return (
+        'generator ranking measured on these candidates (used by ds_fix and "stronger chosen"):\n'
+        + format_table(headers, rows)
+    )
+
+
+def candidates_text(manifest: Mapping[str, Any]) -> str:
+    """One line for ``hfpref curate`` on what screening removed and how many responses were missing."""
+    summary = manifest.get("candidates_summary") or {}
+    parts = []
+    screened = summary.get("screened_out")
+    if screened is not None:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in screened["by_reason"].items()) or "none"
+        parts.append(f"screened out {screened['removed']} responses ({reasons})")
+    if summary.get("missing_responses"):
+        parts.append(f"{summary['missing_responses']} missing (None) responses")
+    if summary.get("ifeval_invented_args"):
+        parts.append(
+            f"{summary['ifeval_invented_args']} IFEval arguments invented by the checks (graded, flagged in "
+            "ifeval_invented_args)"
+        )
+    if not parts:
+        return ""
+    return f"candidates: {summary.get('responses', 0)} responses kept; " + "; ".join(parts)

@@ -1,5 +1,6 @@
-"""`hfpref curate` end to end on the embedded default (run once per module), checked against expectations
-computed here from the release's own candidates rows."""
+"""`hfpref curate` end to end on the embedded two-generator recipe (run once per module; N = 2 makes the
+expected pairs easy to compute), checked against expectations computed here from the release's own
+candidates rows. The eight-generator default is tested in tests/test_default_release.py."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+from pathlib import Path
 
 import datasets
 import pyarrow.parquet as pq
@@ -15,7 +17,9 @@ import pytest
 import yaml
 
 from hfpref.cli import main
-from hfpref.recipe import DEFAULT_STRATEGIES, default_recipe
+from hfpref.recipe import DEFAULT_STRATEGIES, Recipe
+
+TWO_GENERATORS = Path(__file__).resolve().parents[1] / "dataset_scripts" / "ifeval_two_generators.yaml"
 
 STRONGER, WEAKER = "gpt-4-20231107", "text-bison-001"
 REWARD_LABELLED = [s for s in DEFAULT_STRATEGIES if s != "ds_fix"]
@@ -27,7 +31,15 @@ def run(tmp_path_factory):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(
-            ["curate", "--output", str(tmp / "release"), "--cache-dir", str(tmp / "cache"), "--no-progress"]
+            [
+                "curate",
+                str(TWO_GENERATORS),
+                "--output",
+                str(tmp / "release"),
+                "--cache-dir",
+                str(tmp / "cache"),
+                "--no-progress",
+            ]
         )
     assert code == 0, err.getvalue()
     folder = tmp / "release"
@@ -117,7 +129,7 @@ def test_printed_summary(run):
 def test_folder_loads_the_rows_a_rerun_computes_and_the_rerun_is_a_cache_hit(run):
     cache = run["tmp"] / "cache"
     arrow_files = sorted(str(p) for p in cache.rglob("*.arrow"))
-    result = default_recipe().run(cache_dir=cache, progress=False)
+    result = Recipe.from_yaml(TWO_GENERATORS).run(cache_dir=cache, progress=False)
     assert sorted(str(p) for p in cache.rglob("*.arrow")) == arrow_files, (
         "a finished recipe must be all cache hits"
     )
@@ -140,13 +152,14 @@ def test_card_header_and_manifest(run):
     ]
     assert manifest["steps"][0]["config"]["reward"] == "strict"
     assert manifest["edit_distance_unit"] == "word" and manifest["models"] == []
-    assert manifest["input"]["kind"] == "default" and len(manifest["input"]["files_sha256"]) == 3
+    assert manifest["input"]["kind"] == "default" and len(manifest["input"]["files_sha256"]) == 2
     assert manifest["generator_ranking"] == [STRONGER, WEAKER]
     for sha in manifest["input"]["files_sha256"].values():
         assert sha in card
     assert "n/a — no reference model" in card and "**word-level**" in card
     assert (folder / manifest["plot"]).is_file() and f"]({manifest['plot']})" in card
-    assert "`gpt-4-20231107` > `text-bison-001`" in card
+    assert "`gpt-4-20231107` > `text-bison-001`" in card and "ranking **given** to the recipe" in card
+    assert manifest["generator_ranking_source"] == "given" and manifest["generator_accuracy"] is None
 
 
 def test_help_documents_every_option(capsys):

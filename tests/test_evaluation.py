@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from hfpref import default_data
 from hfpref.cli import main
 from hfpref.default_data import data_dir
 from hfpref.evaluation import IFEVAL_METRIC_PATH, judge, load_prompts, win_rate
@@ -62,7 +63,7 @@ def test_metric_aggregates_strict_and_loose_verdicts(metric):
 
 def test_metric_reproduces_published_gpt4_accuracies(metric):
     prompts = {row["key"]: row for row in read_jsonl("prompts.jsonl")}
-    responses = read_jsonl("responses_gpt-4.jsonl")
+    responses = default_data.response_records("gpt-4")
     result = metric.compute(
         predictions=[r["response"] for r in responses], references=[prompts[r["key"]] for r in responses]
     )

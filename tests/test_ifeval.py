@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import hfpref
+from hfpref import default_data
 from hfpref.ifeval import IFEvalConfig, IFEvalVerifier, prompt_text
 from hfpref.transform import MissingColumnError, RowError, to_python
 
@@ -37,7 +38,7 @@ PROMPTS = {row["key"]: row for row in _read_jsonl(DATA / "prompts.jsonl")}
 def _candidates(generator: str) -> list[dict]:
     """One candidates row per response, joined to the current prompts on `key`."""
     rows = []
-    for answer in _read_jsonl(DATA / f"responses_{generator}.jsonl"):
+    for answer in default_data.response_records(generator):
         prompt = PROMPTS[answer["key"]]
         rows.append(
             {
@@ -146,7 +147,7 @@ def test_gpt4_reproduces_the_published_accuracies(graded):
 def test_text_bison_is_close_to_the_published_accuracies(graded):
     rows, out = graded["text-bison"]
     ours = (*_accuracies(_single(out["ifeval_strict"])), *_accuracies(_single(out["ifeval_loose"])))
-    seen = {a["key"]: a["prompt_seen"] for a in _read_jsonl(DATA / "responses_text-bison.jsonl")}
+    seen = {a["key"]: a["prompt_seen"] for a in default_data.response_records("text-bison")}
     revised = [key for key in seen if seen[key] != PROMPTS[key]["prompt"]]
     # text-bison answered the 2023-11 prompts and 385 of its 541 were revised since, many with changed
     # constraint arguments (1069: at least 229 -> 500 words; 1730: two -> five sections; 163: letter l at

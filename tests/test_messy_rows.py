@@ -299,7 +299,9 @@ def test_candidates_summary_counts_missing_responses_and_invented_arguments():
     assert candidates_summary(candidates) == {
         "candidate_rows": 4,
         "responses": 6,
+        "responses_per_generator": {"unknown": 6},  # no generators column
         "missing_responses": 3,
+        "missing_responses_per_generator": {"unknown": 3},
         "rows_with_missing_responses": 2,
         "ifeval_invented_args": 1,
         "rows_with_ifeval_invented_args": 1,

@@ -338,12 +338,12 @@ def test_every_dataset_script_validates(path):
 
 def test_dataset_scripts_exist():
     names = {p.name for p in SCRIPTS.glob("*.yaml")}
-    assert "ifeval_two_generators.yaml" in names
+    assert {"ifeval_eight_generators.yaml", "ifeval_two_generators.yaml"} <= names
     assert len(names) >= 4  # the default plus the UltraFeedback settings
 
 
 def test_embedded_default_equals_its_published_script():
-    published = Recipe.from_yaml(SCRIPTS / "ifeval_two_generators.yaml")
+    published = Recipe.from_yaml(SCRIPTS / "ifeval_eight_generators.yaml")
     assert published.to_dict() == R.default_recipe().to_dict()
 
 

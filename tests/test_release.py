@@ -325,10 +325,13 @@ def test_summary_table_lists_every_reason(small):
     configs = {k: v for k, v in REL.read_manifest(folder)["configs"].items() if v["kind"] == "pairs"}
     table = summary_table(configs)
     lines = table.splitlines()
-    assert "fewer_than_two_responses" in lines[1] and "rewards_tied" in lines[1]
+    # first table: kept, dropped in all, ..., stronger chosen, same pair as best_of_n2 (the reference)
     row = next(line.split() for line in lines if line.startswith("max_margin"))
-    assert row[1:4] == ["2", "1", "1"]  # kept, fewer_than_two_responses, rewards_tied
+    assert row[1:3] == ["2", "2"]
     assert row[-2] == "50.0%"
+    # second table: the drop reasons of each strategy, by name
+    reasons = [line for line in lines if line.startswith("max_margin")][1]
+    assert "fewer_than_two_responses 1" in reasons and "rewards_tied 1" in reasons
 
 
 def test_model_references_from_step_descriptions():

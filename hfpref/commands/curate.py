@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_locked(args: argparse.Namespace, recipe: Any) -> int:
     from hfpref.release import push_release, read_manifest, write_release
-    from hfpref.summary import summary_table
+    from hfpref.summary import candidates_text, ranking_text, summary_table
 
     engine = build_engine(args)
     try:
@@ -251,12 +251,12 @@ def _run_locked(args: argparse.Namespace, recipe: Any) -> int:
         f"{manifest['name']} {manifest['version']}: {len(result.candidates)} candidates rows, e_Δ unit: "
         f"{manifest['edit_distance_unit']}, p_Δ: {'yes' if manifest['has_logp'] else 'n/a (no reference model)'}"
     )
+    if candidates_text(manifest):
+        print(candidates_text(manifest))
     print(summary_table(pairs))
     if manifest["generator_ranking"]:
-        print(
-            f"stronger chosen: share of pairs whose chosen response comes from the higher-ranked generator "
-            f"({' > '.join(manifest['generator_ranking'])})"
-        )
+        print()
+        print(ranking_text(manifest))
     for strategy, why in manifest["skipped_strategies"].items():
         print(f"not run: {strategy}: {why}")
     print(f"release written to {folder}/ (card: {folder}/README.md)")
