@@ -22,6 +22,3 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import
     .venv/bin/python -m pip install -q -e ".[dev]"
     echo "$want" > "$stamp"
 fi
-
-# the Label Studio server for `hfpref annotate` and its tests, in its own venv (see the script for why)
-bash scripts/setup_labelstudio.sh
