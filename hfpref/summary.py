@@ -316,7 +316,8 @@ def ranking_text(manifest: Mapping[str, Any]) -> str:
 
 
 def candidates_text(manifest: Mapping[str, Any]) -> str:
-    """One line for ``hfpref curate`` on what screening removed and how many responses were missing."""
+    """Lines for ``hfpref curate`` on what screening removed, how many responses were missing and how many
+    IFEval arguments the checks invented (one fact a line, so the summary stays within 110 columns)."""
     summary = manifest.get("candidates_summary") or {}
     parts = []
     screened = summary.get("screened_out")
@@ -327,9 +328,11 @@ def candidates_text(manifest: Mapping[str, Any]) -> str:
         parts.append(f"{summary['missing_responses']} missing (None) responses")
     if summary.get("ifeval_invented_args"):
         parts.append(
-            f"{summary['ifeval_invented_args']} IFEval arguments invented by the checks (graded, flagged in "
-            "ifeval_invented_args)"
+            f"{summary['ifeval_invented_args']} IFEval arguments invented by lm-eval's checks "
+            "(graded, flagged in ifeval_invented_args)"
         )
     if not parts:
         return ""
-    return f"candidates: {summary.get('responses', 0)} responses kept; " + "; ".join(parts)
+    return "\n".join(
+        [f"candidates: {summary.get('responses', 0)} responses kept", *(f"  {p}" for p in parts)]
+    )
