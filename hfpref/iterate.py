@@ -54,7 +54,11 @@ drop reasons, ``human_<outcome>``) and training carries on. The API key is read 
 Prompts. With ``chat_format: auto`` (the default), string prompts become one user message when the
 policy's tokenizer has a chat template, so sampling, log-probs, the reward model and TRL all see the same
 chat-formatted conversation (a string prompt would be sampled through the template but scored and
-trained on as raw text).
+trained on as raw text). ``messages`` always makes them messages. ``text`` keeps prompts raw text, which
+only a policy without a chat template can honour: ``ResponseSampler`` samples a string through the
+policy's template and writes it back as that message, so ``text`` with a templated policy would silently
+mean messages. It is refused in validation (``IterateError``) rather than sampled around the template,
+which would train a chat model on prompts formatted unlike its own.
 """
 
 from __future__ import annotations
@@ -566,6 +570,8 @@ class IterateRecipe:
                 "round trains the policy first), or `selection: {on_equal_margins: random}` to accept random "
                 "selection in round 1"
             )
+        if self.chat_format == "text":
+            _check_text_format(self)  # loads the policy's tokenizer only (text recipes only)
         if self.human_labels:
             self._check_label_studio()
         else:
@@ -814,13 +820,28 @@ def _load_prompts(recipe: IterateRecipe, cache: Path):
 
 def _wants_messages(recipe: IterateRecipe) -> bool:
     if recipe.chat_format == "text":
+        _check_text_format(recipe)  # the sampler would write messages back: refused before any round
         return False
     if recipe.chat_format == "messages":
         return True
+    return _policy_has_chat_template(recipe)
+
+
+def _policy_has_chat_template(recipe: IterateRecipe) -> bool:
     from hfpref.model_utils import load_tokenizer
 
     tokenizer = load_tokenizer(recipe.policy.model, recipe.policy.revision)
     return getattr(tokenizer, "chat_template", None) is not None
+
+
+def _check_text_format(recipe: IterateRecipe) -> None:
+    """``chat_format: text`` needs a policy without a chat template (see the module notes, Prompts)."""
+    if _policy_has_chat_template(recipe):
+        raise IterateError(
+            f"chat_format: text: the policy {recipe.policy.label()!r} has a chat template, so ResponseSampler "
+            "samples string prompts through it and writes them back as one user message: the prompts would not "
+            "stay text. Use chat_format: auto (or messages), or a policy without a chat template"
+        )
 
 
 def round_steps(recipe: IterateRecipe, r: int, policy: ModelRef, reference: ModelRef) -> list[Step]:
