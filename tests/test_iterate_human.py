@@ -64,15 +64,11 @@ class FakeServer:
         self.imported += len(kwargs["json"])
         return {"task_count": len(kwargs["json"])}
 
-    def annotate(self, project_title: str, choose) -> None:
-        """User 7 annotates every task of the project: ``choose(data)`` returns what they click."""
-        (project_id,) = [i for i, p in self.projects.items() if p["title"] == project_title]
-        for task in self.tasks[project_id]:
-            choice = choose(task["data"])
-            result = [{"from_name": "preference", "to_name": "prompt", "value": {"choices": [choice]}}]
-            task["annotations"].append(
-                {"id": task["id"], "completed_by": 7, "result": result, "lead_time": 2.0}
-            )
+    def add_annotation(self, task_id: int, choice: str, user: int) -> None:
+        """``user`` clicks ``choice`` (A, B, tie or skip) on task ``task_id``."""
+        (task,) = [t for tasks in self.tasks.values() for t in tasks if t["id"] == task_id]
+        result = [{"from_name": "preference", "to_name": "prompt", "value": {"choices": [choice]}}]
+        task["annotations"].append({"id": task_id, "completed_by": user, "result": result, "lead_time": 2.0})
 
 
 @pytest.fixture
@@ -125,46 +121,48 @@ def test_model_annotation_refuses_an_api_key_too(tiny_models, tmp_path):
         IterateRecipe.from_dict(raw)
 
 
-def test_a_round_stops_while_labels_are_pending_and_a_rerun_trains_on_them(
-    tiny_models, tmp_path, fake_server, capsys
-):
-    raw = _human_raw(tmp_path, tiny_models)
+def check_a_round_waits_for_labels_and_trains_on_them(
+    tiny_models, tmp_path, capsys, *, url: str, project: str, tasks_of, annotate, annotator: str
+) -> Path:
+    """The loop against a Label Studio at ``url`` (a stand-in or a real server): round 1 stops while its pairs
+    are pending, ``annotate(task_id, choice)`` labels them as a person would, and the rerun trains.
+
+    ``tasks_of(title)``: the project's tasks (``id``, ``data``); ``annotator``: the id the votes carry.
+    Returns the loop's output folder.
+    """
+    raw = _human_raw(tmp_path, tiny_models, project=project, url=url)
     recipe_path = tmp_path / "loop.yaml"
     recipe_path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     folder = Path(raw["output"]["folder"])
-    project = "loop labels round 1"
+    title = f"{project} round 1"
 
     # first run: the selected pairs are pushed, none is annotated, the loop stops (exit 2, one line)
     assert main(["iterate", str(recipe_path), "--quiet"]) == 2
     # the error is the last line of stderr (progress bars of model loading come before it)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("hfpref iterate: error: round 1:")
-    pushed = fake_server.imported
+    tasks = tasks_of(title)
+    pushed = len(tasks)
     assert pushed > 0
-    assert f"{pushed} of {pushed} pairs are still pending" in err and repr(project) in err and "rerun" in err
+    assert f"{pushed} of {pushed} pairs are still pending" in err and repr(title) in err and "rerun" in err
     state = json.loads((folder / IT.STATE_FILE).read_text())
     assert state["rounds"]["1"]["status"] == "awaiting_labels"
-    assert (state["rounds"]["1"]["pending"], state["rounds"]["1"]["project"]) == (pushed, project)
+    assert (state["rounds"]["1"]["pending"], state["rounds"]["1"]["project"]) == (pushed, title)
     assert not (folder / "round-1" / "release").exists() and not (folder / "round-1" / "policy").exists()
-    assert set(fake_server.keys) == {KEY}  # the key came from LABEL_STUDIO_API_KEY
-    assert KEY not in (folder / IT.STATE_FILE).read_text()
 
     # a person labels every pair: the longer response, a tie when both are as long; the first is a tie on purpose
     def choose(data: dict) -> str:
-        if data["pair_id"] == first_pair:
-            return "tie"
-        if len(data["a"]) == len(data["b"]):
+        if data["pair_id"] == tasks[0]["data"]["pair_id"] or len(data["a"]) == len(data["b"]):
             return "tie"
         return "A" if len(data["a"]) > len(data["b"]) else "B"
 
-    (project_id,) = fake_server.tasks
-    first_pair = fake_server.tasks[project_id][0]["data"]["pair_id"]
-    fake_server.annotate(project, choose)
-    ties = sum(choose(t["data"]) == "tie" for t in fake_server.tasks[project_id])
+    for task in tasks:
+        annotate(task["id"], choose(task["data"]))
+    ties = sum(choose(t["data"]) == "tie" for t in tasks)
 
     # the rerun pushes nothing new, pulls the labels, writes the release and trains
     assert main(["iterate", str(recipe_path), "--quiet"]) == 0
-    assert fake_server.imported == pushed
+    assert len(tasks_of(title)) == pushed
     state = json.loads((folder / IT.STATE_FILE).read_text())
     assert state["rounds"]["1"]["status"] == "finished"
     assert state["rounds"]["1"]["pairs"] == pushed - ties
@@ -177,7 +175,9 @@ def test_a_round_stops_while_labels_are_pending_and_a_rerun_trains_on_them(
         assert isinstance(row["prompt"], list) and row["chosen"][0]["role"] == "assistant"
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
         assert len(chosen) > len(rejected)
-        assert row["label_source"] == "human:user-7" and row["pair_strategy"] == "smallest_margin_corpus"
+        assert (
+            row["label_source"] == f"human:{annotator}" and row["pair_strategy"] == "smallest_margin_corpus"
+        )
         # the indices point back into the candidates' responses, and the implicit margin is theirs
         source = candidates[row["source_row"]]
         assert source["responses"][row["chosen_index"]] == chosen
@@ -188,16 +188,34 @@ def test_a_round_stops_while_labels_are_pending_and_a_rerun_trains_on_them(
         )
     record = json.loads((release / "hfpref_manifest.json").read_text())["iteration"]
     annotation = record["annotation"]
-    assert annotation["annotator"] == "label-studio" and annotation["project"] == project
+    assert annotation["annotator"] == "label-studio" and annotation["project"] == title
     assert (annotation["pairs_pushed"], annotation["pairs_kept"]) == (pushed, pushed - ties)
     assert annotation["dropped"] == {"human_tie": ties}
     assert annotation["pairs_pushed"] == record["selection"]["selected"]
-    assert (
-        "Annotation by people in Label Studio project `loop labels round 1`"
-        in (release / "README.md").read_text()
-    )
+    assert f"Annotation by people in Label Studio project `{title}`" in (release / "README.md").read_text()
     # the checkpoint was trained on those pairs (its model card names the release and the row count)
     model_card = (folder / "round-1" / "policy" / "README.md").read_text()
     data = yaml.safe_load(model_card.split("---")[1])["hfpref"]["training_data"]
     assert data["rows"] == pushed - ties
     assert (folder / "round-1" / "policy" / "model.safetensors").exists()
+    return folder
+
+
+def test_a_round_stops_while_labels_are_pending_and_a_rerun_trains_on_them(
+    tiny_models, tmp_path, fake_server, capsys
+):
+    def tasks_of(title: str) -> list[dict]:
+        (project_id,) = [i for i, p in fake_server.projects.items() if p["title"] == title]
+        return copy.deepcopy(fake_server.tasks[project_id])
+
+    def annotate(task_id: int, choice: str) -> None:
+        fake_server.add_annotation(task_id, choice, user=7)
+
+    folder = check_a_round_waits_for_labels_and_trains_on_them(
+        tiny_models, tmp_path, capsys, url="http://ls.test:8080", project="loop labels",
+        tasks_of=tasks_of, annotate=annotate, annotator="user-7",
+    )  # fmt: skip
+    assert fake_server.imported == len(tasks_of("loop labels round 1"))  # imported once, on the first run
+    assert set(fake_server.keys) == {KEY}  # the key came from LABEL_STUDIO_API_KEY
+    written = "".join(p.read_text(errors="ignore") for p in folder.rglob("*") if p.suffix in (".json", ".md"))
+    assert KEY not in written
