@@ -124,6 +124,7 @@ def win_rate(
     seed: int = 0,
     reward_revision: str | None = None,
     reward_dtype: str = "auto",
+    reward_trust_remote_code: bool = False,
     **sampler_options: Any,
 ) -> dict[str, Any]:
     """Win rate of ``model`` over ``baseline`` with ``reward_model`` as the judge; ties count half.
@@ -131,20 +132,32 @@ def win_rate(
     Both models answer every prompt with the same sampling settings and seed; the reward model scores
     the two answers (with its own chat template). Returns the win rate, win/tie/loss counts, the
     settings and per-prompt records (both responses, both rewards, the outcome).
+    ``reward_trust_remote_code`` runs a custom-code reward model's own modeling file (e.g. ArmoRM).
     """
-    from hfpref.rewards import RewardAnnotator, RewardConfig
+    from hfpref.rewards import RewardAnnotator, RewardConfig, RewardModelError
 
     rows = load_prompts(prompts, limit)
     if not rows:
         raise ValueError("win rate needs at least one prompt")
+    annotator = RewardAnnotator(
+        RewardConfig(
+            model=reward_model,
+            revision=reward_revision,
+            dtype=reward_dtype,
+            trust_remote_code=reward_trust_remote_code,
+        )
+    )
+    try:
+        annotator.head()  # a custom-code judge that is not trusted fails now, before both models sample
+    except RewardModelError as err:
+        raise RewardModelError(
+            f"{err} (`hfpref eval winrate`: pass --trust-remote-code; `win_rate`: reward_trust_remote_code=True)"
+        ) from None
     options = dict(n=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, **sampler_options)
     model_sampler = ResponseSampler(SamplerConfig(model=model, **options))
     baseline_sampler = ResponseSampler(SamplerConfig(model=baseline, **options))
     model_answers = sample_responses(rows, model_sampler)
     baseline_answers = sample_responses(rows, baseline_sampler)
-    annotator = RewardAnnotator(
-        RewardConfig(model=reward_model, revision=reward_revision, dtype=reward_dtype)
-    )
     scored = annotator(
         {
             C.PROMPT: [row[C.PROMPT] for row in rows],

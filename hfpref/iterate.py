@@ -40,10 +40,25 @@ rounds, reuses a round's release when only its training is missing, and recomput
 ``datasets`` cache under ``cache/``, finished steps of an interrupted round are cache hits). A rerun
 with a different recipe is refused.
 
+Human labels. ``annotation: {kind: label-studio, project: TITLE, url: URL, seed: 0, rule: majority,
+min_annotations: 1, annotators_per_pair: 1}`` sends each round's selected pairs to people instead of a model
+(``hfpref.human.labelstudio.label_round``): they are pushed to the Label Studio project ``TITLE round r``
+(default title: the output name), and while any is pending the round's state is saved as
+``awaiting_labels`` and the loop stops with ``LabelsPendingError`` (the CLI answers in one line, exit 2),
+saying how many pairs are pending and where. Annotate them, then rerun the same command: the round's steps
+are cache hits, the same pairs push nothing new, the labels are pulled, and once none is pending the pulled
+rows (``label_source = human:<annotator ids>``) are the round's pairs (ties, skips and disagreements are its
+drop reasons, ``human_<outcome>``) and training carries on. The API key is read only from
+``LABEL_STUDIO_API_KEY``; a recipe with ``api_key`` is refused (a recipe is published with every release).
+
 Prompts. With ``chat_format: auto`` (the default), string prompts become one user message when the
 policy's tokenizer has a chat template, so sampling, log-probs, the reward model and TRL all see the same
 chat-formatted conversation (a string prompt would be sampled through the template but scored and
-trained on as raw text).
+trained on as raw text). ``messages`` always makes them messages. ``text`` keeps prompts raw text, which
+only a policy without a chat template can honour: ``ResponseSampler`` samples a string through the
+policy's template and writes it back as that message, so ``text`` with a templated policy would silently
+mean messages. It is refused in validation (``IterateError``) rather than sampled around the template,
+which would train a chat model on prompts formatted unlike its own.
 """
 
 from __future__ import annotations
@@ -125,6 +140,19 @@ TRAINING_DEFAULTS: dict[str, Any] = {"save_strategy": "no"}
 
 class IterateError(RecipeError):
     """An iterate recipe or output folder that cannot run as it is."""
+
+
+class LabelsPendingError(IterateError):
+    """A round's pairs are in Label Studio and some are not annotated yet: annotate them, then rerun."""
+
+    def __init__(self, message: str, *, round_number: int, project: str, pending: int) -> None:
+        super().__init__(message)
+        self.round_number, self.project, self.pending = round_number, project, pending
+
+
+ANNOTATION_KINDS = ("model", "label-studio")
+_MODEL_ANNOTATION_KEYS = ("kind", "annotator", "config")
+_HUMAN_ANNOTATION_KEYS = ("kind", "url", "project", "seed", "rule", "min_annotations", "annotators_per_pair")
 
 
 # ---- budgets -----------------------------------------------------------------------------------------------
@@ -267,6 +295,23 @@ def _check_reserved(section: str, values: Mapping[str, Any]) -> None:
         raise IterateError(f"{section}: {taken} are set by the loop itself (see hfpref.iterate), remove them")
 
 
+def _annotation_section(value: Any) -> dict[str, Any]:
+    """The ``annotation`` mapping: a model annotator (``kind: model``, the default) or Label Studio."""
+    annotation = _mapping(value, "annotation")
+    if "api_key" in annotation:
+        # a recipe is copied into every release's manifest and card: a key there would be published
+        raise IterateError(
+            "annotation.api_key: a recipe must not hold the Label Studio key (it is published with every "
+            "release); remove the field and `export LABEL_STUDIO_API_KEY=...` instead"
+        )
+    kind = annotation.get("kind", "model")
+    if kind not in ANNOTATION_KINDS:
+        raise IterateError(f"annotation.kind must be one of {list(ANNOTATION_KINDS)}, got {kind!r}")
+    allowed = _HUMAN_ANNOTATION_KEYS if kind == "label-studio" else _MODEL_ANNOTATION_KEYS
+    _check_keys(annotation, allowed, f"annotation (kind {kind})")
+    return annotation
+
+
 @dataclasses.dataclass
 class IterateRecipe:
     """An ``hfpref iterate`` recipe (see ``dataset_scripts/iterative_margins.yaml``)::
@@ -284,6 +329,7 @@ class IterateRecipe:
     selection: {strategy: smallest_margin, level: corpus, seed: 0, on_equal_margins: error}
     budget: {fraction: 0.5, schedule: decreasing}   # or {pairs: 20000, ...}
     annotation: {annotator: RewardAnnotator, config: {model: ID}}
+    # or people: annotation: {kind: label-studio, project: TITLE, url: URL, rule: majority, min_annotations: 1}
     training: {learning_rate: 5.0e-7}               # trl.DPOConfig fields (train_dpo's defaults)
     output: {folder: FOLDER, name: NAME, version: 0.1.0}
     """
@@ -327,8 +373,7 @@ class IterateRecipe:
             rounds = raw["rounds"]
             if not (isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 1):
                 raise IterateError(f"rounds must be a positive int, got {rounds!r}")
-            annotation = _mapping(raw["annotation"], "annotation")
-            _check_keys(annotation, ("annotator", "config"), "annotation")
+            annotation = _annotation_section(raw["annotation"])
             output = OutputSpec.from_dict(raw.get("output"))
             if output.push_to_hub is not None:
                 raise IterateError(
@@ -448,6 +493,46 @@ class IterateRecipe:
             fields["strategy"] = "random"  # the warm-up: the policy has no margins worth ranking yet
         return AnnotationSelectionConfig(**fields, **self.round_budgets()[step])
 
+    @property
+    def human_labels(self) -> bool:
+        """True when people label the selected pairs in Label Studio (``annotation.kind: label-studio``)."""
+        return self.annotation.get("kind") == "label-studio"
+
+    def label_studio_settings(self, round_number: int) -> dict[str, Any]:
+        """``label_round`` keyword arguments for round ``round_number``: one project per round, so a pull
+        holds exactly that round's pairs."""
+        base = self.annotation.get("project") or self.output.name
+        return {
+            "project": f"{base} round {round_number}",
+            "url": self.annotation.get("url"),
+            "seed": self.annotation.get("seed", 0),
+            "rule": self.annotation.get("rule", "majority"),
+            "min_annotations": self.annotation.get("min_annotations", 1),
+            "annotators_per_pair": self.annotation.get("annotators_per_pair", 1),
+        }
+
+    def _check_label_studio(self) -> None:
+        from hfpref.human.labelstudio import RULES
+
+        settings = self.label_studio_settings(self.first_round)
+        for field in ("seed", "min_annotations", "annotators_per_pair"):
+            value = settings[field]
+            low = 0 if field == "seed" else 1
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+                raise IterateError(f"annotation.{field} must be an int >= {low}, got {value!r}")
+        if settings["rule"] not in RULES:
+            raise IterateError(f"annotation.rule must be one of {list(RULES)}, got {settings['rule']!r}")
+        project = self.annotation.get("project")
+        if project is not None and (not isinstance(project, str) or len(project.strip()) < 3):
+            raise IterateError(
+                f"annotation.project must be a title of at least 3 characters, got {project!r}"
+            )
+        url = settings["url"]
+        if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+            raise IterateError(
+                f"annotation.url must be an http(s) URL of the Label Studio server, got {url!r}"
+            )
+
     def annotate_config(self) -> AnnotateSelectedConfig:
         return AnnotateSelectedConfig(
             annotator=self.annotation.get("annotator", "RewardAnnotator"),
@@ -485,7 +570,12 @@ class IterateRecipe:
                 "round trains the policy first), or `selection: {on_equal_margins: random}` to accept random "
                 "selection in round 1"
             )
-        build("annotation", lambda: AnnotateSelected(self.annotate_config()))
+        if self.chat_format == "text":
+            _check_text_format(self)  # loads the policy's tokenizer only (text recipes only)
+        if self.human_labels:
+            self._check_label_studio()
+        else:
+            build("annotation", lambda: AnnotateSelected(self.annotate_config()))
         from trl import DPOConfig
 
         known = {f.name for f in dataclasses.fields(DPOConfig)}
@@ -648,9 +738,21 @@ def run_iterations(
                 if not state.release_ready(r):
                     if prompts is None:
                         prompts, input_info = _load_prompts(recipe, cache)
-                    pairs = _build_round(
-                        recipe, r, policy, reference, prompts, input_info, folder, batch_size, num_proc
-                    )
+                    try:
+                        pairs = _build_round(
+                            recipe, r, policy, reference, prompts, input_info, folder, batch_size, num_proc
+                        )
+                    except LabelsPendingError as err:
+                        # recorded, so a look at the state says what the loop waits for; a rerun resumes
+                        entry.update(
+                            status="awaiting_labels",
+                            project=err.project,
+                            pending=err.pending,
+                            policy=policy.label(),
+                            reference=reference.label(),
+                        )
+                        state.save()
+                        raise
                     entry.update(
                         release=str(release_dir(folder, r).relative_to(folder)),
                         config=config_name,
@@ -718,18 +820,34 @@ def _load_prompts(recipe: IterateRecipe, cache: Path):
 
 def _wants_messages(recipe: IterateRecipe) -> bool:
     if recipe.chat_format == "text":
+        _check_text_format(recipe)  # the sampler would write messages back: refused before any round
         return False
     if recipe.chat_format == "messages":
         return True
+    return _policy_has_chat_template(recipe)
+
+
+def _policy_has_chat_template(recipe: IterateRecipe) -> bool:
     from hfpref.model_utils import load_tokenizer
 
     tokenizer = load_tokenizer(recipe.policy.model, recipe.policy.revision)
     return getattr(tokenizer, "chat_template", None) is not None
 
 
+def _check_text_format(recipe: IterateRecipe) -> None:
+    """``chat_format: text`` needs a policy without a chat template (see the module notes, Prompts)."""
+    if _policy_has_chat_template(recipe):
+        raise IterateError(
+            f"chat_format: text: the policy {recipe.policy.label()!r} has a chat template, so ResponseSampler "
+            "samples string prompts through it and writes them back as one user message: the prompts would not "
+            "stay text. Use chat_format: auto (or messages), or a policy without a chat template"
+        )
+
+
 def round_steps(recipe: IterateRecipe, r: int, policy: ModelRef, reference: ModelRef) -> list[Step]:
     """Round ``r``'s steps: sample from ``policy``, score under ``reference`` and ``policy``, margins,
-    selection, annotation (the last step is the ``AnnotateSelected``)."""
+    selection, annotation (the last step is the ``AnnotateSelected``; with Label Studio labels the
+    ``AnnotationSelector``, and people annotate after it)."""
     from hfpref.logprobs import LogProbAnnotator
     from hfpref.sampling import ResponseSampler
 
@@ -749,11 +867,10 @@ def round_steps(recipe: IterateRecipe, r: int, policy: ModelRef, reference: Mode
         )
     else:
         steps.append(LogProbAnnotator(recipe.logprob_config(policy, "policy")))
-    return steps + [
-        ImplicitMargins(recipe.margin_config()),
-        AnnotationSelector(recipe.selection_config(r)),
-        AnnotateSelected(recipe.annotate_config()),
-    ]
+    steps += [ImplicitMargins(recipe.margin_config()), AnnotationSelector(recipe.selection_config(r))]
+    if not recipe.human_labels:
+        steps.append(AnnotateSelected(recipe.annotate_config()))
+    return steps
 
 
 def _build_round(
@@ -773,8 +890,8 @@ def _build_round(
 
     steps = round_steps(recipe, r, policy, reference)
     selection_config = recipe.selection_config(r)
-    annotate = steps[-1]
-    assert isinstance(annotate, AnnotateSelected)
+    name = selection_config.name
+    annotate = steps[-1] if isinstance(steps[-1], AnnotateSelected) else None
 
     candidates = prompts
     step_rows = []
@@ -792,10 +909,22 @@ def _build_round(
             ) from None
         step_rows.append({"rows_in": rows_in, "rows_out": len(candidates)})
         _unload(step)
-    pair_maker = AnnotatedPairs(preferences_column=annotate.preferences_column())
-    kept, dropped = split_dropped(pair_maker.apply(candidates, batch_size=batch_size))
+    labels = None
+    if annotate is None:  # people label the selected pairs in Label Studio
+        from hfpref.human.labelstudio import label_round
 
-    name = selection_config.name
+        settings = recipe.label_studio_settings(r)
+        labels = label_round(candidates, **settings, source=f"{recipe.output.name}/round-{r}")
+        if labels.pending:
+            raise LabelsPendingError(
+                labels.pending_message(r), round_number=r, project=settings["project"], pending=labels.pending
+            )
+        pair_maker: Any = LabelStudioLabels(settings)
+        kept, dropped = human_pairs(labels.pull, candidates, name)
+    else:
+        pair_maker = AnnotatedPairs(preferences_column=annotate.preferences_column())
+        kept, dropped = split_dropped(pair_maker.apply(candidates, batch_size=batch_size))
+
     description = (
         f"Round {r} of {recipe.rounds} of iterative DPO with annotation by implicit-margin selection "
         f"({selection_config.strategy}, {selection_config.level} level)."
@@ -829,13 +958,72 @@ def _build_round(
     write_release(result, target)
     manifest = read_manifest(target)
     manifest["iteration"] = iteration_record(
-        recipe, r, policy, reference, candidates, kept, dropped, annotate
+        recipe, r, policy, reference, candidates, kept, dropped, annotate, labels
     )
-    manifest["models"] = manifest.get("models", []) + _annotator_models(annotate)
+    if annotate is not None:
+        manifest["models"] = manifest.get("models", []) + _annotator_models(annotate)
     # rendered by the card template, so a later re-render (hfpref push sets the version) keeps it
     manifest["extra_sections"] = [iteration_card_section(manifest["iteration"])]
     write_manifest_and_card(target, manifest)
     return len(kept)
+
+
+@dataclasses.dataclass
+class LabelStudioLabels:
+    """What made a round's pairs when people label them, described like a step for ``pair_selection``."""
+
+    settings: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        return {"step": "LabelStudio", "version": "1", "config": dict(self.settings), "revision": None}
+
+
+def human_pairs(pull, candidates, strategy: str):
+    """The round's TRL preference rows from a Label Studio pull, and the drop reasons of the other pairs.
+
+    Input: ``pull.rows`` (``hfpref.human.labelstudio.collect_labels``: prompt, chosen, rejected, label_source,
+    pair_id, annotators, votes, ``source_row``, ``chosen_index``, ``rejected_index``) and the round's
+    candidates (``responses``, ``generators``, ``implicit_rewards`` when present). Output columns: the pulled
+    columns, with ``chosen`` / ``rejected`` as one assistant message for a conversational prompt (as
+    ``AnnotatedPairs`` writes them, so TRL sees one format), ``chosen_generator`` / ``rejected_generator``,
+    ``implicit_reward_chosen`` / ``implicit_reward_rejected`` / ``implicit_margin`` (the margin TRL logs),
+    and ``pair_strategy``. Drop reasons: ``human_<outcome>`` for ties, skips, no majority, disagreements.
+    """
+    import datasets
+
+    from hfpref.margins import IMPLICIT_REWARDS
+
+    names = candidates.column_names
+    rows = []
+    for pulled in pull.rows:
+        row = dict(pulled)
+        conversational = isinstance(row[C.PROMPT], list)
+        for column in (C.CHOSEN, C.REJECTED):
+            if conversational and isinstance(row[column], str):
+                row[column] = [{"role": "assistant", "content": row[column]}]
+        source, i, j = row.get("source_row"), row.get(C.CHOSEN_INDEX), row.get(C.REJECTED_INDEX)
+        known = source is not None and i is not None and j is not None
+        generators = candidates[source][C.GENERATORS] if known and C.GENERATORS in names else None
+        row[C.CHOSEN_GENERATOR] = generators[i] if generators else None
+        row[C.REJECTED_GENERATOR] = generators[j] if generators else None
+        implicit = candidates[source][IMPLICIT_REWARDS] if known and IMPLICIT_REWARDS in names else None
+        chosen_r, rejected_r = (implicit[i], implicit[j]) if implicit else (None, None)
+        row["implicit_reward_chosen"], row["implicit_reward_rejected"] = chosen_r, rejected_r
+        row["implicit_margin"] = (
+            chosen_r - rejected_r if chosen_r is not None and rejected_r is not None else None
+        )
+        row[C.PAIR_STRATEGY] = strategy
+        rows.append(row)
+    empty = {C.PROMPT: [], C.CHOSEN: [], C.REJECTED: [], C.PAIR_STRATEGY: []}
+    kept = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict(empty)
+    dropped = Counter(
+        {
+            f"human_{outcome}": n
+            for outcome, n in pull.counts["outcomes"].items()
+            if outcome not in ("response_1", "response_2", "pending")
+        }
+    )
+    return kept, dropped
 
 
 def _unload(step: Step) -> None:
@@ -875,11 +1063,40 @@ def iteration_record(
     candidates,
     kept,
     dropped: Mapping[str, int],
-    annotate: AnnotateSelected,
+    annotate: AnnotateSelected | None,
+    labels: Any = None,
 ) -> dict[str, Any]:
-    """What the manifest records about the round: models, budget, selection, annotation, training."""
+    """What the manifest records about the round: models, budget, selection, annotation, training.
+
+    ``annotate`` is the model annotator's step, or None when people labelled the pairs (``labels``: what
+    ``hfpref.human.labelstudio.label_round`` found)."""
     selection_config = recipe.selection_config(r)
-    annotated = candidates[RESPONSE_ANNOTATED]
+    if annotate is None:
+        pull = labels.pull
+        annotation = {
+            "annotator": "label-studio",
+            "project": pull.project,
+            "url": pull.url,
+            "rule": pull.rule,
+            "min_annotations": pull.min_annotations,
+            "pairs_pushed": pull.counts["pairs"],
+            "annotations": pull.counts["annotations"],
+            "annotators": pull.counts["annotators"],
+            "outcomes": pull.counts["outcomes"],
+            "agreement": pull.agreement,
+            "pairs_kept": len(kept),
+            "dropped": dict(sorted(dropped.items())),
+        }
+    else:
+        annotated = candidates[RESPONSE_ANNOTATED]
+        annotation = {
+            "annotator": annotate.config.annotator,
+            "responses": sum(len(row) for row in annotated),
+            "responses_annotated": sum(sum(row) for row in annotated),
+            "pairs_kept": len(kept),
+            "dropped": dict(sorted(dropped.items())),
+            **({"pairwise": _pairwise_counts(annotate, candidates)} if annotate.pairwise else {}),
+        }
     return {
         "round": r,
         "rounds": recipe.rounds,
@@ -899,14 +1116,7 @@ def iteration_record(
             "this_round": recipe.round_budgets()[r - recipe.first_round],
         },
         "selection": {**dataclasses.asdict(selection_config), **selection_summary(candidates)},
-        "annotation": {
-            "annotator": annotate.config.annotator,
-            "responses": sum(len(row) for row in annotated),
-            "responses_annotated": sum(sum(row) for row in annotated),
-            "pairs_kept": len(kept),
-            "dropped": dict(sorted(dropped.items())),
-            **({"pairwise": _pairwise_counts(annotate, candidates)} if annotate.pairwise else {}),
-        },
+        "annotation": annotation,
         "training": recipe.training_overrides(),
         "next_policy": f"round-{r}/policy",
     }
@@ -982,8 +1192,15 @@ def iteration_card_section(record: Mapping[str, Any]) -> str:
         f"{selection['selected']} selected in {selection['rows_with_selection']} of {selection['rows']} prompts.",
         f"- |margin| of the selected pairs: {stat('abs_margin_selected')}; of the eligible unselected pairs: "
         f"{stat('abs_margin_unselected')}.",
-        f"- Annotation by `{annotation['annotator']}`: {annotation['responses_annotated']} of "
-        f"{annotation['responses']} responses scored; {annotation['pairs_kept']} pairs kept, dropped: {dropped}.",
+        (
+            f"- Annotation by people in Label Studio project `{annotation['project']}` (rule "
+            f"{annotation['rule']}, at least {annotation['min_annotations']} annotation(s) a pair): "
+            f"{annotation['pairs_pushed']} pairs, {annotation['annotations']} annotations by "
+            f"{annotation['annotators']} annotator(s); {annotation['pairs_kept']} pairs kept, dropped: {dropped}."
+            if annotation["annotator"] == "label-studio"
+            else f"- Annotation by `{annotation['annotator']}`: {annotation['responses_annotated']} of "
+            f"{annotation['responses']} responses scored; {annotation['pairs_kept']} pairs kept, dropped: {dropped}."
+        ),
         *(
             [
                 f"- Pairwise judge, both orders per pair: {pw['judged_pairs']} pairs judged; "
@@ -1026,6 +1243,7 @@ __all__ = [
     "CopyColumns",
     "IterateError",
     "IterateRecipe",
+    "LabelsPendingError",
     "LoopState",
     "ModelRef",
     "RoundResult",

@@ -38,7 +38,9 @@ iterative DPO, if the policy *is* its reference, every margin is exactly 0 — `
 ``on_equal_margins="random"`` selects at random by the seed, knowingly, and ``selection_summary`` reports
 ``margins_all_equal`` so the release card says so.
 
-Some pairs are never selected, and say why in ``pair_excluded_reason``: ``missing_response`` (either
+Some pairs are never selected, and say why in ``pair_excluded_reason``: ``missing_prompt`` (every pair of a
+row whose prompt is missing, ``hfpref.selection.prompt_is_missing``: None, blank, or messages without text;
+the pair makers drop such rows, so an annotation spent on them would be lost), ``missing_response`` (either
 response is None, e.g. a failed API call: it has no log-probs, so ``ImplicitMargins`` writes None for its
 implicit reward and NaN for its margins), ``empty_response`` (either text is empty or whitespace), ``identical_responses`` (the same text twice: its margin is exactly 0, so it would
 top every smallest-margin ranking while carrying no preference), ``nan_margin`` (a non-finite margin).
@@ -59,7 +61,7 @@ import numpy as np
 
 from hfpref import columns as C
 from hfpref.errors import UserError
-from hfpref.selection import prompt_seed
+from hfpref.selection import prompt_is_missing, prompt_seed
 from hfpref.summary import describe_values
 from hfpref.transform import Batch, RowError, Step, StepConfig, check_columns, row_label
 
@@ -83,7 +85,13 @@ PER_PAIR_COLUMNS = (PAIR_INDICES, IMPLICIT_MARGINS, PAIR_EXCLUDED_REASON, SELECT
 SELECTION_COLUMNS = (SELECTION_STRATEGY, SELECTION_LEVEL, SELECTION_FRACTION, SELECTION_COUNT)
 SELECTION_STRATEGIES = ("smallest_margin", "largest_margin", "random")
 SELECTION_LEVELS = ("instance", "corpus")
-EXCLUSION_REASONS = ("missing_response", "empty_response", "identical_responses", "nan_margin")
+EXCLUSION_REASONS = (
+    "missing_prompt",
+    "missing_response",
+    "empty_response",
+    "identical_responses",
+    "nan_margin",
+)
 ON_EQUAL_MARGINS = ("error", "random")
 
 
@@ -149,12 +157,17 @@ def primary_keys(strategy: str, margins: np.ndarray) -> np.ndarray:
     return np.zeros(len(margins))  # random: the tie-break key alone decides
 
 
-def exclusion_reasons(responses: Sequence[str], margins: Sequence[float]) -> list[str | None]:
-    """Why each unordered pair cannot be selected (None when it can), in ``unordered_pairs`` order."""
+def exclusion_reasons(
+    responses: Sequence[str], margins: Sequence[float], prompt_missing: bool = False
+) -> list[str | None]:
+    """Why each unordered pair cannot be selected (None when it can), in ``unordered_pairs`` order;
+    ``prompt_missing``: the row's prompt is missing, so every pair is ``missing_prompt``."""
     usable = [isinstance(t, str) and t.strip() != "" for t in responses]
     reasons: list[str | None] = []
     for (i, j), margin in zip(unordered_pairs(len(responses)), margins, strict=True):
-        if responses[i] is None or responses[j] is None:
+        if prompt_missing:
+            reasons.append("missing_prompt")
+        elif responses[i] is None or responses[j] is None:
             reasons.append("missing_response")
         elif not (usable[i] and usable[j]):
             reasons.append("empty_response")
@@ -351,7 +364,7 @@ class AnnotationSelector(Step):
 
     needs_whole_dataset = True  # its apply() looks at every row before mapping
     config_class = AnnotationSelectionConfig
-    version = "2"  # 2: pairs with a missing response excluded (missing_response)
+    version = "3"  # 2: pairs with a missing response excluded (missing_response); 3: missing prompts too
     config: AnnotationSelectionConfig
 
     def __init__(self, config: AnnotationSelectionConfig | None = None, **overrides: Any) -> None:
@@ -383,7 +396,8 @@ class AnnotationSelector(Step):
                 f"{len(expected)} margins, got {margins!r}"
             )
         values = np.array([np.nan if m is None else m for m in margins], dtype=np.float64)
-        return exclusion_reasons(responses, values.tolist()), values
+        missing = prompt_is_missing(batch[C.PROMPT][i])
+        return exclusion_reasons(responses, values.tolist(), prompt_missing=missing), values
 
     def row_order(self, prompt: Any, margins: np.ndarray, excluded: list[str | None]) -> list[int]:
         """Positions of the row's eligible pairs, best first (the instance-level ranking)."""

@@ -7,9 +7,11 @@ off sibling nodes, so chosen and rejected continue the same parent prefix and di
 
 * input columns: ``prompt`` (str or chat messages), ``instruction_id_list``, ``kwargs`` (IFEval's)
 * output columns, one row per kept pair (at most ``max_pairs_per_prompt`` per prompt) or one row with a
-  ``drop_reason`` for a prompt without a pair: ``prompt``; ``chosen``, ``rejected`` (the whole responses,
+  ``drop_reason`` for a prompt without a pair: ``prompt`` (as it was sampled in, like ``ResponseSampler``:
+  a string prompt searched through the policy's chat template is written back as that one user message, so
+  TRL trains on the conversation the responses continue); ``chosen``, ``rejected`` (the whole responses,
   shared prefix included: strings for a standard prompt, ``[{"role": "assistant", "content": text}]`` for
-  a conversational one); ``chosen_index``, ``rejected_index`` (None: there is no ``responses`` list);
+  a conversational one, TRL's conversational format); ``chosen_index``, ``rejected_index`` (None: there is no ``responses`` list);
   ``chosen_generator``, ``rejected_generator`` (the policy, ``generator_name`` or ``model``);
   ``reward_chosen``, ``reward_rejected``, ``reward_margin`` (the IFEval strict fraction of constraints met
   by each completed response, the correctness RS pairs carry, so contrast filters read both alike; it
@@ -81,6 +83,7 @@ from transformers import (
 )
 
 from hfpref import columns as C
+from hfpref.chat_prompts import MESSAGES
 from hfpref.ifeval import IFEvalConfig, IFEvalVerifier, checker_versions, prompt_text
 from hfpref.logprobs import ResponseLogProbs
 from hfpref.mcts_tree import (
@@ -101,6 +104,7 @@ from hfpref.sampling import (
     length_groups,
     plain_generation_config,
     prompt_seed,
+    sampled_prompt,
 )
 from hfpref.selection import PAIR_COLUMNS, pairs_features
 from hfpref.transform import Batch, RowError, StepConfig, row_label
@@ -278,7 +282,9 @@ class MCTSPairGenerator(ModelStep):
     """
 
     config_class: ClassVar[type[StepConfig]] = MCTSConfig
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = (
+        "2"  # 2: the prompt is written back as it was sampled in (messages under a template)
+    )
     changes_row_count: ClassVar[bool] = True
     config: MCTSConfig
 
@@ -298,8 +304,21 @@ class MCTSPairGenerator(ModelStep):
         return self.config.generator_name or self.config.model
 
     def describe(self) -> dict[str, Any]:
-        # the verifier's code decides values too
-        return {**super().describe(), "verifier": checker_versions()}
+        # the verifier's code decides values too; the template, the conversation the responses continue
+        return {
+            **super().describe(),
+            "verifier": checker_versions(),
+            "chat_template_sha256": self.chat_template_sha256(),
+        }
+
+    def chat_template_sha256(self) -> str | None:
+        """sha256 of the chat template prompts are searched through (None: prompts are raw text)."""
+        return ResponseSampler.chat_template_sha256(self)  # type: ignore[arg-type]  # reads config.model only
+
+    def prompt_form_after(self, form: str | None) -> str | None:
+        """Messages after a search through a chat template (as ``ResponseSampler``); without a template,
+        messages are refused (``PromptFormError``) and text stays text."""
+        return ResponseSampler.prompt_form_after(self, form)  # type: ignore[arg-type]
 
     # ---- loading ---------------------------------------------------------------------------
     def load(self, rank: int | None) -> LoadedPolicy:
@@ -359,7 +378,7 @@ class MCTSPairGenerator(ModelStep):
         out: Batch = {name: [] for name in [*self.output_columns(), *passthrough]}
 
         def emit(i: int, values: dict[str, Any], reason: str | None) -> None:
-            out[C.PROMPT].append(batch[C.PROMPT][i])
+            out[C.PROMPT].append(trees[i].context.prompt)  # the prompt as sampled in
             for name in [*PAIR_COLUMNS, *VALUE_COLUMNS, *INT_COLUMNS]:
                 out[name].append(values.get(name))
             out[C.PAIR_STRATEGY].append(PAIR_STRATEGY)
@@ -374,7 +393,7 @@ class MCTSPairGenerator(ModelStep):
             if not kept:
                 emit(i, {}, reason)
                 continue
-            conversational = isinstance(batch[C.PROMPT][i], list)
+            conversational = isinstance(tree.context.prompt, list)
             for pair in kept:
                 chosen, rejected = _text(pair.chosen), _text(pair.rejected)
                 verdicts = [pair.chosen.evaluation.verifier, pair.rejected.evaluation.verifier]
@@ -520,6 +539,9 @@ class MCTSPairGenerator(ModelStep):
         label = row_label(batch, i, indices)
         prompt = batch[C.PROMPT][i]
         prompt_ids = self._prompt_ids(loaded.tokenizer, prompt, batch, i, indices)
+        # the prompt as the search sees it: a string under a chat template is one user message (the tree seed
+        # hashes this form, so a string and its one-message form search alike, as ResponseSampler samples)
+        prompt = sampled_prompt(loaded.tokenizer, prompt)
         needed = len(prompt_ids) + self.config.max_new_tokens
         if loaded.max_length is not None and needed > loaded.max_length:
             raise RowError(
@@ -570,6 +592,12 @@ class MCTSPairGenerator(ModelStep):
     def output_features(self, input_features: datasets.Features) -> datasets.Features:
         """The pairs rows' features, fixed so a batch of dropped prompts keeps the same types."""
         passthrough = self.passthrough_columns(list(input_features))
+        if self.prompt_form_after(None) == MESSAGES and input_features.get(C.PROMPT) == datasets.Value(
+            "string"
+        ):
+            # string prompts come back as the one user message they were searched in
+            message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+            input_features = datasets.Features({**input_features, C.PROMPT: datasets.List(message)})
         base = pairs_features(input_features, passthrough, VALUE_COLUMNS, step=self.name)
         integer = datasets.Value("int64")
         ordered = {name: (integer if name in INT_COLUMNS else base[name]) for name in self.output_columns()}

@@ -29,6 +29,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from hfpref import columns
+from hfpref.chat_prompts import MESSAGES, PromptFormError
 from hfpref.errors import UserError
 from hfpref.logprobs import real_responses, realign
 from hfpref.model_utils import (
@@ -400,6 +401,27 @@ class RewardAnnotator(ModelStep):
                 "chat_template": chat_template_hash(tokenizer),
             }
         return {**super().describe(), "scored": self._scored}
+
+    def has_chat_template(self) -> bool:
+        """Whether the reward model's tokenizer has a chat template (a tokenizer alone loads in milliseconds)."""
+        if not hasattr(self, "_has_chat_template"):
+            tokenizer = load_tokenizer(
+                self.config.model, self.resolved_revision(), self.config.trust_remote_code
+            )
+            self._has_chat_template = chat_template_hash(tokenizer) is not None
+        return self._has_chat_template
+
+    def prompt_form_after(self, form: str | None) -> str | None:
+        """Refuses chat-message prompts when the reward model has no chat template (``conversation_ids``
+        cannot render them), so a recipe fails in preflight, before sampling; the form passes unchanged."""
+        if form == MESSAGES and not self.has_chat_template():
+            raise PromptFormError(
+                f"the prompts are chat messages (an earlier step, e.g. a sampler with a chat template, formatted "
+                f"them as a conversation) but the tokenizer of reward model {self.config.model!r} has no chat "
+                "template, so it cannot score them in that conversation; use a reward model whose tokenizer has "
+                "a chat template, or sample plain-text prompts with a policy without one"
+            )
+        return form
 
     def load(self, rank: int | None) -> _LoadedRM:
         config = self.config

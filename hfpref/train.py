@@ -59,6 +59,10 @@ class TrainError(UserError):
     """Training options that cannot work together (preset, held-out split, checkpoint selection)."""
 
 
+class MissingPreferenceColumnsError(TrainError):
+    """The dataset to train on has no ``prompt`` / ``chosen`` / ``rejected`` column (e.g. a candidates config)."""
+
+
 @dataclass(frozen=True)
 class Setting:
     """One hyperparameter value and where it comes from (paper and section, or our choice and why)."""
@@ -268,9 +272,21 @@ def load_pairs(dataset: str, config: str | None = None, split: str = "train"):
         )
     missing = [c for c in ("prompt", "chosen", "rejected") if c not in rows.column_names]
     if missing:
-        raise ValueError(
+        pairs_configs = None
+        if folder.is_dir() and manifest is not None:
+            pairs_configs = sorted(
+                name for name, entry in manifest.get("configs", {}).items() if entry.get("kind") == "pairs"
+            )
+        fix = (
+            f"train on one of this release's pairs configs with --config: {pairs_configs}"
+            if pairs_configs
+            else "pass --config naming a pairs config of the release (a candidates config holds responses, "
+            "not pairs)"
+        )
+        raise MissingPreferenceColumnsError(
             f"dataset {dataset!r} (config {config!r}, split {split!r}) lacks the preference column(s) "
-            f"{missing}; columns present: {rows.column_names}"
+            f"{missing} that DPO trains on; columns present: {rows.column_names}. {fix}, or give a dataset "
+            "with 'prompt', 'chosen' and 'rejected' columns"
         )
     source.rows = rows.num_rows
     return rows, source

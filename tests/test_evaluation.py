@@ -193,6 +193,35 @@ def test_win_rate_swaps_to_its_complement_and_uses_the_rm_template(tiny_models, 
         assert record["outcome"] == {1: "win", 0: "tie", -1: "loss"}[sign]
 
 
+def test_win_rate_with_a_custom_code_reward_model_needs_the_flag(
+    tiny_models, other_policy, custom_reward_models, tmp_path, capsys
+):
+    from hfpref.rewards import RewardAnnotator, RewardModelError
+
+    policy, armo = str(tiny_models["policy"]), str(custom_reward_models["armo"])
+    argv = ["eval", "winrate", "--model", policy, "--baseline", other_policy, "--reward-model", armo]
+    argv += ["--limit", "2", "--max-new-tokens", "6", "--temperature", "1"]
+    # without it: refused in one line that names the flag (exit 2), before any model samples
+    with pytest.raises(RewardModelError, match=r"custom-code model.*--trust-remote-code"):
+        win_rate(policy, other_policy, armo, limit=2, max_new_tokens=6)
+    assert main(argv) == 2
+    assert "--trust-remote-code" in capsys.readouterr().err.strip().splitlines()[-1]
+    # with it: the ArmoRM-shaped head judges (its `score`), as RewardAnnotator scores the same pair
+    output = tmp_path / "winrate.json"
+    assert main([*argv, "--trust-remote-code", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["num_prompts"] == 2
+    scorer = RewardAnnotator(model=armo, trust_remote_code=True)
+    scored = scorer(
+        {
+            "prompt": [r["prompt"] for r in result["records"]],
+            "responses": [[r["response_model"], r["response_baseline"]] for r in result["records"]],
+        }
+    )
+    for record, rewards in zip(result["records"], scored["rewards"], strict=True):
+        assert [record["reward_model"], record["reward_baseline"]] == pytest.approx(rewards, abs=1e-6)
+
+
 def test_judge_ties_identical_texts_whatever_their_rewards():
     assert judge("same", "same", 1.0, 1.0 + 1e-9) == "tie"
     assert judge("a", "b", 2.0, 1.0) == "win"

@@ -143,12 +143,31 @@ def _raw(tmp_path: Path, models: dict, **changes) -> dict:
             r"reference.*`reference: \{model: SFT_MODEL\}`.*`warmup: \{fraction: 0.1\}`.*on_equal_margins: random",
         ),
         ({"extra": 1}, r"unknown field\(s\) \['extra'\]"),
+        # the tiny policy has a chat template: its sampler writes prompts back as messages
+        ({"chat_format": "text"}, r"chat_format: text: the policy .* has a chat template.*chat_format: auto"),
         ({"output": {"push_to_hub": {"repo_id": "a/b"}}}, "push each round"),
     ],
 )
 def test_recipe_errors_say_where(tiny_models, tmp_path, change, match):
     with pytest.raises(IterateError, match=match):
         IterateRecipe.from_dict(_raw(tmp_path, tiny_models, **change))
+
+
+def test_chat_format_text_is_accepted_for_a_policy_without_a_template(tiny_models, tmp_path):
+    import shutil
+
+    bare = tmp_path / "tiny-llama-no-template"
+    shutil.copytree(tiny_models["policy"], bare)
+    (bare / "chat_template.jinja").unlink()
+    recipe = IterateRecipe.from_dict(
+        _raw(tmp_path, tiny_models, policy={"model": str(bare)}, chat_format="text")
+    )
+    prompts, _ = IT._load_prompts(recipe, tmp_path / "cache")
+    assert all(isinstance(p, str) for p in prompts["prompt"])  # text stays text
+    # the same recipe with the templated policy is refused at run time too (a recipe built without validation)
+    templated = IterateRecipe.from_dict(_raw(tmp_path, tiny_models, chat_format="text"), validate=False)
+    with pytest.raises(IterateError, match="chat_format: text"):
+        IT.run_iterations(templated, progress=False)
 
 
 # ---- the loop on the tiny models ---------------------------------------------------------------------------

@@ -601,3 +601,18 @@ def test_a_wrong_key_is_refused_in_one_line(server, monkeypatch):
     with pytest.raises(UserError, match=f"refused the key in {LS.API_KEY_ENV}") as err:
         LS.LabelStudioClient(server.url).projects()
     assert "\n" not in str(err.value)
+
+
+def test_the_iterate_loop_waits_for_people_and_trains_on_their_labels(server, tiny_models, tmp_path, capsys):
+    """``annotation: {kind: label-studio}`` end to end on the real server: round 1 stops while its pairs are
+    pending, alice annotates them through the API, and the rerun trains on her labels."""
+    from tests.test_iterate_human import check_a_round_waits_for_labels_and_trains_on_them
+
+    def annotate(task_id: int, choice: str) -> None:
+        _annotate(server, "alice", task_id, choice)
+
+    check_a_round_waits_for_labels_and_trains_on_them(
+        tiny_models, tmp_path, capsys, url=server.url, project="hfpref iterate loop",
+        tasks_of=lambda title: _tasks_by_project(server, title), annotate=annotate,
+        annotator=server.user_ids["alice"],
+    )  # fmt: skip

@@ -315,13 +315,14 @@ def test_pairs_share_a_prefix_and_carry_their_tree_values(step, searched, tokeni
     grader = IFEvalVerifier(IFEvalConfig(reward=None))
     for k in kept:
         i = batch["key"].index(out["key"][k])
-        assert out["prompt"][k] == batch["prompt"][i]
+        assert out["prompt"][k] == _as_messages(
+            batch["prompt"][i]
+        )  # as sampled: the tiny model has a template
         assert out["instruction_id_list"][k] == batch["instruction_id_list"][i]  # passed through
-        conversational = isinstance(batch["prompt"][i], list)
         chosen, rejected = out["chosen"][k], out["rejected"][k]
-        if conversational:
-            assert chosen[0]["role"] == rejected[0]["role"] == "assistant"
-            chosen, rejected = chosen[0]["content"], rejected[0]["content"]
+        # TRL's conversational format for every prompt, strings included (they were sampled as messages)
+        assert chosen[0]["role"] == rejected[0]["role"] == "assistant"
+        chosen, rejected = chosen[0]["content"], rejected[0]["content"]
         texts = {id(n): n.evaluation.text for n in trees[i].nodes if n.evaluation is not None}
         (a,) = [n for n in trees[i].nodes if texts.get(id(n)) == chosen]
         (b,) = [n for n in trees[i].nodes if texts.get(id(n)) == rejected]
@@ -355,6 +356,56 @@ def test_pairs_share_a_prefix_and_carry_their_tree_values(step, searched, tokeni
     for key in batch["key"]:
         gaps = [out["chosen_value"][k] - out["rejected_value"][k] for k in kept if out["key"][k] == key]
         assert 1 <= len(gaps) <= 3 and gaps == sorted(gaps, reverse=True)
+
+
+def _as_messages(prompt) -> list[dict]:
+    """What a string prompt becomes under a chat template (written out here, not hfpref's helper)."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def test_prompts_come_back_as_they_were_sampled_in(step, searched, tokenizer):
+    from trl.data_utils import is_conversational
+
+    batch, _, out = searched
+    assert tokenizer.chat_template is not None
+    for k, key in enumerate(out["key"]):
+        i = batch["key"].index(key)
+        assert out["prompt"][k] == _as_messages(batch["prompt"][i])
+        if out["drop_reason"][k] is None:
+            row = {name: out[name][k] for name in ("prompt", "chosen", "rejected")}
+            assert is_conversational(row)  # TRL reads the row as one conversation
+            assert [m["role"] for m in row["chosen"]] == ["assistant"]
+    # a string and its one-user-message form are the same context: the same tree, the same rows
+    one_message = rows([0])
+    one_message["prompt"] = [_as_messages(PROMPTS[0])]
+    assert step(one_message) == step(rows([0]))
+    # through datasets, string prompts become messages in the features too
+    dataset = datasets.Dataset.from_dict(rows([0, 2]))
+    applied = step.apply(dataset, batch_size=1)
+    assert applied["prompt"] == [_as_messages(PROMPTS[key - 100]) for key in applied["key"]]
+    assert set(applied["key"]) == {100, 102}
+    assert step.describe()["chat_template_sha256"] is not None
+
+
+def test_without_a_chat_template_prompts_stay_text(tiny_models, tmp_path):
+    import shutil
+
+    from hfpref.chat_prompts import MESSAGES, TEXT, PromptFormError
+
+    bare = tmp_path / "tiny-llama-no-template"
+    shutil.copytree(tiny_models["policy"], bare)
+    (bare / "chat_template.jinja").unlink()
+    step = MCTSPairGenerator(MCTSConfig(model=str(bare), **SMALL))
+    out = step(rows([0]))
+    assert out["prompt"] == [PROMPTS[0]] * len(out["prompt"])
+    assert all(isinstance(c, str) for c in out["chosen"] if c is not None)
+    assert step.prompt_form_after(TEXT) == TEXT
+    with pytest.raises(PromptFormError, match="no chat template"):
+        step.prompt_form_after(MESSAGES)
+    assert (
+        MCTSPairGenerator(MCTSConfig(model=str(tiny_models["policy"]), **SMALL)).prompt_form_after(TEXT)
+        == MESSAGES
+    )
 
 
 def _ends_sentence(text: str) -> bool:
@@ -461,7 +512,9 @@ def test_values_follow_lambda_by_hand(policy, lam):
         assert out["drop_reason"] == ["values_tied"] and out["chosen"] == [None]
         return
     assert out["drop_reason"] == [None]
-    for column, text in (("chosen_value", out["chosen"][0]), ("rejected_value", out["rejected"][0])):
+    for column, response in (("chosen_value", out["chosen"][0]), ("rejected_value", out["rejected"][0])):
+        (message,) = response  # one assistant message: the string prompt was sampled through the template
+        text = message["content"]
         assert out[column][0] == pytest.approx(lam * 0.9 + (1 - lam) * fake_verifier(text))
     assert out["tree_depth"] == [0]
 
@@ -522,7 +575,8 @@ def test_apply_through_datasets_on_real_ifeval_prompts(step):
         assert out.to_dict() == direct
     assert sum(reason is None for reason in out["drop_reason"]) >= 2
     assert out.features["tree_depth"] == datasets.Value("int64")
-    assert out.features["chosen"] == datasets.Value("string")
+    message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    assert out.features["chosen"] == out.features["prompt"] == datasets.List(message)
     assert out.features["kwargs"] == dataset.features["kwargs"]
     assert set(out.column_names) == set(step.output_columns()) | {"key", "instruction_id_list", "kwargs"}
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hfpref.annotate import AnnotatedPairs
 from hfpref.contrast import ContrastPairs
 from hfpref.ifeval import IFEvalVerifier
-from hfpref.margins import AnnotationSelector, ImplicitMargins
+from hfpref.margins import AnnotationSelector, ImplicitMargins, selection_summary
 from hfpref.pair_metrics import PairMetrics
 from hfpref.selection import STRATEGIES, PairSelector, prompt_is_missing
 from hfpref.summary import candidates_summary
@@ -112,6 +112,11 @@ def _annotated_batch(prompts: list, responses: list, rewards: list) -> dict[str,
 
 def test_annotated_pairs_drop_a_missing_prompt():
     batch = _annotated_batch([None, "", "q"], ["a", "b"], [1.0, 0.0])
+    # the selector never spends budget on a missing prompt ...
+    assert batch["pair_excluded_reason"] == [["missing_prompt"], ["missing_prompt"], [None]]
+    assert batch["selected_for_annotation"] == [[False], [False], [True]]
+    # ... and pairs flagged by another selector are still dropped, not published
+    batch["selected_for_annotation"] = [[True]] * 3
     out = AnnotatedPairs()(batch)
     assert out["drop_reason"] == ["missing_prompt", "missing_prompt", None]
     assert out["chosen"] == [None, None, "a"]
@@ -229,6 +234,35 @@ def test_implicit_margins_skip_a_missing_response():
     with pytest.raises(RowError, match="policy_logps"):
         ImplicitMargins()(rows({"prompt": "q", "responses": ["a", "b"], "policy_logps": [-1.0, None],
                                 "ref_logps": [-2.0, -2.0]}))  # fmt: skip
+
+
+@pytest.mark.parametrize("prompt", MISSING_PROMPTS)
+def test_annotation_budget_is_not_spent_on_a_missing_prompt(prompt):
+    # margins (0,1), (0,2), (1,2); the missing-prompt row's are the smallest, so smallest-margin selection
+    # would pick them first if they were eligible
+    batch = rows(
+        {"prompt": prompt, "responses": ["a", "b", "c"], "pair_indices": [[0, 1], [0, 2], [1, 2]],
+         "implicit_margins": [0.01, 0.02, 0.03]},
+        {"prompt": "q", "responses": ["x", "y", "z"], "pair_indices": [[0, 1], [0, 2], [1, 2]],
+         "implicit_margins": [0.5, 0.9, 0.7]},
+    )  # fmt: skip
+    out = AnnotationSelector(strategy="smallest_margin", level="instance", fraction=1.0)(batch)
+    assert out["pair_excluded_reason"] == [["missing_prompt"] * 3, [None] * 3]
+    assert out["selected_for_annotation"] == [[False] * 3, [True] * 3]
+
+
+def test_corpus_budget_goes_to_prompts_that_exist():
+    dataset = datasets.Dataset.from_dict(
+        rows(
+            {"prompt": " ", "responses": ["a", "b"], "pair_indices": [[0, 1]], "implicit_margins": [0.01]},
+            {"prompt": "q1", "responses": ["x", "y"], "pair_indices": [[0, 1]], "implicit_margins": [0.2]},
+            {"prompt": "q2", "responses": ["u", "v"], "pair_indices": [[0, 1]], "implicit_margins": [0.3]},
+        )
+    )
+    out = AnnotationSelector(strategy="smallest_margin", level="corpus", count=2).apply(dataset)
+    assert out["selected_for_annotation"] == [[False], [True], [True]]  # the budget of 2: both real prompts
+    assert out["pair_excluded_reason"] == [["missing_prompt"], [None], [None]]
+    assert selection_summary(out)["excluded"] == {"missing_prompt": 1}
 
 
 def test_log_probs_and_rewards_skip_missing_responses(tiny_models):

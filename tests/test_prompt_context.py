@@ -190,6 +190,44 @@ def test_recipe_sampling_with_a_template_and_scoring_without_fails_before_sampli
         recipe.run(cache_dir=tmp_path / "cache", progress=False)
 
 
+@pytest.fixture(scope="module")
+def bare_reward(tiny_models, tmp_path_factory) -> str:
+    """The tiny reward model without its chat template (same weights and vocabulary)."""
+    folder = tmp_path_factory.mktemp("bare-rm") / "tiny-llama-rm-no-template"
+    shutil.copytree(tiny_models["reward"], folder)
+    (folder / "chat_template.jinja").unlink()
+    assert AutoTokenizer.from_pretrained(folder).chat_template is None
+    return str(folder)
+
+
+def test_a_reward_model_without_a_template_is_refused_messages_before_sampling(
+    tiny_models, policy, bare_reward, tmp_path, monkeypatch
+):
+    from hfpref.rewards import RewardAnnotator
+
+    bare, templated = RewardAnnotator(model=bare_reward), RewardAnnotator(model=str(tiny_models["reward"]))
+    assert bare.prompt_form_after(TEXT) == TEXT and bare.prompt_form_after(None) is None
+    assert templated.prompt_form_after(MESSAGES) == MESSAGES
+    with pytest.raises(PromptFormError, match=r"reward model .*no chat template"):
+        bare.prompt_form_after(MESSAGES)
+
+    def no_sampling(self, rank):
+        raise AssertionError(
+            "the recipe sampled before finding that its reward model cannot take the prompts"
+        )
+
+    monkeypatch.setattr(ResponseSampler, "load", no_sampling)
+    recipe = _recipe(
+        tmp_path,
+        [
+            {"step": "ResponseSampler", "config": {"model": policy, "n": 2, "max_new_tokens": 4}},
+            {"step": "RewardAnnotator", "config": {"model": bare_reward}},
+        ],
+    )
+    with pytest.raises(PromptFormError, match=r"steps\[1\] \(RewardAnnotator\): .*no chat template"):
+        recipe.run(cache_dir=tmp_path / "cache", progress=False)
+
+
 def test_recipe_release_records_the_template_and_keeps_pairs_conversational(tiny_models, policy, tmp_path):
     recipe = _recipe(
         tmp_path,

@@ -12,6 +12,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hfpref.cli import main
+from hfpref.errors import UserError
 from hfpref.model_utils import content_hash
 from hfpref.train import (
     DCRM_RECIPE,
@@ -163,8 +164,33 @@ def test_load_pairs_checks_preference_columns(tmp_path):
         str(broken / "data/best_of_n2/train-00000-of-00001.parquet")
     )
     (broken / "README.md").write_text(CARD)
-    with pytest.raises(ValueError, match=r"lacks the preference column\(s\) \['rejected'\]"):
+    with pytest.raises(UserError, match=r"lacks the preference column\(s\) \['rejected'\]"):
         load_pairs(str(broken), config="best_of_n2")
+
+
+def test_training_on_a_candidates_config_names_the_pairs_configs(tiny_models, tmp_path, capsys):
+    # a release with a candidates config (responses, no pairs) and one pairs config
+    release = write_release(tmp_path / "release")
+    (release / "data" / "candidates").mkdir()
+    datasets.Dataset.from_dict({"prompt": ["p"], "responses": [["a", "b"]]}).to_parquet(
+        str(release / "data/candidates/train-00000-of-00001.parquet")
+    )
+    card = CARD.replace(
+        "configs:\n",
+        "configs:\n- config_name: candidates\n  data_files:\n  - split: train\n"
+        "    path: data/candidates/train-*.parquet\n",
+    )
+    (release / "README.md").write_text(card)
+    configs = {"best_of_n2": {"kind": "pairs"}, "candidates": {"kind": "candidates"}}
+    (release / "hfpref_manifest.json").write_text(json.dumps({"version": "0.3.1", "configs": configs}))
+    with pytest.raises(UserError) as err:
+        load_pairs(str(release), config="candidates")
+    message = str(err.value)
+    assert "config 'candidates'" in message and "['chosen', 'rejected']" in message
+    assert "columns present: ['prompt', 'responses']" in message and "--config: ['best_of_n2']" in message
+    argv = ["train", "dpo", "--dataset", str(release), "--config", "candidates"]
+    assert main([*argv, "--model", str(tiny_models["policy"]), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "--config: ['best_of_n2']" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_parse_dataset_spec(tmp_path):

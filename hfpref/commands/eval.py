@@ -30,6 +30,11 @@ def add_parser(subparsers: Any) -> None:
     winrate.add_argument("--reward-model", required=True)
     winrate.add_argument("--reward-revision", default=None)
     winrate.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the reward model's own modeling code (custom-code models such as ArmoRM); read it first",
+    )
+    winrate.add_argument(
         "--prompts",
         default=None,
         help="JSON/JSONL/CSV/Parquet file with a 'prompt' column, or 'default' (IFEval)",
@@ -127,6 +132,7 @@ def run_winrate(args: argparse.Namespace) -> int:
         seed=args.seed,
         reward_revision=args.reward_revision,
         reward_dtype=args.dtype,
+        reward_trust_remote_code=args.trust_remote_code,
         **_sampler_options(args),
     )
     _report(result, args.output)

@@ -16,7 +16,11 @@ round (random selection, then training); a policy that is its own reference stop
 `selection: {on_equal_margins: random}` accepts random selection.
 
 An interrupted run resumes: finished rounds (recorded in iterate_state.json, with their release and
-checkpoint present) are skipped, and a round whose release exists only retrains."""
+checkpoint present) are skipped, and a round whose release exists only retrains.
+
+With `annotation: {kind: label-studio, project: TITLE, url: URL}` people label each round's selected pairs
+in Label Studio (project "TITLE round R", key from LABEL_STUDIO_API_KEY): the run stops with exit status 2
+while pairs are pending; annotate them, then run the same command again to pull the labels and train."""
 
 EPILOG = """\
 examples:
