@@ -50,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, ClassVar
 
+from hfpref.chat_prompts import is_messages
 from hfpref.transform import Batch, RowError, Step, StepConfig, row_label
 
 Messages = list[dict[str, str]]
@@ -442,7 +443,7 @@ def text_of_prompt(prompt: Any) -> str | None:
     """A prompt as the judge reads it: the string itself, or the conversation as ``[role]`` blocks."""
     if isinstance(prompt, str):
         return prompt
-    if _is_messages(prompt):
+    if is_messages(prompt):
         if len(prompt) == 1 and prompt[0]["role"] == "user":
             return prompt[0]["content"]
         return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in prompt)
@@ -453,22 +454,11 @@ def text_of_response(response: Any) -> str | None:
     """A response as the judge reads it: the string, or the text of TRL's conversational completion."""
     if isinstance(response, str):
         return response
-    if _is_messages(response):
+    if is_messages(response):
         if len(response) == 1:
             return response[0]["content"]
         return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in response)
     return None
-
-
-def _is_messages(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) > 0
-        and all(
-            isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in value
-        )
-    )
 
 
 class JudgeStep(Step):
