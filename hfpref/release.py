@@ -40,8 +40,8 @@ from hfpref.plots import PLOT_FILE, plot_pairs_plane
 from hfpref.recipe import CANDIDATES_CONFIG, RecipeResult, check_version
 from hfpref.summary import (
     METRICS,
-    describe_values,
     candidates_summary,
+    describe_values,
     pair_agreement,
     reference_config,
     strategy_summary,
