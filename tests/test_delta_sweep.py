@@ -247,3 +247,12 @@ def test_embedded_delta_sweep_recipe(tmp_path):
         assert row["generator_delta"] == pytest.approx(expected)
     margins = [r["reward_margin_mean"] for r in result.sweeps["qwen_scale"]["analysis"]["levels"]]
     assert margins == sorted(margins)  # smaller rejected model, larger mean margin on this data
+
+
+def test_gpu_sweep_script_validates_and_round_trips():
+    path = Path(__file__).parents[1] / "dataset_scripts" / "delta_sweep_gpu.yaml"
+    recipe = Recipe.from_yaml(path)  # builds every sweep's QualityJudge config, offline
+    assert [s.measure for s in recipe.pairs.sweeps] == ["mean_reward", "mean_reward"]
+    assert [type(step).__name__ for step in recipe.pairs.sweeps[0].build_steps(0)] == ["QualityJudge"]
+    assert {f.from_ for f in recipe.pairs.filters} <= set(recipe.pairs.sweeps[0].level_names())
+    assert Recipe.from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
