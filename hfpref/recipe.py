@@ -1091,6 +1091,8 @@ class Recipe:
                     dropped[spec.name] = Counter(reasons)
                     made_by[spec.name] = maker
                     bar.update(1)
+                if accuracy is not None:
+                    tag_generator_delta(pairs, accuracy)
                 for index, mix in enumerate(self.pairs.mixes):
                     bar.set_postfix_str(mix.name)
                     mixed = self.run_mix(index, pairs)
@@ -1242,6 +1244,25 @@ class Recipe:
         except (MixError, ValueError) as err:
             raise RecipeError(f"{where}: {err}") from err
         return mixed, MixRecord(mix, size)
+
+
+def tag_generator_delta(pairs: dict[str, Any], accuracy: list[dict[str, Any]]) -> None:
+    """Tag every pairs config that names its generators with ``GeneratorDeltaTagger``, the capabilities being
+    the measured prompt-level IFEval accuracies (``accuracy``, the very numbers of the measured ranking the
+    card shows); a generator without a measurement gets no delta. Configs already tagged are left as they are."""
+    from hfpref.generator_delta import GENERATOR_DELTA, GeneratorDeltaTagger, capabilities_config
+
+    table = {
+        "measure": "ifeval_prompt_level",
+        "capability_name": "ifeval_prompt_level_strict_accuracy",
+        "capabilities": {a["generator"]: a["prompt_level"] for a in accuracy},
+        "intervals": {a["generator"]: a["prompt_level_ci"] for a in accuracy},
+    }
+    tagger = GeneratorDeltaTagger(capabilities_config(table, on_unknown="missing"))
+    for name, data in pairs.items():
+        names = data.column_names
+        if C.CHOSEN_GENERATOR in names and C.REJECTED_GENERATOR in names and GENERATOR_DELTA not in names:
+            pairs[name] = tagger.apply(data)
 
 
 @dataclasses.dataclass

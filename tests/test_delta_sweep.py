@@ -256,3 +256,30 @@ def test_gpu_sweep_script_validates_and_round_trips():
     assert [type(step).__name__ for step in recipe.pairs.sweeps[0].build_steps(0)] == ["QualityJudge"]
     assert {f.from_ for f in recipe.pairs.filters} <= set(recipe.pairs.sweeps[0].level_names())
     assert Recipe.from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
+
+
+def test_measured_ranking_tags_every_strategy_with_the_same_capabilities(tmp_path):
+    """With generator_ranking: measured, strategy pairs carry generator_delta from the measured accuracies."""
+    rows = [
+        {"prompt": "q0", "responses": ["a0", "b0"], "generators": ["a", "b"], "rewards": [1.0, 0.0],
+         "ifeval_strict": [[True, True], [True, False]]},
+        {"prompt": "q1", "responses": ["a1", "b1"], "generators": ["a", "b"], "rewards": [0.0, 1.0],
+         "ifeval_strict": [[False], [True]]},
+        {"prompt": "q2", "responses": ["a2", "b2"], "generators": ["a", "b"], "rewards": [1.0, 0.5],
+         "ifeval_strict": [[True], [False]]},
+    ]  # fmt: skip
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = {
+        "input": {"path": str(path)},
+        "pairs": {"strategies": ["max_margin"], "config": {"generator_ranking": "measured"}},
+        "output": {"folder": str(tmp_path / "rel"), "name": "tagged"},
+    }
+    result = Recipe.from_dict(raw).run(cache_dir=tmp_path / "cache", progress=False)
+    pairs = result.pairs["max_margin"]
+    # by hand: a meets every instruction on q0 and q2 (2/3), b on q1 only (1/3)
+    assert pairs["chosen_generator"] == ["a", "b", "a"]
+    assert pairs["generator_delta"] == pytest.approx([1 / 3, -1 / 3, 1 / 3])
+    manifest = read_manifest(write_release(result))
+    assert manifest["generator_capabilities"]["source"] == "measured"
+    assert manifest["generator_capabilities"]["capabilities"] == pytest.approx({"a": 2 / 3, "b": 1 / 3})
