@@ -54,6 +54,9 @@ from hfpref.recipe import RecipeError, StepSpec, _as_list, _as_mapping, _check_c
 SWEEP = "sweep"
 SWEEP_LEVEL = "sweep_level"
 PAIR_STRATEGY = "delta_sweep"
+LEVEL_VERSION = (
+    "1"  # bump when the pairs a level holds change: cached levels (and their judged tags) are rebuilt
+)
 SAMPLE_DELTA = "sample_delta"  # hfpref.judges.quality.DELTA, spelled here so this module imports no judge
 _MATRICES = {
     C.EDIT_DISTANCE: C.EDIT_DISTANCE_MATRIX,
@@ -389,7 +392,14 @@ def level_pairs(
     candidates: Any, plan: SweepPlan, level: SweepLevel, capabilities: Mapping[str, float] | None
 ) -> Any:
     """The pairs of one level (a ``datasets.Dataset``): chosen = the plan's chosen generator's response,
-    rejected = the level's generator's, for every drawn prompt, in candidates order."""
+    rejected = the level's generator's, for every drawn prompt, in candidates order.
+
+    Made by ``Dataset.map`` over the drawn rows with a fingerprint of the candidates' fingerprint and the
+    level (rows, generators, capabilities), so the pair-level steps after it (a judge) are cache hits on a
+    rerun."""
+    import hashlib
+    import json
+
     import datasets
 
     from hfpref.selection import _NOT_PASSED_THROUGH
@@ -398,64 +408,10 @@ def level_pairs(
     passthrough = [
         c
         for c in subset.column_names
-        if c not in _NOT_PASSED_THROUGH and c not in (C.PROMPT, C.DROP_REASON) and c not in _MATRICES
+        if c not in _NOT_PASSED_THROUGH and c not in (C.PROMPT, C.DROP_REASON) and c not in _MATRICES.values()
     ]
     a = None if capabilities is None else capabilities.get(plan.chosen)
     b = None if capabilities is None else capabilities.get(level.rejected)
-    out: dict[str, list] = {
-        name: []
-        for name in (
-            C.PROMPT,
-            C.CHOSEN,
-            C.REJECTED,
-            C.CHOSEN_INDEX,
-            C.REJECTED_INDEX,
-            C.CHOSEN_GENERATOR,
-            C.REJECTED_GENERATOR,
-            C.REWARD_CHOSEN,
-            C.REWARD_REJECTED,
-            C.REWARD_MARGIN,
-            *_MATRICES,
-            C.PAIR_STRATEGY,
-            SWEEP,
-            SWEEP_LEVEL,
-            SAME_SOURCE,
-            CHOSEN_CAPABILITY,
-            REJECTED_CAPABILITY,
-            GENERATOR_DELTA,
-            *passthrough,
-        )
-    }
-    for row in subset:
-        i = _response_index(row[C.RESPONSES], row[C.GENERATORS], plan.chosen)
-        j = _response_index(row[C.RESPONSES], row[C.GENERATORS], level.rejected)
-        conversational = isinstance(row[C.PROMPT], list)
-        rewards = row.get(C.REWARDS)
-        reward_i = _finite(rewards[i]) if rewards is not None else None
-        reward_j = _finite(rewards[j]) if rewards is not None else None
-        out[C.PROMPT].append(row[C.PROMPT])
-        for column, k in ((C.CHOSEN, i), (C.REJECTED, j)):
-            text = row[C.RESPONSES][k]
-            out[column].append([{"role": "assistant", "content": text}] if conversational else text)
-        out[C.CHOSEN_INDEX].append(i)
-        out[C.REJECTED_INDEX].append(j)
-        out[C.CHOSEN_GENERATOR].append(plan.chosen)
-        out[C.REJECTED_GENERATOR].append(level.rejected)
-        out[C.REWARD_CHOSEN].append(reward_i)
-        out[C.REWARD_REJECTED].append(reward_j)
-        out[C.REWARD_MARGIN].append(None if reward_i is None or reward_j is None else reward_i - reward_j)
-        for column, matrix_column in _MATRICES.items():
-            matrix = row.get(matrix_column)
-            out[column].append(None if matrix is None else _finite(matrix[i][j]))
-        out[C.PAIR_STRATEGY].append(PAIR_STRATEGY)
-        out[SWEEP].append(plan.name)
-        out[SWEEP_LEVEL].append(level.name)
-        out[SAME_SOURCE].append(plan.chosen == level.rejected)
-        out[CHOSEN_CAPABILITY].append(a)
-        out[REJECTED_CAPABILITY].append(b)
-        out[GENERATOR_DELTA].append(None if a is None or b is None else a - b)
-        for column in passthrough:
-            out[column].append(row[column])
     string, integer, real = datasets.Value("string"), datasets.Value("int64"), datasets.Value("float64")
     completion = (
         datasets.List({"role": string, "content": string})
@@ -480,7 +436,62 @@ def level_pairs(
             **{c: candidates.features[c] for c in passthrough},
         }
     )
-    return datasets.Dataset.from_dict(out, features=features)
+
+    def build(batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {name: [] for name in features}
+        for r in range(len(batch[C.PROMPT])):
+            responses, generators = batch[C.RESPONSES][r], batch[C.GENERATORS][r]
+            i = _response_index(responses, generators, plan.chosen)
+            j = _response_index(responses, generators, level.rejected)
+            prompt = batch[C.PROMPT][r]
+            rewards = batch[C.REWARDS][r] if C.REWARDS in batch else None
+            reward_i = _finite(rewards[i]) if rewards is not None else None
+            reward_j = _finite(rewards[j]) if rewards is not None else None
+            out[C.PROMPT].append(prompt)
+            for column, k in ((C.CHOSEN, i), (C.REJECTED, j)):
+                text = responses[k]
+                out[column].append(
+                    [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+                )
+            out[C.CHOSEN_INDEX].append(i)
+            out[C.REJECTED_INDEX].append(j)
+            out[C.CHOSEN_GENERATOR].append(plan.chosen)
+            out[C.REJECTED_GENERATOR].append(level.rejected)
+            out[C.REWARD_CHOSEN].append(reward_i)
+            out[C.REWARD_REJECTED].append(reward_j)
+            out[C.REWARD_MARGIN].append(None if reward_i is None or reward_j is None else reward_i - reward_j)
+            for column, matrix_column in _MATRICES.items():
+                matrix = batch[matrix_column][r] if matrix_column in batch else None
+                out[column].append(None if matrix is None else _finite(matrix[i][j]))
+            out[C.PAIR_STRATEGY].append(PAIR_STRATEGY)
+            out[SWEEP].append(plan.name)
+            out[SWEEP_LEVEL].append(level.name)
+            out[SAME_SOURCE].append(plan.chosen == level.rejected)
+            out[CHOSEN_CAPABILITY].append(a)
+            out[REJECTED_CAPABILITY].append(b)
+            out[GENERATOR_DELTA].append(None if a is None or b is None else a - b)
+            for column in passthrough:
+                out[column].append(batch[column][r])
+        return out
+
+    record = {
+        "version": LEVEL_VERSION,
+        "candidates": getattr(candidates, "_fingerprint", None),
+        "rows": plan.rows,
+        "sweep": plan.name,
+        "chosen": plan.chosen,
+        "level": [level.name, level.rejected],
+        "capabilities": [a, b],
+    }
+    fingerprint = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
+    return subset.map(
+        build,
+        batched=True,
+        remove_columns=subset.column_names,
+        features=features,
+        new_fingerprint=fingerprint,
+        desc=f"sweep level {level.name}",
+    )
 
 
 def _finite(value: Any) -> float | None:

@@ -97,6 +97,13 @@ def test_level_pairs_keep_the_generator_direction_with_ties_and_inversions():
     assert all(math.isclose(d, 0.4) for d in mid["generator_delta"])
     assert all(math.isclose(d, 0.6) for d in small["generator_delta"])
     assert small["sweep_level"] == ["s-vs-small"] * 3 and small["same_source"] == [False] * 3
+    # a level's fingerprint follows its content (so a judge step after it is cached), not the call
+    again = level_pairs(candidates(), plan, plan.levels[1], MEAN_REWARD)
+    assert again._fingerprint == small._fingerprint != mid._fingerprint
+    assert (
+        level_pairs(candidates(), plan, plan.levels[1], {"big": 1.0, "small": 0.0})._fingerprint
+        != small._fingerprint
+    )
 
     analysis = sweep_analysis({"s-vs-mid": mid, "s-vs-small": small})
     rows = {r["config"]: r for r in analysis["levels"]}
