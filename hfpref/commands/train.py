@@ -186,7 +186,11 @@ def check_set_option(field: str, value: Any, item: str, config_class: type | Non
     known = [f.name for f in dataclasses.fields(config_class) if f.init]
     if field not in known:
         close = difflib.get_close_matches(field, known, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see trl.DPOConfig for the fields"
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else f"; see trl.{config_class.__name__} for the fields"
+        )
         raise TrainOptionError(f"--set {item!r}: {config_class.__name__} has no field {field!r}{hint}")
     annotation = config_type_hints(config_class).get(field)
     if annotation is not None:
