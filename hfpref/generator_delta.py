@@ -2,9 +2,11 @@
 
 ``GeneratorDeltaTagger`` tags pairs rows with whether chosen and rejected come from the same model and
 with ``generator_delta`` = capability(chosen's generator) − capability(rejected's generator). Capability
-is one number per generator: given by the user (an arena rating, a benchmark score, a parameter count —
-anything where larger means more capable), or measured on the data by
-``measure_generator_capabilities`` (the mean reward of each generator's responses over candidates rows).
+is one number per generator: measured on the data by ``measure_capabilities`` (the default,
+``capabilities: measured``: IFEval strict accuracy with a Wilson interval when the candidates carry
+verdicts, else the mean reward with a bootstrap interval), or given by the user as a table (an arena
+rating, a benchmark score, a parameter count — anything where larger means more capable), labelled
+"given" in the manifest.
 
 Dataset-level helpers: ``filter_by_generator_delta`` keeps pairs by delta range or source, and
 ``stratified_summary`` / ``format_stratified_summary`` describe pair metrics (reward margin, DCRM, sample
@@ -31,6 +33,7 @@ import datasets
 import numpy as np
 
 from hfpref import columns as C
+from hfpref.errors import UserError
 from hfpref.summary import describe_values, format_table
 from hfpref.transform import Batch, MissingColumnError, RowError, Step, StepConfig, row_label
 
@@ -41,30 +44,57 @@ REJECTED_CAPABILITY = "rejected_capability"
 UNKNOWN_POLICIES = ("error", "missing")
 
 
+MEASURED = "measured"
+MEASURES = ("auto", "ifeval_prompt_level", "ifeval_instruction_level", "mean_reward")
+
+
 @dataclasses.dataclass
 class GeneratorDeltaConfig(StepConfig):
     """Capability per generator name (larger = more capable) and what to do with an unlisted generator.
 
+    ``capabilities``: a table ``{generator: number}`` *given* by the user (an arena rating, a benchmark
+    score, a parameter count), or ``"measured"`` (the default): measured on the candidates the pairs come
+    from by ``measure_capabilities`` (``measure``: ``auto`` = IFEval strict prompt-level accuracy when the
+    candidates carry verdicts, else the mean reward). A measured config is resolved before it runs, with
+    ``GeneratorDeltaTagger.measured(candidates)`` (a recipe's sweeps do this themselves); the resolved
+    config keeps ``capability_source = "measured"`` and the table with its intervals for the manifest.
     ``capability_name`` says what the numbers are (e.g. ``"arena_elo"``, ``"params_b"``,
-    ``"mean_reward"``) for the manifest. ``on_unknown``: ``"error"`` (default: a generator missing from
-    ``capabilities`` is usually a typo) or ``"missing"`` (its delta is None). A None generator (source
-    not recorded) always gives None.
+    ``"mean_reward"``). ``on_unknown``: ``"error"`` (default: a generator missing from the table is
+    usually a typo) or ``"missing"`` (its delta is None). A None generator (source not recorded) always
+    gives None.
     """
 
-    capabilities: dict[str, float] = dataclasses.field(default_factory=dict)
+    capabilities: dict[str, float] | str = MEASURED
     capability_name: str = "capability"
     on_unknown: str = "error"
+    measure: str = "auto"
+    capability_source: str | None = None  # "given" or "measured"; set from ``capabilities`` when None
+    intervals: dict[str, list[float]] | None = None  # measured: generator -> [low, high]
 
     def __post_init__(self) -> None:
-        if not self.capabilities:
+        if self.capabilities == MEASURED:
+            self.capability_source = MEASURED
+        elif isinstance(self.capabilities, str):
             raise ValueError(
-                "GeneratorDeltaConfig.capabilities must give at least one generator's capability"
+                f"GeneratorDeltaConfig.capabilities must be {MEASURED!r} or a table {{generator: number}}, "
+                f"got {self.capabilities!r}"
             )
-        for name, value in self.capabilities.items():
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise ValueError(f"capability of generator {name!r} must be a finite number, got {value!r}")
+        elif not self.capabilities:
+            raise ValueError(
+                "GeneratorDeltaConfig.capabilities must give at least one generator's capability "
+                f"(or be {MEASURED!r})"
+            )
+        else:
+            for name, value in self.capabilities.items():
+                if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                    raise ValueError(
+                        f"capability of generator {name!r} must be a finite number, got {value!r}"
+                    )
+            self.capability_source = self.capability_source or "given"
         if self.on_unknown not in UNKNOWN_POLICIES:
             raise ValueError(f"on_unknown {self.on_unknown!r} is not one of {UNKNOWN_POLICIES}")
+        if self.measure not in MEASURES:
+            raise ValueError(f"measure {self.measure!r} is not one of {MEASURES}")
 
 
 class GeneratorDeltaTagger(Step):
@@ -75,8 +105,17 @@ class GeneratorDeltaTagger(Step):
     """
 
     config_class: ClassVar[type[StepConfig]] = GeneratorDeltaConfig
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = (
+        "2"  # 2: capabilities "measured" (the default) or given, with source and intervals
+    )
     config: GeneratorDeltaConfig
+
+    @classmethod
+    def measured(cls, candidates: Any, **config: Any) -> GeneratorDeltaTagger:
+        """A tagger whose capabilities are measured on ``candidates`` (``measure_capabilities`` with
+        ``config["measure"]``, default auto), labelled "measured", with the intervals kept in its config."""
+        table = measure_capabilities(candidates, measure=config.pop("measure", "auto"))
+        return cls(capabilities_config(table, **config))
 
     def input_columns(self) -> list[str]:
         return [C.CHOSEN_GENERATOR, C.REJECTED_GENERATOR]
@@ -120,6 +159,11 @@ class GeneratorDeltaTagger(Step):
         )
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
+        if self.config.capabilities == MEASURED:
+            raise UserError(
+                f"{self.name}: capabilities 'measured' must be measured on the candidates before the step runs: "
+                "build it with GeneratorDeltaTagger.measured(candidates), or give a table {generator: number}"
+            )
         out: Batch = {name: [] for name in self.output_columns()}
         pairs = zip(batch[C.CHOSEN_GENERATOR], batch[C.REJECTED_GENERATOR], strict=True)
         for i, (chosen, rejected) in enumerate(pairs):
@@ -175,6 +219,68 @@ def measure_generator_capabilities(
             f"{skipped} non-finite or missing rewards were left out of the generator means", stacklevel=2
         )
     return {name: sums[name] / counts[name] for name in sorted(counts)}
+
+
+def measure_capabilities(
+    candidates: Any, *, measure: str = "auto", confidence: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """Each generator's capability measured on the candidates, with a confidence interval.
+
+    ``measure``: ``ifeval_prompt_level`` / ``ifeval_instruction_level`` (``hfpref.capabilities.generator_accuracy``:
+    strict IFEval accuracy, Wilson / prompt-bootstrap interval — the very numbers the card's measured
+    generator ranking shows), ``mean_reward`` (the mean of each generator's finite ``rewards``, with a
+    percentile bootstrap interval over its responses, seeded), or ``auto``: prompt-level IFEval accuracy when
+    the candidates have ``ifeval_strict`` verdicts, else the mean reward.
+
+    Returns ``{"source": "measured", "measure", "capability_name", "confidence", "capabilities": {generator:
+    value}, "intervals": {generator: [low, high]}, "responses": {generator: count}}``.
+    """
+    from hfpref.capabilities import bootstrap_ratio_interval, generator_accuracy
+
+    if measure not in MEASURES:
+        raise UserError(f"capability measure {measure!r} is not one of {MEASURES}")
+    names = candidates.column_names if hasattr(candidates, "column_names") else list(candidates)
+    if measure == "auto":
+        measure = "ifeval_prompt_level" if C.IFEVAL_STRICT in names else "mean_reward"
+    table: dict[str, Any] = {"source": MEASURED, "measure": measure, "confidence": confidence}
+    if measure.startswith("ifeval_"):
+        level = measure[len("ifeval_") :]
+        accuracy = generator_accuracy(candidates, confidence=confidence, seed=seed)
+        table["capability_name"] = f"ifeval_{level}_strict_accuracy"
+        table["capabilities"] = {a["generator"]: a[level] for a in accuracy}
+        table["intervals"] = {a["generator"]: list(a[f"{level}_ci"]) for a in accuracy}
+        table["responses"] = {a["generator"]: a["responses"] for a in accuracy}
+        return table
+    if C.REWARDS not in names or C.GENERATORS not in names:
+        raise MissingColumnError(
+            f"measuring capability as the mean reward needs {C.REWARDS!r} and {C.GENERATORS!r}; columns "
+            f"present: {sorted(names)}"
+        )
+    rewards: dict[str, list[float]] = defaultdict(list)
+    for row_rewards, generators in _rows(candidates, C.REWARDS, C.GENERATORS):
+        for reward, generator in zip(row_rewards or [], generators or [], strict=False):
+            if generator is not None and reward is not None and math.isfinite(reward):
+                rewards[generator].append(float(reward))
+    table["capability_name"] = "mean_reward"
+    table["capabilities"] = {g: float(np.mean(v)) for g, v in sorted(rewards.items())}
+    table["intervals"] = {
+        g: list(bootstrap_ratio_interval(np.asarray(v), np.ones(len(v)), confidence, seed=seed))
+        for g, v in sorted(rewards.items())
+    }
+    table["responses"] = {g: len(v) for g, v in sorted(rewards.items())}
+    return table
+
+
+def capabilities_config(table: Mapping[str, Any], **config: Any) -> GeneratorDeltaConfig:
+    """A ``GeneratorDeltaConfig`` holding a measured table (``measure_capabilities``), labelled as measured."""
+    return GeneratorDeltaConfig(
+        capabilities=dict(table["capabilities"]),
+        capability_name=config.pop("capability_name", table["capability_name"]),
+        measure=table["measure"],
+        capability_source=MEASURED,
+        intervals={g: list(v) for g, v in table["intervals"].items()},
+        **config,
+    )
 
 
 def _rows(data: Any, *column_names: str) -> Iterable[tuple]:
@@ -348,10 +454,13 @@ def _mean(stats: Mapping[str, Any] | None) -> str:
 
 
 __all__ = [
+    "MEASURED",
     "GeneratorDeltaConfig",
     "GeneratorDeltaTagger",
     "filter_by_generator_delta",
     "format_stratified_summary",
+    "capabilities_config",
+    "measure_capabilities",
     "measure_generator_capabilities",
     "stratified_summary",
 ]

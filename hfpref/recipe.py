@@ -20,6 +20,11 @@ A recipe looks like::
         - {name: mcts_pairs, step: MCTSPairGenerator, config: {model: M}, source: prompts}
       mixes:                            # optional: hfpref.contrast.mix_contrast over maker configs
         - {name: rs_mixed, from: [rs_high_contrast, rs_low_contrast], ratio_high: 0.5, size: null}
+      sweeps:                           # optional: generator-delta sweeps (hfpref.delta_sweep)
+        - {name: qwen_scale, chosen: qwen2.5-32b-instruct, rejected: [qwen2.5-7b-instruct, ...],
+           size: null, seed: 0, capabilities: measured, steps: [{step: QualityJudge, config: ...}]}
+      filters:                          # optional: sample-delta filters over any pair config
+        - {name: qwen_scale_top25, from: qwen_scale-vs-qwen2.5-7b-instruct, top_fraction: 0.25}
     output:
       folder: hfpref-release
       name: hfpref-ifeval-two-generators
@@ -44,6 +49,13 @@ Every pair strategy, maker and mix becomes one release config, named by the stra
   from the kept pairs of the maker configs named in ``from`` (concatenated in that order; each must
   write ``contrast_level``); ``size: null`` takes the largest size the pairs allow
   (``largest_mix_size``), recorded in the manifest, and a mix with nothing to draw from is skipped.
+
+* a *sweep* makes one config per rejected generator, ``<name>-vs-<generator>``, all on the same drawn
+  prompts, chosen = the ``chosen`` generator's response (``hfpref.delta_sweep``), tagged with measured (or
+  given) capabilities and generator delta; its ``steps`` (pair-level, e.g. ``QualityJudge``) run on every
+  level;
+* a *filter* keeps the pairs of another config (any kind, run before it) by ``sample_delta``
+  (``top_fraction`` or ``threshold``, ``hfpref.judges.quality.filter_by_sample_delta``).
 
 Drop reasons of strategies and makers are counted alike (``hfpref.selection.split_dropped``).
 
@@ -503,12 +515,22 @@ class PairsSpec:
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     makers: list[MakerSpec] = dataclasses.field(default_factory=list)
     mixes: list[MixSpec] = dataclasses.field(default_factory=list)
+    sweeps: list[Any] = dataclasses.field(default_factory=list)  # hfpref.delta_sweep.SweepSpec
+    filters: list[Any] = dataclasses.field(default_factory=list)  # hfpref.delta_sweep.FilterSpec
 
     @classmethod
     def from_dict(cls, raw: Any) -> PairsSpec:
         where = "pairs"
         raw = _as_mapping(raw, where)
-        _check_keys(raw, ("strategies", "config", "makers", "mixes"), where)
+        _check_keys(raw, ("strategies", "config", "makers", "mixes", "sweeps", "filters"), where)
+        sweeps_raw = _as_list(raw.get("sweeps"), "pairs.sweeps")
+        filters_raw = _as_list(raw.get("filters"), "pairs.filters")
+        sweeps, filters = [], []
+        if sweeps_raw or filters_raw:
+            from hfpref.delta_sweep import FilterSpec, SweepSpec
+
+            sweeps = [SweepSpec.from_dict(x, i) for i, x in enumerate(sweeps_raw)]
+            filters = [FilterSpec.from_dict(x, i) for i, x in enumerate(filters_raw)]
         makers = [
             MakerSpec.from_dict(m, i) for i, m in enumerate(_as_list(raw.get("makers"), "pairs.makers"))
         ]
@@ -518,18 +540,20 @@ class PairsSpec:
             strategies = [s.strip() for s in strategies.split(",") if s.strip()]
         if not isinstance(strategies, str) and (
             not isinstance(strategies, list)
-            or not (strategies or makers)
+            or not (strategies or makers or sweeps)
             or not all(isinstance(s, str) for s in strategies)
         ):
             raise RecipeError(
                 f"{where}.strategies: expected 'all' or a non-empty list of names (or [] when there are "
-                f"makers), got {strategies!r}"
+                f"makers or sweeps), got {strategies!r}"
             )
         return cls(
             strategies=strategies,
             config=_as_mapping(raw.get("config"), f"{where}.config"),
             makers=makers,
             mixes=mixes,
+            sweeps=sweeps,
+            filters=filters,
         )
 
     @property
@@ -559,6 +583,10 @@ class PairsSpec:
             out["makers"] = [m.to_dict() for m in self.makers]
         if self.mixes:
             out["mixes"] = [m.to_dict() for m in self.mixes]
+        if self.sweeps:
+            out["sweeps"] = [m.to_dict() for m in self.sweeps]
+        if self.filters:
+            out["filters"] = [m.to_dict() for m in self.filters]
         return out
 
 
@@ -713,6 +741,8 @@ class Recipe:
         steps = [spec.build(index) for index, spec in enumerate(self.steps)]
         configs, _ = self.selection_configs()
         self.check_pair_configs(list(configs), self.build_makers(steps))
+        for index, sweep in enumerate(self.pairs.sweeps):
+            sweep.build_steps(index)
 
     def prompts_index(self, steps: list[Any]) -> int | None:
         """The index of the first step that writes ``responses``: a maker's "prompts" source is the rows
@@ -768,6 +798,23 @@ class Recipe:
                 raise RecipeError(
                     f"{where}.from: {name!r} is {what}; a mix draws from maker configs: {list(maker_steps)}"
                 )
+        for index, sweep in enumerate(self.pairs.sweeps):
+            for level in sweep.level_names():
+                if level in taken:
+                    raise RecipeError(
+                        f"{sweep.where(index)}: level config {level!r} is taken by {taken[level]}; rename the sweep"
+                    )
+                taken[level] = sweep.where(index)
+        for index, spec in enumerate(self.pairs.filters):
+            if spec.name in taken:
+                raise RecipeError(
+                    f"{spec.where(index)}: config name {spec.name!r} is taken by {taken[spec.name]}"
+                )
+            if spec.from_ not in taken:
+                raise RecipeError(
+                    f"{spec.where(index)}.from: {spec.from_!r} is not a config made before it; configs: {list(taken)}"
+                )
+            taken[spec.name] = spec.where(index)
 
     def selection_configs(self, ranking: list[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
         """(strategy -> SelectionConfig, strategy -> why it is skipped).
@@ -1044,6 +1091,8 @@ class Recipe:
                     dropped[spec.name] = Counter(reasons)
                     made_by[spec.name] = maker
                     bar.update(1)
+                if accuracy is not None:
+                    tag_generator_delta(pairs, accuracy)
                 for index, mix in enumerate(self.pairs.mixes):
                     bar.set_postfix_str(mix.name)
                     mixed = self.run_mix(index, pairs)
@@ -1053,6 +1102,8 @@ class Recipe:
                         pairs[mix.name], made_by[mix.name] = mixed
                         dropped[mix.name] = Counter()
                     bar.update(1)
+                sweeps = self.run_sweeps(candidates, pairs, dropped, made_by, engine, batch_size, num_proc)
+                filters = self.run_filters(pairs, dropped, made_by, skipped)
         return RecipeResult(
             recipe=self,
             candidates=candidates,
@@ -1065,7 +1116,113 @@ class Recipe:
             step_rows=step_rows,
             resolved_ranking=ranking,
             generator_accuracy=accuracy,
+            sweeps=sweeps,
+            filters=filters,
         )
+
+    def run_sweeps(
+        self,
+        candidates: Any,
+        pairs: dict[str, Any],
+        dropped: dict[str, Counter],
+        made_by: dict[str, Any],
+        engine: Any,
+        batch_size: int,
+        num_proc: int | None,
+    ) -> dict[str, dict[str, Any]]:
+        """Every sweep's level configs into ``pairs`` (see ``hfpref.delta_sweep``); per sweep, what the
+        manifest records: capabilities (measured or given), the plan, and the analysis table."""
+        from hfpref.delta_sweep import SweepRecord, level_pairs, plan_sweep, sweep_analysis
+        from hfpref.generator_delta import measure_capabilities
+
+        out: dict[str, dict[str, Any]] = {}
+        for index, sweep in enumerate(self.pairs.sweeps):
+            steps = sweep.build_steps(index)
+            if sweep.capabilities == MEASURED:
+                try:
+                    table = measure_capabilities(candidates, measure=sweep.measure)
+                except UserError as err:
+                    raise RecipeError(f"{sweep.where(index)}.capabilities: {err}") from err
+            else:
+                table = {
+                    "source": "given",
+                    "capability_name": "capability",
+                    "capabilities": dict(sweep.capabilities),
+                }
+            plan = plan_sweep(
+                candidates, name=sweep.name, chosen=sweep.chosen, rejected=sweep.rejected, size=sweep.size,
+                seed=sweep.seed, level_names=sweep.level_names(),
+            )  # fmt: skip
+            missing = [g for g in [sweep.chosen, *sweep.rejected] if g not in table["capabilities"]]
+            if missing:
+                raise RecipeError(f"{sweep.where(index)}: no capability measured for {missing}")
+            levels = {}
+            for level in plan.levels:
+                level_data = level_pairs(candidates, plan, level, table["capabilities"])
+                for step in steps:
+                    level_data = engine.map_step(step, level_data, batch_size=batch_size, num_proc=num_proc)
+                levels[level.name] = pairs[level.name] = level_data
+                reasons = {k: v for k, v in plan.excluded.items() if v}
+                if plan.common > len(plan.rows):
+                    reasons["not_drawn"] = plan.common - len(plan.rows)
+                dropped[level.name] = Counter(reasons)
+                made_by[level.name] = SweepRecord(sweep, level.name, level.rejected, steps)
+            out[sweep.name] = {
+                "chosen": sweep.chosen,
+                "levels": {level.name: level.rejected for level in plan.levels},
+                "prompts_common": plan.common,
+                "prompts_drawn": len(plan.rows),
+                "excluded": dict(plan.excluded),
+                "size": sweep.size,
+                "seed": sweep.seed,
+                "capabilities": table,
+                "analysis": sweep_analysis(levels),
+            }
+        return out
+
+    def run_filters(
+        self,
+        pairs: dict[str, Any],
+        dropped: dict[str, Counter],
+        made_by: dict[str, Any],
+        skipped: dict[str, str],
+    ) -> dict[str, dict[str, Any]]:
+        """Every sample-delta filter's config into ``pairs``; per filter, how much of its source it kept."""
+        from hfpref.delta_sweep import FilterRecord
+        from hfpref.judges.quality import filter_by_sample_delta
+
+        out: dict[str, dict[str, Any]] = {}
+        for index, spec in enumerate(self.pairs.filters):
+            source = pairs.get(spec.from_)
+            if source is None:
+                skipped[spec.name] = f"its source config {spec.from_!r} was not made"
+                continue
+            if spec.column not in source.column_names:
+                raise RecipeError(
+                    f"{spec.where(index)}.column: config {spec.from_!r} has no {spec.column!r} column (add a "
+                    f"QualityJudge to the steps that make it); its columns: {source.column_names}"
+                )
+            kept, report = filter_by_sample_delta(
+                source,
+                **{
+                    k: v
+                    for k, v in spec.arguments().items()
+                    if k in ("top_fraction", "threshold") and v is not None
+                },
+                column=spec.column,
+            )
+            pairs[spec.name] = kept
+            dropped[spec.name] = Counter({k: v for k, v in report.items() if k != "kept" and v})
+            made_by[spec.name] = FilterRecord(spec)
+            out[spec.name] = {
+                "from": spec.from_,
+                **spec.arguments(),
+                "source_rows": len(source),
+                "kept": report["kept"],
+                "kept_fraction": report["kept"] / len(source) if len(source) else None,
+                "dropped": {k: v for k, v in report.items() if k != "kept"},
+            }
+        return out
 
     def run_mix(self, index: int, pairs: Mapping[str, Any]) -> tuple[Any, MixRecord] | str:
         """(mixed pairs, how they were drawn) for ``pairs.mixes[index]``, or why it was skipped."""
@@ -1089,6 +1246,25 @@ class Recipe:
         return mixed, MixRecord(mix, size)
 
 
+def tag_generator_delta(pairs: dict[str, Any], accuracy: list[dict[str, Any]]) -> None:
+    """Tag every pairs config that names its generators with ``GeneratorDeltaTagger``, the capabilities being
+    the measured prompt-level IFEval accuracies (``accuracy``, the very numbers of the measured ranking the
+    card shows); a generator without a measurement gets no delta. Configs already tagged are left as they are."""
+    from hfpref.generator_delta import GENERATOR_DELTA, GeneratorDeltaTagger, capabilities_config
+
+    table = {
+        "measure": "ifeval_prompt_level",
+        "capability_name": "ifeval_prompt_level_strict_accuracy",
+        "capabilities": {a["generator"]: a["prompt_level"] for a in accuracy},
+        "intervals": {a["generator"]: a["prompt_level_ci"] for a in accuracy},
+    }
+    tagger = GeneratorDeltaTagger(capabilities_config(table, on_unknown="missing"))
+    for name, data in pairs.items():
+        names = data.column_names
+        if C.CHOSEN_GENERATOR in names and C.REJECTED_GENERATOR in names and GENERATOR_DELTA not in names:
+            pairs[name] = tagger.apply(data)
+
+
 @dataclasses.dataclass
 class RecipeResult:
     """What a run produced: annotated candidates, kept pairs and drop counts per strategy, the steps run."""
@@ -1104,6 +1280,8 @@ class RecipeResult:
     step_rows: list[dict[str, int]] = dataclasses.field(default_factory=list)  # rows in/out of each step
     resolved_ranking: list[str] | None = None  # the ranking the selectors used (measured or given)
     generator_accuracy: list[dict[str, Any]] | None = None  # hfpref.capabilities, when measured
+    sweeps: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # Recipe.run_sweeps
+    filters: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # Recipe.run_filters
 
     @property
     def generator_ranking(self) -> list[str] | None:

@@ -41,6 +41,7 @@ from hfpref.recipe import CANDIDATES_CONFIG, RecipeResult, check_version
 from hfpref.summary import (
     METRICS,
     candidates_summary,
+    describe_values,
     pair_agreement,
     reference_config,
     strategy_summary,
@@ -187,11 +188,34 @@ def build_manifest(
         "generator_accuracy": result.generator_accuracy,  # hfpref.capabilities, when measured
         "pair_agreement": {a: {b: v["fraction"] for b, v in row.items()} for a, row in agreement.items()},
         "candidates_summary": candidates_summary(result.candidates),
+        # generator capabilities as the generator-delta tags use them: the measured accuracies above
+        # (prompt-level, the ranking's numbers) or a sweep's table; "given" when the recipe typed them
+        "generator_capabilities": _generator_capabilities(result),
+        "delta_sweeps": dict(result.sweeps),
+        "sample_delta_filters": dict(result.filters),
         "packages": package_versions(),
         "default_config": next(iter(result.pairs), CANDIDATES_CONFIG),
         "configs": configs,
         "plot": PLOT_FILE,
     }
+
+
+def _generator_capabilities(result: RecipeResult) -> dict[str, Any] | None:
+    """The capability table of the release: a sweep's (all sweeps of a run measure the same way unless one is
+    given), else the measured generator accuracy's prompt-level values with their Wilson intervals."""
+    for sweep in result.sweeps.values():
+        return sweep["capabilities"]
+    if result.generator_accuracy:
+        return {
+            "source": "measured",
+            "measure": "ifeval_prompt_level",
+            "capability_name": "ifeval_prompt_level_strict_accuracy",
+            "confidence": result.generator_accuracy[0]["confidence"],
+            "capabilities": {a["generator"]: a["prompt_level"] for a in result.generator_accuracy},
+            "intervals": {a["generator"]: list(a["prompt_level_ci"]) for a in result.generator_accuracy},
+            "responses": {a["generator"]: a["responses"] for a in result.generator_accuracy},
+        }
+    return None
 
 
 def config_origins(recipe: Any) -> dict[str, dict[str, Any]]:
@@ -201,6 +225,16 @@ def config_origins(recipe: Any) -> dict[str, dict[str, Any]]:
         origins[maker.name] = {"kind": "maker", "step": maker.step, "source": maker.source}
     for mix in recipe.pairs.mixes:
         origins[mix.name] = {"kind": "mix", "from": list(mix.from_)}
+    for sweep in recipe.pairs.sweeps:
+        for level, rejected in zip(sweep.level_names(), sweep.rejected, strict=True):
+            origins[level] = {
+                "kind": "sweep",
+                "sweep": sweep.name,
+                "chosen": sweep.chosen,
+                "rejected": rejected,
+            }
+    for spec in recipe.pairs.filters:
+        origins[spec.name] = {"kind": "filter", "from": spec.from_}
     return origins
 
 
@@ -447,11 +481,42 @@ def _write_staged(
     )
     written.append(PLOT_FILE)
     _pause("plot")
+    written += _write_delta_plots(result, manifest, staging, version)
     # hashed from the files on disk, so the manifest names exactly the bytes the release holds
     manifest["files"] = hash_files(staging, written, sync=True)
     write_manifest_and_card(staging, manifest)
     _fsync_tree(staging)
     _pause("manifest and card")
+
+
+def _write_delta_plots(
+    result: RecipeResult, manifest: dict[str, Any], staging: Path, version: str
+) -> list[str]:
+    """The sweep analysis plot (with sweeps) and the sample-delta distributions (when a judge scored some
+    config); their file names go into the manifest (``delta_plots``) for the card."""
+    from hfpref.delta_sweep import (
+        SAMPLE_DELTA_PLOT_FILE,
+        SWEEP_PLOT_FILE,
+        plot_sample_deltas,
+        plot_sweeps,
+        sample_delta_values,
+    )
+
+    written: dict[str, str] = {}
+    if result.sweeps:
+        plot_sweeps(
+            result.sweeps,
+            staging / SWEEP_PLOT_FILE,
+            title=f"{manifest['name']} {version}: generator delta sweeps",
+        )
+        written["sweeps"] = SWEEP_PLOT_FILE
+    values = sample_delta_values(result.pairs)
+    if values:
+        plot_sample_deltas(values, staging / SAMPLE_DELTA_PLOT_FILE, title="sample delta per config")
+        written["sample_delta"] = SAMPLE_DELTA_PLOT_FILE
+        manifest["sample_delta_stats"] = {name: describe_values(v) for name, v in values.items()}
+    manifest["delta_plots"] = written
+    return list(written.values())
 
 
 def hash_files(folder: Path, names: Sequence[str], *, sync: bool = False) -> dict[str, dict[str, Any]]:

@@ -474,6 +474,7 @@ def write_model_card(
     base_model: str,
     base_revision: str,
     training: Mapping[str, Any] | None = None,
+    tags: list[str] | None = None,
 ) -> Path:
     """TRL's model card, plus the exact training data (dataset, config, revision or content hash) and,
     with ``training``, the preset, each hyperparameter with its source and the kept checkpoint."""
@@ -483,7 +484,7 @@ def write_model_card(
     trainer.create_model_card(
         model_name=output_dir.name,
         dataset_name=None if source.is_local else source.dataset,
-        tags=MODEL_CARD_TAGS,
+        tags=tags or MODEL_CARD_TAGS,
     )
     path = output_dir / "README.md"
     card = ModelCard.load(path)
@@ -499,7 +500,15 @@ def write_model_card(
         f"- Base model: `{base_model}`, revision `{base_revision}`\n"
     )
     if training:
-        text += f"\n## Training recipe (hfpref)\n\n- Preset: `{training.get('preset') or 'none (DCRM defaults)'}`\n"
+        if training.get("method") == "kto":
+            unpaired = training["unpaired"]
+            text += (
+                "\n## Training recipe (hfpref)\n\n- Method: KTO (`trl.KTOTrainer`) on unpaired rows made by "
+                f"`{unpaired['helper']}`: {unpaired['pairs']} pairs -> {unpaired['rows']} rows (chosen desirable, "
+                f"rejected undesirable), shuffled with seed {unpaired['shuffle_seed']}\n"
+            )
+        else:
+            text += f"\n## Training recipe (hfpref)\n\n- Preset: `{training.get('preset') or 'none (DCRM defaults)'}`\n"
         best = training.get("best_checkpoint")
         if best:
             text += (

@@ -109,6 +109,62 @@ def add_parser(subparsers: Any) -> None:
         help="any other trl.DPOConfig field; VALUE is parsed as JSON when it parses (repeatable)",
     )
     dpo.set_defaults(func=run_dpo)
+    add_kto_parser(methods)
+
+
+# KTO flags beyond the shared schedule flags (hfpref.train_kto.KTO_DEFAULTS gives the defaults)
+_KTO_FLAGS = (
+    *[f for f in _CONFIG_FLAGS if f != "loss_type"],
+    "loss_type",
+    "desirable_weight",
+    "undesirable_weight",
+)
+
+
+def add_kto_parser(methods: Any) -> None:
+    kto = methods.add_parser(
+        "kto",
+        help="KTO with trl.KTOTrainer on the unpaired rows of a pairs config (trl's unpair_preference_dataset); "
+        "defaults: beta 0.1, desirable/undesirable weight 1, lr 5e-7, cosine, warmup 0.1, 2 epochs (ours: "
+        "arXiv 2604.08723's summary gives none)",
+    )
+    kto.add_argument("--dataset", required=True, help="release folder, Hub repo id, or REPO@REVISION")
+    kto.add_argument("--config", default=None, help="release pairs config, e.g. a sweep level")
+    kto.add_argument("--split", default="train")
+    kto.add_argument("--model", required=True, help="policy to train (Hub id or local folder)")
+    kto.add_argument("--model-revision", default=None)
+    kto.add_argument("--output-dir", required=True)
+    kto.add_argument("--beta", type=float, default=None, help="KTO beta (default 0.1)")
+    kto.add_argument("--desirable-weight", type=float, default=None, help="weight of chosen rows (default 1)")
+    kto.add_argument(
+        "--undesirable-weight", type=float, default=None, help="weight of rejected rows (default 1)"
+    )
+    kto.add_argument("--learning-rate", type=float, default=None, help="default 5e-7")
+    kto.add_argument("--epochs", type=float, default=None, help="default 2")
+    kto.add_argument("--lr-scheduler", default=None, help="default cosine")
+    kto.add_argument("--warmup-ratio", type=float, default=None, help="default 0.1")
+    kto.add_argument("--batch-size", type=int, default=None, help="per-device train batch size (rows)")
+    kto.add_argument("--gradient-accumulation-steps", type=int, default=None)
+    kto.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps (overrides epochs)"
+    )
+    kto.add_argument(
+        "--max-length", type=int, default=None, help="truncate prompt+completion to this many tokens"
+    )
+    kto.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="TRL default: on")
+    kto.add_argument("--use-cpu", action="store_true", default=None)
+    kto.add_argument("--seed", type=int, default=None, help="training seed, also the unpaired rows' shuffle")
+    kto.add_argument("--loss-type", default=None, help="kto (default) or apo_zero_unpaired")
+    kto.add_argument("--logging-steps", type=float, default=None)
+    kto.add_argument("--save-strategy", default=None, help="steps, epoch or no")
+    kto.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other trl.KTOConfig field; VALUE is parsed as JSON when it parses (repeatable)",
+    )
+    kto.set_defaults(func=run_kto)
 
 
 class TrainOptionError(UserError):
@@ -130,7 +186,11 @@ def check_set_option(field: str, value: Any, item: str, config_class: type | Non
     known = [f.name for f in dataclasses.fields(config_class) if f.init]
     if field not in known:
         close = difflib.get_close_matches(field, known, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see trl.DPOConfig for the fields"
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else f"; see trl.{config_class.__name__} for the fields"
+        )
         raise TrainOptionError(f"--set {item!r}: {config_class.__name__} has no field {field!r}{hint}")
     annotation = config_type_hints(config_class).get(field)
     if annotation is not None:
@@ -139,12 +199,14 @@ def check_set_option(field: str, value: Any, item: str, config_class: type | Non
             raise TrainOptionError(problem)
 
 
-def config_overrides(args: argparse.Namespace, config_class: type | None = None) -> dict[str, Any]:
-    """The DPOConfig fields the command line sets (flags given, then ``--set`` pairs)."""
+def config_overrides(
+    args: argparse.Namespace, config_class: type | None = None, flags: tuple[str, ...] = _CONFIG_FLAGS
+) -> dict[str, Any]:
+    """The DPOConfig (or ``config_class``) fields the command line sets (flags given, then ``--set`` pairs)."""
     overrides = {
         _FIELD_OF_FLAG.get(flag, flag): getattr(args, flag)
-        for flag in _CONFIG_FLAGS
-        if getattr(args, flag) is not None
+        for flag in flags
+        if getattr(args, flag, None) is not None
     }
     for item in args.set:
         field, sep, raw = item.partition("=")
@@ -201,6 +263,26 @@ def run_dpo(args: argparse.Namespace) -> int:
         eval_split=args.eval_split,
         best_metric=args.best_metric,
         eval_steps=None if args.eval_steps is None else _steps(args.eval_steps),
+        **overrides,
+    )
+    print(f"trained model saved to {path}")
+    return 0
+
+
+def run_kto(args: argparse.Namespace) -> int:
+    from trl import KTOConfig
+
+    from hfpref.train_kto import train_kto
+
+    overrides = config_overrides(args, KTOConfig, _KTO_FLAGS)  # option mistakes first
+    check_sources(args)
+    path = train_kto(
+        args.dataset,
+        args.model,
+        args.output_dir,
+        config=args.config,
+        split=args.split,
+        model_revision=args.model_revision,
         **overrides,
     )
     print(f"trained model saved to {path}")
