@@ -41,6 +41,7 @@ from hfpref.recipe import CANDIDATES_CONFIG, RecipeResult, check_version
 from hfpref.summary import (
     METRICS,
     candidates_summary,
+    column_batches,
     describe_values,
     pair_agreement,
     reference_config,
@@ -249,9 +250,11 @@ def pairs_digest(pairs) -> str:
     """sha256 over the (prompt, chosen, rejected) rows of a pairs dataset, in order: equal digests mean
     two strategies picked exactly the same pairs (common with few candidates per prompt)."""
     digest = hashlib.sha256()
-    for prompt, chosen, rejected in zip(pairs[C.PROMPT], pairs[C.CHOSEN], pairs[C.REJECTED], strict=True):
-        digest.update(json.dumps([prompt, chosen, rejected], ensure_ascii=False).encode())
-        digest.update(b"\n")
+    # batch by batch: three whole text columns of a large config as Python strings would be gigabytes
+    for batch in column_batches(pairs, [C.PROMPT, C.CHOSEN, C.REJECTED]):
+        for prompt, chosen, rejected in zip(batch[C.PROMPT], batch[C.CHOSEN], batch[C.REJECTED], strict=True):
+            digest.update(json.dumps([prompt, chosen, rejected], ensure_ascii=False).encode())
+            digest.update(b"\n")
     return digest.hexdigest()
 
 
