@@ -42,6 +42,7 @@ from hfpref.summary import (
     METRICS,
     candidates_summary,
     column_batches,
+    column_values,
     describe_values,
     pair_agreement,
     reference_config,
@@ -572,8 +573,8 @@ def _fsync_tree(folder: Path) -> None:
 def _plane_points(pairs) -> tuple[Any, Any]:
     """(e_Δ, r_Δ) columns of the pairs; a maker may write neither (then None each, as unknown values are)."""
     names = pairs.column_names
-    distances = pairs[C.EDIT_DISTANCE] if C.EDIT_DISTANCE in names else [None] * len(pairs)
-    margins = pairs[C.REWARD_MARGIN] if C.REWARD_MARGIN in names else [None] * len(pairs)
+    distances = column_values(pairs, C.EDIT_DISTANCE) if C.EDIT_DISTANCE in names else [None] * len(pairs)
+    margins = column_values(pairs, C.REWARD_MARGIN) if C.REWARD_MARGIN in names else [None] * len(pairs)
     return distances, margins
 
 

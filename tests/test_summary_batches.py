@@ -83,3 +83,23 @@ def test_pairs_digest_and_agreement_over_batches(small_batches):
         "same_pairs": 1,
         "fraction": 0.5,
     }
+
+
+def test_strategy_summary_reads_columns_through_arrow_with_an_indices_mapping():
+    columns = {
+        "edit_distance": [3.0, None, 5.0, 1.0],
+        "reward_margin": [0.5, 0.25, None, 1.0],
+        "chosen_generator": ["g1", "g2", "g1", None],
+        "rejected_generator": ["g2", "g1", "g3", "g1"],
+    }
+    # a filtered dataset (kept pairs are one) reads through an indices mapping: rows 3, 0, 2 in that order
+    kept = datasets.Dataset.from_dict(columns).select([3, 0, 2])
+    assert summary.column_values(kept, "edit_distance") == [1.0, 3.0, 5.0]
+    got = summary.strategy_summary(kept, {"tie": 1}, ["g1", "g2", "g3"])
+    assert got == summary.strategy_summary(
+        {k: [v[i] for i in (3, 0, 2)] for k, v in columns.items()}, {"tie": 1}, ["g1", "g2", "g3"]
+    )
+    assert got["stats"]["edit_distance"]["mean"] == 3.0 and got["stats"]["reward_margin"]["count"] == 2
+    # g1 over g2 and g1 over g3: the stronger side chosen twice; the row without a chosen generator is unranked
+    assert got["stronger_generator"]["stronger_chosen"] == 2 and got["stronger_generator"]["unranked"] == 1
+    assert got["generator_mix"]["chosen"]["counts"] == {"g1": 2, "unknown": 1}
