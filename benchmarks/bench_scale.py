@@ -22,8 +22,9 @@ The "bare parts" of the same work, measured in the same run (and so under the sa
 * ``lm_eval_s``: ``lm_eval.tasks.ifeval.utils.process_results(doc, [response])`` over every response of the
   541 base prompts, times the replication factor (the copies are the same texts, so grading them costs the
   same; measuring every copy would double a 69k run);
-* ``cdist_s``: ``rapidfuzz.process.cdist`` (``workers=-1``) per prompt on its responses' whitespace-split
-  words, densely relabelled (``dense_symbols``) outside the timing, base prompts times the factor;
+* ``cdist_s``: ``rapidfuzz.process.cdist`` per prompt on its responses' whitespace-split words, densely
+  relabelled (``dense_symbols``) outside the timing, base prompts times the factor; timed with ``workers``
+  1 and -1, the faster counts (on 8-response matrices threads cost more than they save);
 * ``parquet_s``: ``pyarrow.parquet.write_table`` of every Parquet file of the run's release, read back into
   Arrow first (the full size, not scaled).
 
@@ -66,6 +67,8 @@ STEP_STAGES = ("step:ScreenResponses", "step:IFEvalVerifier", "step:PairMetrics"
 def _child(timings_path: str, argv: list[str]) -> int:
     """Run ``hfpref curate argv`` in this process with wall-clock timers around each stage."""
     sys.path.insert(0, str(ROOT))
+    import resource
+
     import hfpref.capabilities as capabilities
     import hfpref.release as release
     from hfpref import cli
@@ -73,9 +76,12 @@ def _child(timings_path: str, argv: list[str]) -> int:
     from hfpref.recipe import Recipe
 
     times: dict[str, float] = {}
+    maxrss: dict[str, float] = {}
 
     def add(stage: str, seconds: float) -> None:
         times[stage] = times.get(stage, 0.0) + seconds
+        # this process's peak RSS so far (MB; Linux reports KB): which stage raised the peak
+        maxrss[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def timed(stage_of, fn):
         def wrapper(*args, **kwargs):
@@ -111,11 +117,19 @@ def _child(timings_path: str, argv: list[str]) -> int:
     )
     release.write_release = timed(lambda *a, **k: "write release", release.write_release)
     start = time.perf_counter()
+    profile_path = os.environ.get("BENCH_SCALE_PROFILE")  # cProfile the run into this file
     try:
-        code = cli.main(argv)
+        if profile_path:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            code = profiler.runcall(cli.main, argv)
+            profiler.dump_stats(profile_path)
+        else:
+            code = cli.main(argv)
     finally:
         times["cli.main"] = time.perf_counter() - start
-        Path(timings_path).write_text(json.dumps(times), encoding="utf-8")
+        Path(timings_path).write_text(json.dumps({"times": times, "maxrss_mb": maxrss}), encoding="utf-8")
     return code
 
 
@@ -177,13 +191,15 @@ def run_curate(input_file: Path, workdir: Path, mode: str) -> dict[str, Any]:
     poller.join()
     if child.returncode != 0:
         raise RuntimeError(f"curate ({mode}) failed with exit {child.returncode}:\n{log[-4000:]}")
-    stages = json.loads(timings.read_text(encoding="utf-8"))
+    recorded = json.loads(timings.read_text(encoding="utf-8"))
+    stages = recorded["times"]
     size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
     return {
         "wall_s": round(wall, 2),
         "stages_s": {k: round(v, 3) for k, v in stages.items()},
         "steps_s": round(sum(stages.get(s, 0.0) for s in STEP_STAGES), 3),
         "peak_rss_tree_mb": round(peak[0] / 2**20, 1),
+        "main_process_maxrss_mb_after_stage": {k: round(v, 1) for k, v in recorded["maxrss_mb"].items()},
         "release_mb": round(size / 2**20, 2),
         "parquet_files": [str(p.relative_to(output)) for p in sorted(output.rglob("*.parquet"))],
         "load_average_1min_before": round(load_before, 2),
@@ -250,18 +266,22 @@ def bare_grading(rows: list[dict[str, Any]]) -> float:
     return time.perf_counter() - start
 
 
-def bare_cdist(rows: list[dict[str, Any]]) -> float:
-    """Seconds of ``rapidfuzz.process.cdist`` per prompt on its densely relabelled word ids."""
+def bare_cdist(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Seconds of ``rapidfuzz.process.cdist`` per prompt on its densely relabelled word ids, with one
+    thread and with all cores (``workers`` 1 and -1; the faster is the bare part)."""
     from rapidfuzz.distance import Levenshtein
     from rapidfuzz.process import cdist
 
     from hfpref.pair_metrics import dense_symbols
 
     groups = [dense_symbols([(r or "").split() for r in row["responses"]]) for row in rows]
-    start = time.perf_counter()
-    for ids in groups:
-        cdist(ids, ids, scorer=Levenshtein.distance, workers=-1)
-    return time.perf_counter() - start
+    seconds = {}
+    for workers in (1, -1):
+        start = time.perf_counter()
+        for ids in groups:
+            cdist(ids, ids, scorer=Levenshtein.distance, workers=workers)
+        seconds[workers] = time.perf_counter() - start
+    return seconds
 
 
 def bare_parquet(release: Path, scratch: Path) -> float:
@@ -303,7 +323,8 @@ def main() -> None:
         "base": {
             "prompts": len(rows),
             "lm_eval_s": round(bare_lm_eval_base, 3),
-            "cdist_relabelled_s": round(bare_cdist_base, 3),
+            "cdist_relabelled_s_workers_1": round(bare_cdist_base[1], 3),
+            "cdist_relabelled_s_workers_all": round(bare_cdist_base[-1], 3),
         },
         "sizes": {},
     }
@@ -327,7 +348,7 @@ def main() -> None:
                 "input_mb": round(input_file.stat().st_size / 2**20, 2),
                 "bare": {
                     "lm_eval_s": round(bare_lm_eval_base * factor, 2),
-                    "cdist_s": round(bare_cdist_base * factor, 3),
+                    "cdist_s": round(min(bare_cdist_base.values()) * factor, 3),
                 },
                 "runs": {},
             }
