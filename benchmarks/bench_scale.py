@@ -15,7 +15,9 @@ step, the measured ranking, all pair strategies, writing the release) the wall s
 1,000 responses, taken inside the subprocess by wrapping the engine, ``Recipe.load_input``,
 ``generator_accuracy`` and ``write_release`` (``--child`` mode of this script: it installs the timers, then
 calls ``hfpref.cli.main``); peak RSS of the whole process tree (the sum over the process and all its
-descendants -- Ray's raylet, GCS and workers included -- polled every 0.2 s with psutil); the release size.
+descendants -- Ray's raylet, GCS and workers included -- polled every 0.2 s with psutil), and its anonymous
+part (less the file-backed pages, mostly the memory-mapped Arrow cache, which the kernel can drop); the
+release size.
 
 The "bare parts" of the same work, measured in the same run (and so under the same load):
 
@@ -134,15 +136,19 @@ def _child(timings_path: str, argv: list[str]) -> int:
 
 
 # ---- the parent ------------------------------------------------------------------------------------------
-def tree_rss(process: Any) -> int:
-    """Resident bytes of ``process`` and all its descendants (those that vanish mid-poll are skipped)."""
+def tree_rss(process: Any) -> tuple[int, int]:
+    """Resident bytes of ``process`` and all its descendants (those that vanish mid-poll are skipped): all of
+    it, and the anonymous part (RSS less the shared pages: the memory-mapped Arrow cache files that the
+    kernel can drop are file-backed, and counted in the first number only)."""
     import psutil
 
-    total = 0
+    total = anonymous = 0
     for proc in [process, *process.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):  # exited between the listing and the read
-            total += proc.memory_info().rss
-    return total
+            info = proc.memory_info()
+            total += info.rss
+            anonymous += info.rss - getattr(info, "shared", 0)
+    return total, anonymous
 
 
 def run_curate(input_file: Path, workdir: Path, mode: str) -> dict[str, Any]:
@@ -174,13 +180,13 @@ def run_curate(input_file: Path, workdir: Path, mode: str) -> dict[str, Any]:
     start = time.perf_counter()
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc = psutil.Process(child.pid)
-    peak = [0]
+    peak = [0, 0]
     done = threading.Event()
 
     def poll() -> None:
         while not done.is_set():
             with contextlib.suppress(psutil.Error):
-                peak[0] = max(peak[0], tree_rss(proc))
+                peak[:] = [max(a, b) for a, b in zip(peak, tree_rss(proc), strict=True)]
             done.wait(0.2)
 
     poller = threading.Thread(target=poll, daemon=True)
@@ -199,6 +205,7 @@ def run_curate(input_file: Path, workdir: Path, mode: str) -> dict[str, Any]:
         "stages_s": {k: round(v, 3) for k, v in stages.items()},
         "steps_s": round(sum(stages.get(s, 0.0) for s in STEP_STAGES), 3),
         "peak_rss_tree_mb": round(peak[0] / 2**20, 1),
+        "peak_anonymous_rss_tree_mb": round(peak[1] / 2**20, 1),
         "main_process_maxrss_mb_after_stage": {k: round(v, 1) for k, v in recorded["maxrss_mb"].items()},
         "release_mb": round(size / 2**20, 2),
         "parquet_files": [str(p.relative_to(output)) for p in sorted(output.rglob("*.parquet"))],
