@@ -1072,7 +1072,9 @@ class Recipe:
                 selectors = {s: selector_class(c) for s, c in configs.items() if s not in skipped}
                 bar.update(len(configs) - len(selectors))
                 bar.set_postfix_str("pairs")
-                for strategy, selected in engine.select_pairs(selectors, candidates, batch_size=batch_size):
+                for strategy, selected in engine.select_pairs(
+                    selectors, candidates, batch_size=batch_size, num_proc=num_proc
+                ):
                     kept, reasons = selection.split_dropped(selected)
                     pairs[strategy] = kept
                     dropped[strategy] = Counter(reasons)

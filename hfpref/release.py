@@ -41,6 +41,8 @@ from hfpref.recipe import CANDIDATES_CONFIG, RecipeResult, check_version
 from hfpref.summary import (
     METRICS,
     candidates_summary,
+    column_batches,
+    column_values,
     describe_values,
     pair_agreement,
     reference_config,
@@ -249,9 +251,11 @@ def pairs_digest(pairs) -> str:
     """sha256 over the (prompt, chosen, rejected) rows of a pairs dataset, in order: equal digests mean
     two strategies picked exactly the same pairs (common with few candidates per prompt)."""
     digest = hashlib.sha256()
-    for prompt, chosen, rejected in zip(pairs[C.PROMPT], pairs[C.CHOSEN], pairs[C.REJECTED], strict=True):
-        digest.update(json.dumps([prompt, chosen, rejected], ensure_ascii=False).encode())
-        digest.update(b"\n")
+    # batch by batch: three whole text columns of a large config as Python strings would be gigabytes
+    for batch in column_batches(pairs, [C.PROMPT, C.CHOSEN, C.REJECTED]):
+        for prompt, chosen, rejected in zip(batch[C.PROMPT], batch[C.CHOSEN], batch[C.REJECTED], strict=True):
+            digest.update(json.dumps([prompt, chosen, rejected], ensure_ascii=False).encode())
+            digest.update(b"\n")
     return digest.hexdigest()
 
 
@@ -569,8 +573,8 @@ def _fsync_tree(folder: Path) -> None:
 def _plane_points(pairs) -> tuple[Any, Any]:
     """(e_Δ, r_Δ) columns of the pairs; a maker may write neither (then None each, as unknown values are)."""
     names = pairs.column_names
-    distances = pairs[C.EDIT_DISTANCE] if C.EDIT_DISTANCE in names else [None] * len(pairs)
-    margins = pairs[C.REWARD_MARGIN] if C.REWARD_MARGIN in names else [None] * len(pairs)
+    distances = column_values(pairs, C.EDIT_DISTANCE) if C.EDIT_DISTANCE in names else [None] * len(pairs)
+    margins = column_values(pairs, C.REWARD_MARGIN) if C.REWARD_MARGIN in names else [None] * len(pairs)
     return distances, margins
 
 

@@ -84,3 +84,23 @@ def test_correctness_fallback_and_errors():
         generator_accuracy({"ifeval_strict": ROWS["ifeval_strict"]})
     with pytest.raises(CapabilityError, match="IFEvalVerifier"):
         generator_accuracy({"generators": ROWS["generators"]})
+
+
+def test_bootstrap_in_blocks_equals_one_index_matrix(monkeypatch):
+    """The blocked bootstrap (bounded memory) gives the interval of one (resamples, n) index matrix."""
+    import hfpref.capabilities as capabilities
+
+    rng = np.random.default_rng(7)
+    numerators = rng.integers(0, 4, size=300).astype(np.float64)
+    denominators = np.full(300, 3.0)
+    # the textbook percentile bootstrap: every resample's indices drawn at once
+    picks = np.random.default_rng(5).integers(0, 300, size=(500, 300))
+    ratios = numerators[picks].sum(axis=1) / denominators[picks].sum(axis=1)
+    expected = np.quantile(ratios, [0.025, 0.975])
+    monkeypatch.setattr(
+        capabilities, "BOOTSTRAP_BLOCK_VALUES", 300 * 7
+    )  # blocks of 7 resamples, last one short
+    got = capabilities.bootstrap_ratio_interval(numerators, denominators, 0.95, resamples=500, seed=5)
+    assert got == (float(expected[0]), float(expected[1]))
+    monkeypatch.setattr(capabilities, "BOOTSTRAP_BLOCK_VALUES", 1)  # one resample per block
+    assert capabilities.bootstrap_ratio_interval(numerators, denominators, 0.95, resamples=500, seed=5) == got

@@ -131,6 +131,28 @@ def test_sharded_step_equals_unsharded_and_keeps_its_fingerprint(tmp_path):
     assert again.to_list() == whole.to_list()
 
 
+def test_pair_selection_in_workers_equals_one_process_and_is_cached(tmp_path):
+    """--num-proc k runs the uncached selectors in k worker processes, one selector per task; the parent
+    reads their cached outputs back (same rows, same fingerprints) and a rerun computes nothing."""
+    from hfpref.engines.local import LocalEngine
+
+    data = load_rows(rows_file(tmp_path), tmp_path / "cache")
+    logs = {name: tmp_path / f"log-{name}" for name in ("a", "b", "c")}
+    selectors = {name: CountedLengths(log=str(log)) for name, log in logs.items()}
+    out = dict(LocalEngine().select_pairs(selectors, data, batch_size=8, num_proc=2))
+    expected = [[float(len(r)) for r in row["responses"]] for row in data]  # rewards by hand
+    for name, selector in selectors.items():
+        assert out[name]["rewards"] == expected
+        assert out[name]._fingerprint == selector.output_fingerprint(data._fingerprint)
+        computed = logged(logs[name])
+        assert sorted(first for _, _, first, _ in computed) == list(range(0, 60, 8)), "each batch once"
+        assert {pid for pid, _, _, _ in computed} != {os.getpid()}, "computed in a worker, not here"
+    before = {name: len(logged(log)) for name, log in logs.items()}
+    again = dict(LocalEngine().select_pairs(selectors, data, batch_size=8, num_proc=2))
+    assert {name: len(logged(log)) for name, log in logs.items()} == before, "a rerun is all cache hits"
+    assert all(again[name].to_list() == out[name].to_list() for name in selectors)
+
+
 def test_crash_mid_step_recomputes_only_unfinished_shards(tmp_path):
     data = load_rows(rows_file(tmp_path), tmp_path / "cache")
     log = tmp_path / "log"

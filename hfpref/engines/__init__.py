@@ -8,7 +8,7 @@
 =========  ==========================================================================================
 
 An engine offers ``map_step(step, dataset, batch_size=, num_proc=)`` (the step's output over a
-``datasets.Dataset``, cached and resumable), ``select_pairs(selectors, candidates, batch_size=)``
+``datasets.Dataset``, cached and resumable), ``select_pairs(selectors, candidates, batch_size=, num_proc=)``
 (yields ``(strategy, pairs with drop_reason)``) and ``close()``. Both engines return the same rows,
 written to the same ``datasets`` cache under the same fingerprints.
 """

@@ -63,11 +63,37 @@ class LocalEngine:
         )
 
     def select_pairs(
-        self, selectors: dict[str, Step], candidates: Any, *, batch_size: int = 64
+        self,
+        selectors: dict[str, Step],
+        candidates: Any,
+        *,
+        batch_size: int = 64,
+        num_proc: int | None = None,
     ) -> Iterator[tuple[str, Any]]:
-        """(strategy, pairs with ``drop_reason``) for each selector, in order."""
+        """(strategy, pairs with ``drop_reason``) for each selector, in order.
+
+        With ``num_proc=k`` the selectors not yet cached run first in k worker processes, one selector per
+        task (each writes its own cache file, the one a run in this process would write); they are then
+        read back here, so the pairs and their fingerprints are the same whatever ``num_proc``.
+        """
+        workers = max(1, num_proc or 1)
+        todo: set[str] = set()
+        if workers > 1 and can_resume(candidates):
+            todo = {s for s, sel in selectors.items() if not is_cached(sel, candidates)}
+            if len(todo) > 1:
+                run_selectors_in_workers(
+                    [selectors[s] for s in selectors if s in todo], candidates, workers, batch_size
+                )
+            else:
+                todo = set()
         for strategy, selector in selectors.items():
-            yield strategy, selector.apply(candidates, batch_size=batch_size, desc=f"pairs: {strategy}")
+            function = cached_only(selector, 0) if strategy in todo else None
+            yield (
+                strategy,
+                selector.apply(
+                    candidates, batch_size=batch_size, function=function, desc=f"pairs: {strategy}"
+                ),
+            )
 
     def close(self) -> None:
         """Nothing to release (the workers of a step end with it)."""
@@ -150,6 +176,22 @@ def run_in_workers(step: Step, shards: list[tuple[int, Any]], workers: int, batc
         pool.starmap(_work, jobs, chunksize=1)
 
 
+def _select(selector: Step, candidates: Any, batch_size: int) -> None:
+    """One worker task: a pair selector over all candidates, cached (its output is read back by the parent)."""
+    make_fork_safe()
+    selector.apply(candidates, batch_size=batch_size, desc=f"pairs: {selector.name}")
+
+
+def run_selectors_in_workers(selectors: list[Step], candidates: Any, workers: int, batch_size: int) -> None:
+    """Run ``selectors`` over ``candidates`` in ``workers`` processes, one selector per task as workers free up
+    (selectors differ in cost); each output lands in the ``datasets`` cache."""
+    import multiprocess
+
+    jobs = [(selector, candidates, batch_size) for selector in selectors]
+    with _fork_safe_env(), _pool_context(multiprocess).Pool(min(workers, len(jobs))) as pool:
+        pool.starmap(_select, jobs, chunksize=1)
+
+
 def _pool_context(multiprocess: Any) -> Any:
     """Fork (fast, like ``Dataset.map``) unless this process already uses CUDA, which a forked child cannot."""
     torch = sys.modules.get("torch")
@@ -171,4 +213,4 @@ def _fork_safe_env() -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
-__all__ = ["LocalEngine", "check_gpus", "map_step", "run_in_workers"]
+__all__ = ["LocalEngine", "check_gpus", "map_step", "run_in_workers", "run_selectors_in_workers"]

@@ -349,9 +349,15 @@ class RayEngine:
         return join_shards(step, dataset, results)
 
     def select_pairs(
-        self, selectors: dict[str, Step], candidates: Any, *, batch_size: int = 64
+        self,
+        selectors: dict[str, Step],
+        candidates: Any,
+        *,
+        batch_size: int = 64,
+        num_proc: int | None = None,
     ) -> Iterator[tuple[str, Any]]:
-        """(strategy, pairs with ``drop_reason``) per selector; the uncached ones in one pass of Ray tasks."""
+        """(strategy, pairs with ``drop_reason``) per selector; the uncached ones in one pass of Ray tasks
+        (``num_proc`` is the local engine's and is not used here)."""
         if len(candidates) == 0:
             yield from ((s, sel.apply(candidates, batch_size=batch_size)) for s, sel in selectors.items())
             return
