@@ -38,6 +38,22 @@ _CONFIG_FLAGS = (
 )
 
 
+def add_schedule_options(parser: argparse.ArgumentParser, rows: str, length: str) -> None:
+    """The TrainingArguments flags DPO and KTO share (None = not given: the method's defaults apply)."""
+    parser.add_argument("--learning-rate", type=float, default=None, help="default 5e-7")
+    parser.add_argument("--epochs", type=float, default=None, help="default 2")
+    parser.add_argument("--lr-scheduler", default=None, help="default cosine")
+    parser.add_argument("--warmup-ratio", type=float, default=None, help="default 0.1")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"per-device train batch size ({rows})")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=None)
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps (overrides epochs)"
+    )
+    parser.add_argument("--max-length", type=int, default=None, help=f"truncate {length} to this many tokens")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="TRL default: on")
+    parser.add_argument("--use-cpu", action="store_true", default=None)
+
+
 def add_parser(subparsers: Any) -> None:
     train = subparsers.add_parser("train", help="train a policy on a pairs release with TRL")
     methods = train.add_subparsers(dest="method", metavar="METHOD", required=True)
@@ -83,20 +99,7 @@ def add_parser(subparsers: Any) -> None:
     )
     # None means "not given": the DCRM recipe (hfpref.train.DCRM_RECIPE) or TRL's default applies
     dpo.add_argument("--beta", type=float, default=None, help="DPO beta (default 0.1)")
-    dpo.add_argument("--learning-rate", type=float, default=None, help="default 5e-7")
-    dpo.add_argument("--epochs", type=float, default=None, help="default 2")
-    dpo.add_argument("--lr-scheduler", default=None, help="default cosine")
-    dpo.add_argument("--warmup-ratio", type=float, default=None, help="default 0.1")
-    dpo.add_argument("--batch-size", type=int, default=None, help="per-device train batch size")
-    dpo.add_argument("--gradient-accumulation-steps", type=int, default=None)
-    dpo.add_argument(
-        "--max-steps", type=int, default=None, help="stop after this many steps (overrides epochs)"
-    )
-    dpo.add_argument(
-        "--max-length", type=int, default=None, help="truncate prompt+response to this many tokens"
-    )
-    dpo.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="TRL default: on")
-    dpo.add_argument("--use-cpu", action="store_true", default=None)
+    add_schedule_options(dpo, rows="pairs", length="prompt+response")
     dpo.add_argument("--seed", type=int, default=None)
     dpo.add_argument("--loss-type", default=None, help="TRL loss type, e.g. sigmoid (DPO), ipo, hinge")
     dpo.add_argument("--logging-steps", type=float, default=None)
@@ -139,20 +142,7 @@ def add_kto_parser(methods: Any) -> None:
     kto.add_argument(
         "--undesirable-weight", type=float, default=None, help="weight of rejected rows (default 1)"
     )
-    kto.add_argument("--learning-rate", type=float, default=None, help="default 5e-7")
-    kto.add_argument("--epochs", type=float, default=None, help="default 2")
-    kto.add_argument("--lr-scheduler", default=None, help="default cosine")
-    kto.add_argument("--warmup-ratio", type=float, default=None, help="default 0.1")
-    kto.add_argument("--batch-size", type=int, default=None, help="per-device train batch size (rows)")
-    kto.add_argument("--gradient-accumulation-steps", type=int, default=None)
-    kto.add_argument(
-        "--max-steps", type=int, default=None, help="stop after this many steps (overrides epochs)"
-    )
-    kto.add_argument(
-        "--max-length", type=int, default=None, help="truncate prompt+completion to this many tokens"
-    )
-    kto.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="TRL default: on")
-    kto.add_argument("--use-cpu", action="store_true", default=None)
+    add_schedule_options(kto, rows="rows", length="prompt+completion")
     kto.add_argument("--seed", type=int, default=None, help="training seed, also the unpaired rows' shuffle")
     kto.add_argument("--loss-type", default=None, help="kto (default) or apo_zero_unpaired")
     kto.add_argument("--logging-steps", type=float, default=None)
