@@ -96,7 +96,22 @@ class FlakyServer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.pending = 0  # requests accepted whose handler has not finished
+
+        class CountingServer(ThreadingHTTPServer):
+            def process_request(self, request, client_address):
+                with server.lock:
+                    server.pending += 1
+                super().process_request(request, client_address)
+
+            def process_request_thread(self, request, client_address):
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    with server.lock:
+                        server.pending -= 1
+
+        self.server = CountingServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -104,7 +119,21 @@ class FlakyServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
-    def take(self) -> list[str]:
+    def take(self, expect: int = 0, settle: float = 0.3) -> list[str]:
+        """The requests received since the last call. A client that timed out may have closed its connection
+        before this server's handler read the request (a loaded machine), so first wait for ``expect``
+        requests (up to 15 s), then until no handler is running and nothing new arrived for ``settle`` s."""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with self.lock:
+                count, busy = len(self.seen), self.pending
+            if count >= expect and busy == 0:
+                time.sleep(settle)
+                with self.lock:
+                    if len(self.seen) == count and self.pending == 0:
+                        break
+            else:
+                time.sleep(0.05)
         with self.lock:
             seen, self.seen = self.seen, []
         return seen
@@ -157,7 +186,7 @@ def test_failures_are_counted_warned_and_only_they_are_resent(tmp_path):
         data = _disk_dataset(tmp_path, n)
         with pytest.warns(JudgeFailureWarning, match=r"12 judge request\(s\) failed") as caught:
             first = step.apply(data, batch_size=4)
-        assert len(server.take()) == 2 * n  # every request once (no retries)
+        assert len(server.take(2 * n)) == 2 * n  # every request once (no retries)
         failures = dict(zip(MODES, first["quality_request_failures"], strict=True))
         assert failures == {"good": 0, **{mode: 2 for mode in MODES[1:]}}
         assert first["quality_judge_raw"][0] == [CANNED, CANNED]
@@ -174,7 +203,7 @@ def test_failures_are_counted_warned_and_only_they_are_resent(tmp_path):
         again = QualityJudge(judge=judge).apply(
             datasets.load_from_disk(str(tmp_path / "pairs")), batch_size=4
         )
-        assert Counter(server.take()) == _failed_requests(step, n)
+        assert Counter(server.take(12)) == _failed_requests(step, n)
         assert again["quality_request_failures"] == [0] * n
         assert again["quality_chosen"][1]["overall"] == 7.0
         assert again._fingerprint == Step.output_fingerprint(step, data._fingerprint)
@@ -195,7 +224,7 @@ def test_sharded_engine_run_resends_only_the_failed_requests(tmp_path):
         step = QualityJudge(judge=judge)
         with pytest.warns(JudgeFailureWarning):
             first = map_step(step, data, batch_size=2, shard_rows=2)
-        assert len(server.take()) == 2 * n
+        assert len(server.take(2 * n)) == 2 * n
         assert sum(first["quality_request_failures"]) == 12
         assert first._fingerprint != Step.output_fingerprint(step, data._fingerprint)
         server.healthy = True
@@ -205,7 +234,7 @@ def test_sharded_engine_run_resends_only_the_failed_requests(tmp_path):
             batch_size=2,
             shard_rows=2,
         )
-        assert Counter(server.take()) == _failed_requests(step, n)
+        assert Counter(server.take(12)) == _failed_requests(step, n)
         assert sum(again["quality_request_failures"]) == 0
         assert again._fingerprint == Step.output_fingerprint(step, data._fingerprint)
 
@@ -221,10 +250,10 @@ def test_worker_processes_rerun_resends_only_the_failed_requests(tmp_path):
             first = map_step(QualityJudge(judge=judge), data, batch_size=2, num_proc=2, shard_rows=2)
         counts = [int(re.search(r"(\d+) judge request", str(w.message)).group(1)) for w in caught]
         assert sum(counts) == 12
-        assert len(server.take()) == 2 * n and sum(first["quality_request_failures"]) == 12
+        assert len(server.take(2 * n)) == 2 * n and sum(first["quality_request_failures"]) == 12
         server.healthy = True
         again = map_step(QualityJudge(judge=judge), data, batch_size=2, num_proc=2, shard_rows=2)
-        assert Counter(server.take()) == _failed_requests(QualityJudge(judge=judge), n)
+        assert Counter(server.take(12)) == _failed_requests(QualityJudge(judge=judge), n)
         assert sum(again["quality_request_failures"]) == 0
 
 
@@ -238,7 +267,7 @@ def test_without_a_reply_cache_the_rerun_is_still_not_a_datasets_cache_hit(tmp_p
         server.healthy = True
         again = QualityJudge(judge=judge).apply(datasets.load_from_disk(str(tmp_path / "pairs")))
         assert again["quality_request_failures"] == [0, 0]
-        assert len(server.take()) == 4  # no reply cache: the whole step is asked again, never reused
+        assert len(server.take(4)) == 4  # no reply cache: the whole step is asked again, never reused
 
 
 @pytest.mark.parametrize(
