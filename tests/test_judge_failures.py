@@ -34,7 +34,7 @@ from hfpref.transform import Step
 
 CANNED = '{"correctness": 7, "logical_soundness": 6, "clarity": 8, "completeness": 7}'
 MODES = ["good", "500", "429", "timeout", "garbage", "null", "html"]
-TIMEOUT = 0.3  # the client's, per attempt; the server's slow answers take longer
+TIMEOUT = 1.0  # the client's, per attempt (long enough that a loaded machine still sends the request); the server's slow answers take longer
 PROMPT_RE = re.compile(r"PROMPT-(\d+)")
 
 
