@@ -565,7 +565,7 @@ def test_responses_end_at_max_new_tokens(policy):
 def test_apply_through_datasets_on_real_ifeval_prompts(step):
     from hfpref import default_data
 
-    path = default_data.data_dir() / default_data.PROMPTS_FILE  # shipped in the package, not ../shared
+    path = default_data.data_dir() / default_data.PROMPTS_FILE  # the copy shipped in the package
     real = datasets.load_dataset("json", data_files=str(path), split="train")
     shortest = sorted(range(len(real)), key=lambda i: len(real[i]["prompt"]))[:2]  # the tiny context fits
     dataset = real.select(shortest)
