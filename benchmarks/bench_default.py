@@ -2,7 +2,7 @@
 
 Measures, on this machine, as JSON on stdout:
 
-* ``cli_cold_s``: ``python -m hfpref.cli curate --cache-dir EMPTY --output FOLDER`` in a fresh process,
+* ``cli_cold_s``: ``python -m hfpref.cli.main curate --cache-dir EMPTY --output FOLDER`` in a fresh process,
   imports included: what a user waits for the first time;
 * ``cli_warm_s``: the same command again (every step a cache hit);
 * ``*_cpu_s`` / ``cpu``: the CPU seconds of the same (user + system), which a busy machine inflates less;
@@ -38,7 +38,7 @@ def _cli(cache: Path, output: Path) -> tuple[float, float]:
         [
             sys.executable,
             "-m",
-            "hfpref.cli",
+            "hfpref.cli.main",
             "curate",
             "--cache-dir",
             str(cache),
@@ -58,9 +58,9 @@ def _cli(cache: Path, output: Path) -> tuple[float, float]:
 
 def _stages(cache: Path, output: Path) -> dict[str, dict[str, float]]:
     """Each stage of ``Recipe.run`` and ``write_release``, timed by wrapping the engine and the input."""
-    from hfpref.engines.local import LocalEngine
-    from hfpref.recipe import Recipe, default_recipe
-    from hfpref.release import write_release
+    from hfpref.pipeline.engines.local import LocalEngine
+    from hfpref.pipeline.recipe import Recipe, default_recipe
+    from hfpref.release.writer import write_release
 
     times: dict[str, float] = {}
     cpu: dict[str, float] = {}
@@ -92,7 +92,7 @@ def _stages(cache: Path, output: Path) -> dict[str, dict[str, float]]:
     result = recipe.run(cache_dir=cache, progress=False, engine=TimedEngine())
     run_s, run_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     # the measured ranking runs inside Recipe.run between the steps and the pairs; time it on its own
-    from hfpref.capabilities import generator_accuracy
+    from hfpref.steps.capabilities import generator_accuracy
 
     start, start_cpu = time.perf_counter(), time.process_time()
     generator_accuracy(result.candidates)

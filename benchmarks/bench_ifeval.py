@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import hfpref
-from hfpref import default_data
-from hfpref.ifeval import IFEvalVerifier, instruction_registry
+from hfpref.pipeline import default_data
+from hfpref.steps.ifeval import IFEvalVerifier, instruction_registry
 
 DATA = Path(hfpref.__file__).parent / "data" / "ifeval"
 BATCH_SIZE, REPEATS = 64, 3

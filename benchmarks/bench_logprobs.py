@@ -3,7 +3,7 @@
 (a) one sequence at a time, full logits and full-vocab log-softmax;
 (b) fixed batches of 16 sequences in input order, right-padded, full logits and full-vocab
     log-softmax in float32 (the way TRL's reference-log-prob precompute has long done it);
-(c) ours: ``hfpref.logprobs.ResponseLogProbs`` (token-budget batches, prompt computed once per group,
+(c) ours: ``hfpref.steps.logprobs.ResponseLogProbs`` (token-budget batches, prompt computed once per group,
     logits only at response positions);
 (d) with ``--compile``: (c) with ``compile=True`` (decoder layers through ``torch.compile``), on a
     copy of the model so (a)-(c) stay eager; its one-off compile time is reported, not timed in.
@@ -49,7 +49,7 @@ import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hfpref.logprobs import ResponseLogProbs  # noqa: E402
+from hfpref.steps.logprobs import ResponseLogProbs  # noqa: E402
 
 H100_BF16_DENSE_FLOPS = 989e12
 

@@ -35,7 +35,7 @@ from rapidfuzz.process import cdist
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from hfpref.pair_metrics import PairMetrics, dense_symbols
+from hfpref.steps.pair_metrics import PairMetrics, dense_symbols
 
 PROMPTS, N, WORDS, VOCAB_WORDS, TOKENIZER_VOCAB, BATCH_SIZE, REPEATS, SEED = 200, 16, 540, 500, 3000, 64, 3, 0
 

@@ -14,7 +14,7 @@ Measured per run: wall seconds of the whole process (imports included); per stag
 step, the measured ranking, all pair strategies, writing the release) the wall seconds and seconds per
 1,000 responses, taken inside the subprocess by wrapping the engine, ``Recipe.load_input``,
 ``generator_accuracy`` and ``write_release`` (``--child`` mode of this script: it installs the timers, then
-calls ``hfpref.cli.main``); peak RSS of the whole process tree (the sum over the process and all its
+calls ``hfpref.cli.main.main``); peak RSS of the whole process tree (the sum over the process and all its
 descendants -- Ray's raylet, GCS and workers included -- polled every 0.2 s with psutil), and its anonymous
 part (less the file-backed pages, mostly the memory-mapped Arrow cache, which the kernel can drop); the
 release size.
@@ -71,11 +71,11 @@ def _child(timings_path: str, argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
     import resource
 
-    import hfpref.capabilities as capabilities
-    import hfpref.release as release
-    from hfpref import cli
-    from hfpref.engines.local import LocalEngine
-    from hfpref.recipe import Recipe
+    import hfpref.release.writer as release
+    import hfpref.steps.capabilities as capabilities
+    from hfpref.cli import main as cli
+    from hfpref.pipeline.engines.local import LocalEngine
+    from hfpref.pipeline.recipe import Recipe
 
     times: dict[str, float] = {}
     maxrss: dict[str, float] = {}
@@ -105,7 +105,7 @@ def _child(timings_path: str, argv: list[str]) -> int:
 
     engines = [LocalEngine]
     try:
-        from hfpref.engines.ray_engine import RayEngine
+        from hfpref.pipeline.engines.ray_engine import RayEngine
 
         engines.append(RayEngine)
     except ImportError:
@@ -218,7 +218,7 @@ def run_curate(input_file: Path, workdir: Path, mode: str) -> dict[str, Any]:
 def base_candidates() -> list[dict[str, Any]]:
     """The embedded default's candidates rows (541 prompts, N <= 8), as Python rows."""
     sys.path.insert(0, str(ROOT))
-    from hfpref.default_data import load_ifeval_candidates
+    from hfpref.pipeline.default_data import load_ifeval_candidates
 
     with tempfile.TemporaryDirectory() as cache:
         return load_ifeval_candidates(cache_dir=cache).to_list()
@@ -247,7 +247,7 @@ def write_input(rows: list[dict[str, Any]], prompts: int, path: Path) -> int:
 def bare_grading(rows: list[dict[str, Any]]) -> float:
     """Seconds lm-eval's own IFEval grading takes for every response of ``rows``."""
     sys.path.insert(0, str(ROOT))
-    from hfpref.nltk_setup import use_packaged_nltk_data
+    from hfpref.steps.nltk_setup import use_packaged_nltk_data
 
     use_packaged_nltk_data()  # the verifier's Punkt tables, before lm-eval's import looks for them
     from langdetect import DetectorFactory
@@ -279,7 +279,7 @@ def bare_cdist(rows: list[dict[str, Any]]) -> dict[int, float]:
     from rapidfuzz.distance import Levenshtein
     from rapidfuzz.process import cdist
 
-    from hfpref.pair_metrics import dense_symbols
+    from hfpref.steps.pair_metrics import dense_symbols
 
     groups = [dense_symbols([(r or "").split() for r in row["responses"]]) for row in rows]
     seconds = {}

@@ -4,7 +4,7 @@ CPU mode (default): the embedded IFEval recipe (IFEval checks, word-level pair m
 strategies) over the first ``--rows`` of the embedded candidates, optionally with a log-prob step on a
 tiny seeded Llama (``--logprobs``), run by
 
-* ``local``: ``Dataset.map`` in this process (``hfpref.engines.local``);
+* ``local``: ``Dataset.map`` in this process (``hfpref.pipeline.engines.local``);
 * ``ray_1``: Ray Data with one worker per step (one actor for a model step, one task at a time);
 * ``ray_2``: Ray Data with two (two actors, two tasks at a time).
 
@@ -50,9 +50,9 @@ sys.path.insert(0, str(REPO))
 
 import datasets  # noqa: E402
 
-from hfpref.default_data import load_ifeval_candidates  # noqa: E402
-from hfpref.engines.local import LocalEngine  # noqa: E402
-from hfpref.recipe import DEFAULT_RECIPE, Recipe  # noqa: E402
+from hfpref.pipeline.default_data import load_ifeval_candidates  # noqa: E402
+from hfpref.pipeline.engines.local import LocalEngine  # noqa: E402
+from hfpref.pipeline.recipe import DEFAULT_RECIPE, Recipe  # noqa: E402
 
 SHAPES = {  # random-weight Llamas for the GPU comparison (the tiny test tokenizer's vocabulary)
     "tiny": dict(
@@ -125,7 +125,7 @@ def tiny_policy(root: Path, shape: str = "tiny") -> Path:
 def cpu_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     import ray
 
-    from hfpref.engines.ray_engine import RayEngine
+    from hfpref.pipeline.engines.ray_engine import RayEngine
 
     candidates = load_ifeval_candidates(root / "embedded").select(range(args.rows))
     raw = json.loads(json.dumps(DEFAULT_RECIPE))
@@ -195,8 +195,8 @@ def gpu_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     import ray
     import torch
 
-    from hfpref.engines.ray_engine import RayEngine
-    from hfpref.logprobs import LogProbAnnotator
+    from hfpref.pipeline.engines.ray_engine import RayEngine
+    from hfpref.steps.logprobs import LogProbAnnotator
 
     if not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")

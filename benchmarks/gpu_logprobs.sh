@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU run for summed response log-probs (hfpref.logprobs), sized for under 5 minutes on
+# One prepared GPU run for summed response log-probs (hfpref.steps.logprobs), sized for under 5 minutes on
 # one H100 (about 3.5 expected; results of 2026-11-27 in benchmarks/results/h100/):
 #   1. env.json: torch / transformers / CUDA versions, the GPU, which fused varlen kernels exist;
 #   2. bench_qwen2-0.5b.json, bench_qwen2-1.5b.json: benchmarks/bench_logprobs.py in bfloat16 with sdpa,

@@ -1,4 +1,4 @@
-"""Where the time of ``hfpref.logprobs.ResponseLogProbs`` goes, and how its two knobs move it.
+"""Where the time of ``hfpref.steps.logprobs.ResponseLogProbs`` goes, and how its two knobs move it.
 
 Companion to ``bench_logprobs.py`` (same shapes, same workload): one model load, then
   * for each (token budget, logit chunk MB) pair: the median time of a full run, and of the
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_logprobs import H100_BF16_DENSE_FLOPS, SHAPES, make_workload, useful_flops  # noqa: E402
 
-from hfpref.logprobs import ResponseLogProbs  # noqa: E402
-from hfpref.model_utils import SequenceQuery  # noqa: E402
+from hfpref.models.utils import SequenceQuery  # noqa: E402
+from hfpref.steps.logprobs import ResponseLogProbs  # noqa: E402
 
 
 def synchronized(device: torch.device, fn) -> float:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from hfpref.annotate import AnnotatedPairs, AnnotateSelected, needed_responses
-from hfpref.margins import unordered_pairs
-from hfpref.rewards import RewardAnnotator
-from hfpref.selection import split_dropped
-from hfpref.transform import MissingColumnError, RowError
+from hfpref.core.errors import UserError
+from hfpref.core.step import MissingColumnError, RowError
+from hfpref.steps.annotate import AnnotatedPairs, AnnotateSelected, needed_responses
+from hfpref.steps.margins import unordered_pairs
+from hfpref.steps.rewards import RewardAnnotator
+from hfpref.steps.selection import split_dropped
 
 
 def _row(prompt, responses, selected, **extra) -> dict:
@@ -197,7 +198,6 @@ def test_ifeval_verifier_as_the_annotator():
 
 
 def test_unknown_annotator_is_named():
-    from hfpref.recipe import RecipeError
 
-    with pytest.raises(RecipeError, match="unknown step 'PairRM'"):
+    with pytest.raises(UserError, match="unknown step .PairRM."):
         AnnotateSelected(annotator="PairRM")

@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import pytest
 
-from hfpref.capabilities import CapabilityError, generator_accuracy, ranking, wilson_interval
+from hfpref.steps.capabilities import CapabilityError, generator_accuracy, ranking, wilson_interval
 
 # three prompts; generator "a" meets everything but one instruction, "b" less; "c" has a missing response
 ROWS = {
@@ -88,7 +88,7 @@ def test_correctness_fallback_and_errors():
 
 def test_bootstrap_in_blocks_equals_one_index_matrix(monkeypatch):
     """The blocked bootstrap (bounded memory) gives the interval of one (resamples, n) index matrix."""
-    import hfpref.capabilities as capabilities
+    import hfpref.steps.capabilities as capabilities
 
     rng = np.random.default_rng(7)
     numerators = rng.integers(0, 4, size=300).astype(np.float64)

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from hfpref.cli import main
-from hfpref.recipe import DEFAULT_STRATEGIES, Recipe
+from hfpref.cli.main import main
+from hfpref.pipeline.recipe import DEFAULT_STRATEGIES, Recipe
 
 TWO_GENERATORS = Path(__file__).resolve().parents[1] / "dataset_scripts" / "ifeval_two_generators.yaml"
 
@@ -147,8 +147,8 @@ def test_card_header_and_manifest(run):
         assert len(list(folder.glob(config["data_files"][0]["path"]))) == 1
     manifest = _manifest(run)
     assert [s["step"] for s in manifest["steps"]] == [
-        "hfpref.ifeval.IFEvalVerifier",
-        "hfpref.pair_metrics.PairMetrics",
+        "hfpref.steps.ifeval.IFEvalVerifier",
+        "hfpref.steps.pair_metrics.PairMetrics",
     ]
     assert manifest["steps"][0]["config"]["reward"] == "strict"
     assert manifest["edit_distance_unit"] == "word" and manifest["models"] == []
@@ -171,7 +171,7 @@ def test_help_documents_every_option(capsys):
         "--num-proc", "--version", "--push-to-hub", "--revision", "--private", "--token", "--force", "--no-progress",
     ):  # fmt: skip
         assert option in text, option
-    from hfpref.selection import STRATEGIES
+    from hfpref.steps.selection import STRATEGIES
 
     for strategy in STRATEGIES:
         assert strategy in text, strategy
@@ -216,7 +216,9 @@ def test_push_to_hub_after_curate(tmp_path, monkeypatch, capsys):
     api.list_repo_refs.return_value = SimpleNamespace(tags=[], branches=[], converts=[])
     api.upload_folder.return_value = SimpleNamespace(oid="f" * 40, commit_url="u")
     monkeypatch.setattr("huggingface_hub.HfApi", lambda token=None: api)
-    monkeypatch.setattr("hfpref.preflight.check_hub_reachable", lambda what: None)  # the mock is the Hub
+    monkeypatch.setattr(
+        "hfpref.pipeline.preflight.check_hub_reachable", lambda what: None
+    )  # the mock is the Hub
     data = tmp_path / "rows.jsonl"
     data.write_text(json.dumps({"prompt": "p", "responses": ["a b", "a"], "rewards": [1.0, 0.0]}) + "\n")
     recipe = tmp_path / "recipe.yaml"

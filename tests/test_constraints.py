@@ -8,7 +8,8 @@ import datasets
 import numpy as np
 import pytest
 
-from hfpref.constraints import (
+from hfpref.core.step import MissingColumnError, RowError
+from hfpref.steps.constraints import (
     ARGUMENT_SAMPLERS,
     DIFFICULTY,
     EXCLUDED_KINDS,
@@ -16,8 +17,7 @@ from hfpref.constraints import (
     ConstrainedPrompts,
     ConstraintConfig,
 )
-from hfpref.ifeval import IFEvalVerifier, instruction_registry
-from hfpref.transform import MissingColumnError, RowError
+from hfpref.steps.ifeval import IFEvalVerifier, instruction_registry
 
 SEEDS = [f"Seed prompt number {i}: write about topic {i % 13} for reader {i % 7}." for i in range(200)]
 DUMMY_RESPONSES = [

@@ -9,7 +9,8 @@ import datasets
 import numpy as np
 import pytest
 
-from hfpref.contrast import (
+from hfpref.core.step import MissingColumnError, RowError, to_numpy_column, to_python
+from hfpref.steps.contrast import (
     ContrastConfig,
     ContrastPairs,
     MixError,
@@ -19,8 +20,7 @@ from hfpref.contrast import (
     mix_contrast,
     mix_counts,
 )
-from hfpref.selection import split_dropped
-from hfpref.transform import MissingColumnError, RowError, to_numpy_column, to_python
+from hfpref.steps.selection import split_dropped
 
 
 def row(**columns) -> dict[str, list]:

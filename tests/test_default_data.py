@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from hfpref import default_data
-from hfpref.recipe import DEFAULT_INPUTS, InputSpec, RecipeError
+from hfpref.pipeline import default_data
+from hfpref.pipeline.recipe import DEFAULT_INPUTS, InputSpec, RecipeError
 
 DATA = Path(__file__).resolve().parents[1] / "hfpref" / "data" / "ifeval"
 EIGHT = [

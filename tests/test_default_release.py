@@ -14,8 +14,8 @@ import datasets
 import pytest
 from rapidfuzz.distance import Levenshtein
 
-from hfpref.cli import main
-from hfpref.recipe import DEFAULT_STRATEGIES
+from hfpref.cli.main import main
+from hfpref.pipeline.recipe import DEFAULT_STRATEGIES
 
 EIGHT = {
     "gpt-4-20231107",
@@ -199,7 +199,7 @@ def test_printed_summary_fits_110_columns_and_card_shows_the_method(run):
 
 
 def test_generator_ranking_values_are_checked_before_running(tmp_path):
-    from hfpref.recipe import Recipe, RecipeError
+    from hfpref.pipeline.recipe import Recipe, RecipeError
 
     def recipe(ranking, steps=("IFEvalVerifier", "PairMetrics"), input_=None):
         raw = {

@@ -11,12 +11,12 @@ import datasets
 import pytest
 import yaml
 
-from hfpref.delta_sweep import SweepError, level_pairs, plan_sweep, sweep_analysis
-from hfpref.errors import UserError
-from hfpref.generator_delta import GeneratorDeltaTagger, measure_capabilities
-from hfpref.judges.backends import Completion, JudgeBackend
-from hfpref.recipe import Recipe, RecipeError
-from hfpref.release import read_manifest, write_release
+from hfpref.core.errors import UserError
+from hfpref.pipeline.recipe import Recipe, RecipeError
+from hfpref.release.writer import read_manifest, write_release
+from hfpref.steps.delta_sweep import SweepError, level_pairs, plan_sweep, sweep_analysis
+from hfpref.steps.generator_delta import GeneratorDeltaTagger, measure_capabilities
+from hfpref.steps.judges.backends import Completion, JudgeBackend
 
 # Three generators over six prompts. Row 2 lost mid's response (None: a failed call), row 3 lost small's
 # (screened out: gone from the row), row 5 has no response of big (the chosen generator).

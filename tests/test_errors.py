@@ -1,6 +1,6 @@
 """Issue 13, items 9-11: mistakes are refused early, with one line that says what, where and how to fix.
 
-CLI tests run ``hfpref.cli.main`` in-process (fast) and two through a subprocess (exit status, and that
+CLI tests run ``hfpref.cli.main.main`` in-process (fast) and two through a subprocess (exit status, and that
 stderr is exactly one line).
 """
 
@@ -19,13 +19,10 @@ from typing import Literal
 import datasets
 import pytest
 
-from hfpref import cli
-from hfpref import columns as C
-from hfpref.errors import UserError
-from hfpref.preflight import InputFileError, OutputFolderError, check_input_file, check_output_folder
-from hfpref.recipe import STEP_REGISTRY, Recipe, RecipeError
-from hfpref.selection import split_dropped
-from hfpref.transform import (
+from hfpref.cli import main as cli
+from hfpref.core import columns as C
+from hfpref.core.errors import UserError
+from hfpref.core.step import (
     ROW_ERROR,
     ConfigError,
     RowError,
@@ -34,6 +31,9 @@ from hfpref.transform import (
     check_config_values,
     type_problem,
 )
+from hfpref.pipeline.preflight import InputFileError, OutputFolderError, check_input_file, check_output_folder
+from hfpref.pipeline.recipe import STEP_REGISTRY, Recipe, RecipeError
+from hfpref.steps.selection import split_dropped
 
 # ---- a step that fails on chosen rows, and counts the rows it processes ------------------------------
 
@@ -164,7 +164,7 @@ def test_a_later_step_skips_rows_an_earlier_step_dropped():
 
 
 def test_pair_selection_counts_dropped_rows_as_row_error():
-    from hfpref.selection import PairSelector
+    from hfpref.steps.selection import PairSelector
 
     ds = FlakyRewards(bad=["p1"], on_row_error="drop").apply(datasets.Dataset.from_list(ROWS), batch_size=4)
     pairs = PairSelector(strategy="max_margin").apply(ds, batch_size=4)
@@ -259,8 +259,8 @@ def test_type_problem_literal_compares_types():
 
 
 def test_python_api_checks_types_before_any_model_loads(tiny_models, monkeypatch):
-    from hfpref import model_utils
-    from hfpref.logprobs import LogProbAnnotator, LogProbConfig
+    from hfpref.models import utils as model_utils
+    from hfpref.steps.logprobs import LogProbAnnotator, LogProbConfig
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the config was checked")
@@ -315,7 +315,7 @@ def test_recipe_type_errors_name_step_field_value_and_type(tmp_path, flaky_regis
 
 
 def test_recipe_model_step_type_error_before_the_model_loads(tmp_path, tiny_models, monkeypatch, capsys):
-    from hfpref import model_utils
+    from hfpref.models import utils as model_utils
 
     monkeypatch.setattr(model_utils, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     data = write_jsonl(tmp_path / "in.jsonl", ROWS)
@@ -480,7 +480,7 @@ def test_on_row_error_drop_in_a_recipe_is_counted(tmp_path, flaky_registered):
 
 
 def test_a_bug_is_exit_1_with_a_hint(monkeypatch, capsys):
-    import hfpref.commands.iterate as iterate_command
+    import hfpref.cli.iterate as iterate_command
 
     def broken(args):
         return 1 / 0
@@ -567,7 +567,7 @@ def test_train_set_unknown_field_is_refused_before_loading(tmp_path, capsys):
 
 
 def test_missing_local_model_folder_says_no_such_folder(tmp_path, capsys):
-    from hfpref.model_utils import ModelNotFoundError, resolve_revision
+    from hfpref.models.utils import ModelNotFoundError, resolve_revision
 
     missing = tmp_path / "runs" / "policy"
     with pytest.raises(ModelNotFoundError, match="no such folder"):
@@ -622,7 +622,7 @@ def test_train_with_a_hub_dataset_offline_fails_fast(monkeypatch, tmp_path, tiny
 
 
 def test_max_length_beyond_positions_is_refused_at_load(tiny_models):
-    from hfpref.logprobs import LogProbAnnotator
+    from hfpref.steps.logprobs import LogProbAnnotator
 
     step = LogProbAnnotator(model=str(tiny_models["policy"]), max_length=4096, dtype="float32", device="cpu")
     batch = {C.PROMPT: ["hi"], C.RESPONSES: [["there"]]}
@@ -635,8 +635,8 @@ def test_max_length_beyond_positions_is_refused_at_load(tiny_models):
 
 
 def test_max_length_preflight_reads_the_config_only(tiny_models, monkeypatch):
-    from hfpref import model_utils
-    from hfpref.rewards import RewardAnnotator
+    from hfpref.models import utils as model_utils
+    from hfpref.steps.rewards import RewardAnnotator
 
     monkeypatch.setattr(model_utils, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
     reward = str(tiny_models["reward"])
@@ -649,7 +649,7 @@ def test_max_length_preflight_reads_the_config_only(tiny_models, monkeypatch):
 def test_context_limit_falls_back_to_a_real_tokenizer_limit():
     from types import SimpleNamespace
 
-    from hfpref.model_utils import context_limit
+    from hfpref.models.utils import context_limit
 
     no_positions = SimpleNamespace()
     assert context_limit(no_positions, SimpleNamespace(model_max_length=128)) == (
@@ -691,7 +691,7 @@ def test_recipe_refuses_max_length_before_the_first_step(tmp_path, tiny_models, 
 def _hfpref(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
     return subprocess.run(
-        [sys.executable, "-m", "hfpref.cli", *argv],
+        [sys.executable, "-m", "hfpref.cli.main", *argv],
         capture_output=True,
         text=True,
         cwd=cwd,

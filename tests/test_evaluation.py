@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from hfpref import default_data
-from hfpref.cli import main
-from hfpref.default_data import data_dir
-from hfpref.evaluation import IFEVAL_METRIC_PATH, judge, load_prompts, win_rate
+from hfpref.cli.main import main
+from hfpref.pipeline import default_data
+from hfpref.pipeline.default_data import data_dir
+from hfpref.training.evaluation import IFEVAL_METRIC_PATH, judge, load_prompts, win_rate
 from tests.tiny_models import build_tiny_models
 
 
@@ -196,7 +196,7 @@ def test_win_rate_swaps_to_its_complement_and_uses_the_rm_template(tiny_models, 
 def test_win_rate_with_a_custom_code_reward_model_needs_the_flag(
     tiny_models, other_policy, custom_reward_models, tmp_path, capsys
 ):
-    from hfpref.rewards import RewardAnnotator, RewardModelError
+    from hfpref.steps.rewards import RewardAnnotator, RewardModelError
 
     policy, armo = str(tiny_models["policy"]), str(custom_reward_models["armo"])
     argv = ["eval", "winrate", "--model", policy, "--baseline", other_policy, "--reward-model", armo]

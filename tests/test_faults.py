@@ -22,8 +22,8 @@ from pathlib import Path
 import filelock
 import pytest
 
-from hfpref import release as REL
-from hfpref.cli import main
+from hfpref.cli.main import main
+from hfpref.release import writer as REL
 from tests.test_release import make_small_release
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ ROWS = [
 ]
 
 
-# ---- what a consistent release is, computed here independently of hfpref.release -------------------
+# ---- what a consistent release is, computed here independently of hfpref.release.writer -------------------
 
 
 def sha256(path: Path) -> str:
@@ -106,7 +106,7 @@ def _curate(cwd: Path, recipe: Path, *extra: str, pause: float | None = None) ->
         env[REL.PAUSE_ENV] = str(pause)
     args = ["curate", str(recipe), "-o", "release", "--cache-dir", str(cwd.parent / "cache"), "--no-progress"]
     return subprocess.Popen(
-        [sys.executable, "-m", "hfpref.cli", *args, *extra],
+        [sys.executable, "-m", "hfpref.cli.main", *args, *extra],
         cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -9,8 +9,8 @@ from typing import ClassVar
 import datasets
 import pytest
 
-from hfpref.judges.backends import Completion, JudgeBackend
-from hfpref.judges.features import (
+from hfpref.steps.judges.backends import Completion, JudgeBackend
+from hfpref.steps.judges.features import (
     IRRELEVANT_FEATURES,
     RELEVANT_FEATURES,
     FeatureDifferenceJudge,
@@ -19,7 +19,7 @@ from hfpref.judges.features import (
     feature_summary,
     pair_fractions,
 )
-from hfpref.judges.parsing import FeatureVerdict
+from hfpref.steps.judges.parsing import FeatureVerdict
 
 FAKE = f"{__name__}:CannedFeatureJudge"
 

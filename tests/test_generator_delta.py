@@ -9,7 +9,8 @@ import datasets
 import numpy as np
 import pytest
 
-from hfpref.generator_delta import (
+from hfpref.core.step import MissingColumnError, RowError
+from hfpref.steps.generator_delta import (
     GeneratorDeltaTagger,
     delta_bin_edges,
     filter_by_generator_delta,
@@ -17,7 +18,6 @@ from hfpref.generator_delta import (
     measure_generator_capabilities,
     stratified_summary,
 )
-from hfpref.transform import MissingColumnError, RowError
 
 ARENA = {"big": 1250.0, "mid": 1180.0, "small": 1100.0}
 PAIRS = {

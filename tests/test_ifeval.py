@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import hfpref
-from hfpref import default_data
-from hfpref.ifeval import IFEvalConfig, IFEvalVerifier, prompt_text
-from hfpref.transform import MissingColumnError, RowError, to_python
+from hfpref.core.step import MissingColumnError, RowError, to_python
+from hfpref.pipeline import default_data
+from hfpref.steps.ifeval import IFEvalConfig, IFEvalVerifier, prompt_text
 
 DATA = Path(hfpref.__file__).parent / "data" / "ifeval"
 # Paper, Table 2: prompt-strict, instruction-strict, prompt-loose, instruction-loose (percent)
@@ -345,7 +345,7 @@ def test_fingerprint_names_the_checker_version(monkeypatch):
     step = IFEvalVerifier()
     assert f"lm-eval=={_lm_eval_version()}" in step.resolved_revision()
     before = step.fingerprint()
-    monkeypatch.setattr("hfpref.ifeval.checker_versions", lambda: "lm-eval==9.9.9")
+    monkeypatch.setattr("hfpref.steps.ifeval.checker_versions", lambda: "lm-eval==9.9.9")
     assert step.fingerprint() != before
     assert IFEvalVerifier(reward="loose").fingerprint() != IFEvalVerifier().fingerprint()
 
@@ -364,7 +364,7 @@ def refuse(*args, **kwargs):
     raise AssertionError("nltk.download was called")
 
 nltk.download = refuse
-from hfpref.ifeval import IFEvalVerifier
+from hfpref.steps.ifeval import IFEvalVerifier
 
 out = IFEvalVerifier()(json.loads(sys.stdin.read()))
 print(json.dumps({"strict": out["ifeval_strict"], "loose": out["ifeval_loose"],

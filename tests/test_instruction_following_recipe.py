@@ -22,10 +22,10 @@ from typing import ClassVar
 import pytest
 import yaml
 
-from hfpref import recipe as recipe_module
-from hfpref.cli import main
-from hfpref.release import load_release, read_manifest
-from hfpref.transform import Batch, Step, StepConfig
+from hfpref.cli.main import main
+from hfpref.core.step import Batch, Step, StepConfig
+from hfpref.pipeline import recipe as recipe_module
+from hfpref.release.writer import load_release, read_manifest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
 PAPER_RECIPE = SCRIPTS / "instruction_following.yaml"
@@ -265,9 +265,9 @@ def test_mcts_pairs_are_the_makers_own_on_the_constrained_prompts(run, tiny_mode
     ConstrainedPrompts' output gives the same pairs, columns and drop reasons."""
     import datasets
 
-    from hfpref.constraints import ConstrainedPrompts, ConstraintConfig
-    from hfpref.mcts import MCTSConfig, MCTSPairGenerator
-    from hfpref.selection import split_dropped
+    from hfpref.steps.constraints import ConstrainedPrompts, ConstraintConfig
+    from hfpref.steps.mcts import MCTSConfig, MCTSPairGenerator
+    from hfpref.steps.selection import split_dropped
 
     makers = {m["name"]: m for m in run.raw["pairs"]["makers"]}
     steps = {s["step"]: s for s in run.raw["steps"]}
@@ -305,11 +305,11 @@ def test_release_holds_every_config_with_its_counts(run):
     }
     assert "made_by" not in manifest["configs"]["max_margin"]
     mix = manifest["pair_selection"]["rs_mixed_contrast"]
-    assert mix["step"] == "hfpref.contrast.mix_contrast"
+    assert mix["step"] == "hfpref.steps.contrast.mix_contrast"
     assert mix["config"]["size"] == len(run.pairs("rs_mixed_contrast"))
     assert "ConstrainedPrompts" in {s["step"].rsplit(".", 1)[-1] for s in manifest["steps"]}
     card = (run.release / "README.md").read_text(encoding="utf-8")
-    assert "| `mcts_shared_prefix` | `hfpref.mcts.MCTSPairGenerator` | prompts |" in card
+    assert "| `mcts_shared_prefix` | `hfpref.steps.mcts.MCTSPairGenerator` | prompts |" in card
     assert "| `rs_mixed_contrast` | `rs_high_contrast`, `rs_low_contrast` | 0.5 |" in card
 
 

@@ -10,10 +10,16 @@ import datasets
 import pytest
 import yaml
 
-from hfpref import iterate as IT
-from hfpref.cli import main
-from hfpref.iterate import BudgetSpec, IterateError, IterateRecipe, largest_remainder, schedule_weights
-from hfpref.model_utils import content_hash
+from hfpref.cli.main import main
+from hfpref.models.utils import content_hash
+from hfpref.pipeline import iterate as IT
+from hfpref.pipeline.iterate import (
+    BudgetSpec,
+    IterateError,
+    IterateRecipe,
+    largest_remainder,
+    schedule_weights,
+)
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
 
@@ -283,7 +289,7 @@ def test_two_rounds_interrupted_and_resumed(tiny_models, tmp_path, monkeypatch):
     assert first["selection"]["margins_all_equal"] and first["selection"]["on_equal_margins"] == "random"
     assert "All eligible margins were equal" in (folder / "round-1" / "release" / "README.md").read_text()
     # the round's section lives in the manifest, so re-rendering the card (as hfpref push does) keeps it
-    from hfpref.release import set_release_version
+    from hfpref.release.writer import set_release_version
 
     set_release_version(folder / "round-2" / "release", "0.2.0")
     assert "## Iterative round 2 of 2" in (folder / "round-2" / "release" / "README.md").read_text()

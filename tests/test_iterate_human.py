@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from hfpref import iterate as IT
-from hfpref.cli import main
+from hfpref.cli.main import main
 from hfpref.human import labelstudio as LS
-from hfpref.iterate import IterateError, IterateRecipe
-from hfpref.release import load_release
+from hfpref.pipeline import iterate as IT
+from hfpref.pipeline.iterate import IterateError, IterateRecipe
+from hfpref.release.writer import load_release
 from tests.test_iterate import _raw
 
 KEY = "test-key-0123456789"

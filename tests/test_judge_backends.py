@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import datasets
 import pytest
 
-from hfpref.judges.backends import (
+from hfpref.steps.judges.backends import (
     JudgeConfig,
     JudgeRequestError,
     OpenAIBackend,
@@ -28,9 +28,9 @@ from hfpref.judges.backends import (
     TransformersBackend,
     make_backend,
 )
-from hfpref.judges.features import FeatureDifferenceJudge
-from hfpref.judges.parsing import parse_failure_summary
-from hfpref.judges.quality import QualityJudge
+from hfpref.steps.judges.features import FeatureDifferenceJudge
+from hfpref.steps.judges.parsing import parse_failure_summary
+from hfpref.steps.judges.quality import QualityJudge
 
 SERVER_START_TIMEOUT = 120.0
 CANNED = '{"correctness": 7, "logical_soundness": 6, "clarity": 8, "completeness": 7}'
@@ -155,7 +155,7 @@ def test_feature_judge_on_the_served_model(served_model, tmp_path):
 
 def test_pairwise_judge_on_the_served_model(served_model, tmp_path):
     """Both orders of every selected pair go to the real server; its gibberish is counted, never guessed."""
-    from hfpref.judges.pairwise import PairwiseJudge
+    from hfpref.steps.judges.pairwise import PairwiseJudge
 
     judge = {**served_model, "max_new_tokens": 8, "concurrency": 2, "cache_dir": str(tmp_path / "cache")}
     judge["on_request_error"] = "missing"

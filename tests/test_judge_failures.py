@@ -20,8 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import datasets
 import pytest
 
-from hfpref.engines.local import map_step
-from hfpref.judges.backends import (
+from hfpref.core.step import Step
+from hfpref.pipeline.engines.local import map_step
+from hfpref.steps.judges.backends import (
     Completion,
     JudgeConfig,
     JudgeFailureWarning,
@@ -29,8 +30,7 @@ from hfpref.judges.backends import (
     ResponseCache,
     completion_of,
 )
-from hfpref.judges.quality import QualityJudge
-from hfpref.transform import Step
+from hfpref.steps.judges.quality import QualityJudge
 
 CANNED = '{"correctness": 7, "logical_soundness": 6, "clarity": 8, "completeness": 7}'
 MODES = ["good", "500", "429", "timeout", "garbage", "null", "html"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hfpref.judges.parsing import (
+from hfpref.steps.judges.parsing import (
     FeatureVerdict,
     find_json,
     normalize_feature,

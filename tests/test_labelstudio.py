@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from hfpref.cli import main
-from hfpref.errors import UserError
+from hfpref.cli.main import main
+from hfpref.core.errors import UserError
 from hfpref.human import labelstudio as LS
-from hfpref.recipe import Recipe
-from hfpref.release import load_release, read_manifest
+from hfpref.pipeline.recipe import Recipe
+from hfpref.release.writer import load_release, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "hfpref round trip"
@@ -136,7 +136,7 @@ def test_a_vote_maps_back_through_the_recorded_order():
 
 
 def test_push_source_defaults_to_the_pairs_margin_selection_picked(tmp_path):
-    from hfpref.release import write_release
+    from hfpref.release.writer import write_release
 
     # r̂ = β(log π − log π_ref) = [0, -0.1, -0.3] (β 0.1): margins (0,1) 0.1, (0,2) 0.3, (1,2) 0.2, so
     # smallest-margin selection with one pair per prompt picks (0, 1)
@@ -370,7 +370,7 @@ def release(tmp_path_factory) -> Path:
             "output": {"name": "tiny", "version": "0.1.0", "license": "cc-by-4.0"},
         }
     )
-    from hfpref.release import write_release
+    from hfpref.release.writer import write_release
 
     return write_release(recipe.run(cache_dir=tmp / "cache", progress=False), tmp / "release")
 
@@ -569,7 +569,7 @@ def test_restart_loses_nothing_and_a_stopped_server_is_a_clear_error(server, rel
     # the command fails the same way and writes nothing, not even a temporary folder
     out_dir = tmp_path / "pulled"
     argv = ["annotate", "pull", "--url", server.url, "--project", project, "--output", str(out_dir)]
-    try:  # hfpref.cli prints a UserError as one line and returns 2 (or lets it through, before that landed)
+    try:  # hfpref.cli.main prints a UserError as one line and returns 2 (or lets it through, before that landed)
         rc = main(argv)
         message = capsys.readouterr().err
     except UserError as raised:

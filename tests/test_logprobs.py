@@ -14,9 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
-from hfpref import model_utils
-from hfpref.logprobs import LogProbAnnotator, LogProbConfig, ResponseLogProbs, tokenize_responses
-from hfpref.model_utils import (
+from hfpref.core.step import MissingColumnError, RowError
+from hfpref.models import utils as model_utils
+from hfpref.models.utils import (
     SequenceQuery,
     content_hash,
     pack_segments,
@@ -26,7 +26,7 @@ from hfpref.model_utils import (
     select_device,
     split_group,
 )
-from hfpref.transform import MissingColumnError, RowError
+from hfpref.steps.logprobs import LogProbAnnotator, LogProbConfig, ResponseLogProbs, tokenize_responses
 
 STANDARD_PAIRS = [
     {

@@ -11,8 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
-from hfpref.logprobs import LogProbAnnotator
-from hfpref.margins import (
+from hfpref.core.step import MissingColumnError, RowError
+from hfpref.steps.logprobs import LogProbAnnotator
+from hfpref.steps.margins import (
     AnnotationSelectionConfig,
     AnnotationSelector,
     EqualMarginsError,
@@ -24,7 +25,6 @@ from hfpref.margins import (
     selection_summary,
     unordered_pairs,
 )
-from hfpref.transform import MissingColumnError, RowError
 
 # ---- formulas, by hand -----------------------------------------------------------------------------------
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hfpref.ifeval import IFEvalConfig, IFEvalVerifier
-from hfpref.mcts import (
+from hfpref.core.step import MissingColumnError, RowError
+from hfpref.steps.ifeval import IFEvalConfig, IFEvalVerifier
+from hfpref.steps.mcts import (
     DEFAULT_SELF_EVAL_TEMPLATE,
     MCTSConfig,
     MCTSPairGenerator,
@@ -22,7 +23,7 @@ from hfpref.mcts import (
     response_ids,
     yes_probability,
 )
-from hfpref.mcts_tree import (
+from hfpref.steps.mcts_tree import (
     IDENTICAL_RESPONSES,
     NO_SIBLING_PAIR,
     VALUES_TIED,
@@ -41,7 +42,6 @@ from hfpref.mcts_tree import (
     select_leaf,
     sibling_pairs,
 )
-from hfpref.transform import MissingColumnError, RowError
 
 # ---- the tree arithmetic, by hand ---------------------------------------------------------------
 
@@ -390,7 +390,7 @@ def test_prompts_come_back_as_they_were_sampled_in(step, searched, tokenizer):
 def test_without_a_chat_template_prompts_stay_text(tiny_models, tmp_path):
     import shutil
 
-    from hfpref.chat_prompts import MESSAGES, TEXT, PromptFormError
+    from hfpref.steps.chat_prompts import MESSAGES, TEXT, PromptFormError
 
     bare = tmp_path / "tiny-llama-no-template"
     shutil.copytree(tiny_models["policy"], bare)
@@ -563,7 +563,7 @@ def test_responses_end_at_max_new_tokens(policy):
 
 
 def test_apply_through_datasets_on_real_ifeval_prompts(step):
-    from hfpref import default_data
+    from hfpref.pipeline import default_data
 
     path = default_data.data_dir() / default_data.PROMPTS_FILE  # the copy shipped in the package
     real = datasets.load_dataset("json", data_files=str(path), split="train")

@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from hfpref.annotate import AnnotatedPairs
-from hfpref.contrast import ContrastPairs
-from hfpref.ifeval import IFEvalVerifier
-from hfpref.margins import AnnotationSelector, ImplicitMargins, selection_summary
-from hfpref.pair_metrics import PairMetrics
-from hfpref.selection import STRATEGIES, PairSelector, prompt_is_missing
-from hfpref.summary import candidates_summary
-from hfpref.transform import RowError
+from hfpref.core.step import RowError
+from hfpref.release.summary import candidates_summary
+from hfpref.steps.annotate import AnnotatedPairs
+from hfpref.steps.contrast import ContrastPairs
+from hfpref.steps.ifeval import IFEvalVerifier
+from hfpref.steps.margins import AnnotationSelector, ImplicitMargins, selection_summary
+from hfpref.steps.pair_metrics import PairMetrics
+from hfpref.steps.selection import STRATEGIES, PairSelector, prompt_is_missing
 
 MISSING_PROMPTS = [
     None,
@@ -266,8 +266,8 @@ def test_corpus_budget_goes_to_prompts_that_exist():
 
 
 def test_log_probs_and_rewards_skip_missing_responses(tiny_models):
-    from hfpref.logprobs import LogProbAnnotator
-    from hfpref.rewards import RewardAnnotator
+    from hfpref.steps.logprobs import LogProbAnnotator
+    from hfpref.steps.rewards import RewardAnnotator
 
     with_missing = rows({"prompt": "Say hi.", "responses": [None, "hi there", None, "hello"]})
     without = rows({"prompt": "Say hi.", "responses": ["hi there", "hello"]})
@@ -381,7 +381,7 @@ def test_invented_arguments_are_flagged(instruction_id, kwargs, invented):
 def test_invented_letter_is_graded_as_lm_eval_grades_it_with_the_same_draw():
     from lm_eval.tasks.ifeval.instructions_registry import INSTRUCTION_DICT
 
-    from hfpref.ifeval import check_seed
+    from hfpref.steps.ifeval import check_seed
 
     iid, kwargs = "keywords:letter_frequency", {"letter": "#", "let_frequency": 3, "let_relation": "at least"}
     responses = ["aaa bbb ccc", "zzz yyy", "the quick brown fox jumps over the lazy dog " * 3]

@@ -15,13 +15,13 @@ import datasets
 import pytest
 import torch
 
-from hfpref import recipe as R
-from hfpref.cli import main
-from hfpref.engines import EngineError, is_model_step
-from hfpref.engines.local import LocalEngine
-from hfpref.model_utils import ModelStep, select_device
-from hfpref.recipe import Recipe
-from hfpref.transform import Step, StepConfig
+from hfpref.cli.main import main
+from hfpref.core.step import Step, StepConfig
+from hfpref.models.utils import ModelStep, select_device
+from hfpref.pipeline import recipe as R
+from hfpref.pipeline.engines import EngineError, is_model_step
+from hfpref.pipeline.engines.local import LocalEngine
+from hfpref.pipeline.recipe import Recipe
 
 
 @dataclasses.dataclass
@@ -215,7 +215,7 @@ def _write_rows(tmp_path: Path, n: int) -> str:
 
 
 def test_log_probs_on_two_ranks_equal_one_process(tmp_path, tiny_models):
-    from hfpref.logprobs import LogProbAnnotator
+    from hfpref.steps.logprobs import LogProbAnnotator
 
     data = datasets.load_dataset(
         "json", data_files=_write_rows(tmp_path, 12), split="train", cache_dir=str(tmp_path / "cache")
@@ -253,7 +253,7 @@ def test_engine_options_that_cannot_apply_exit_2(args, message, capsys, tmp_path
 
 FORK_AFTER_TORCH = """
 import dataclasses, datasets, torch
-from hfpref.transform import Step, StepConfig
+from hfpref.core.step import Step, StepConfig
 
 class MatmulTrace(Step):
     def process(self, batch, rank, indices):

@@ -9,8 +9,14 @@ import datasets
 import numpy as np
 import pytest
 
-from hfpref.pair_metrics import PairMetrics, PairMetricsConfig, dcrm, dense_symbols, tokenizer_content_hash
-from hfpref.transform import MissingColumnError, RowError
+from hfpref.core.step import MissingColumnError, RowError
+from hfpref.steps.pair_metrics import (
+    PairMetrics,
+    PairMetricsConfig,
+    dcrm,
+    dense_symbols,
+    tokenizer_content_hash,
+)
 from tests.tiny_models import build_tokenizer
 
 
@@ -280,7 +286,7 @@ def test_edit_distance_unit_is_its_own_setting(tokenizer_dir):
 
 
 def test_reused_token_ids_only_in_the_declared_unit(tokenizer_dir):
-    from hfpref.pair_metrics import EditDistanceUnitError, token_unit
+    from hfpref.steps.pair_metrics import EditDistanceUnitError, token_unit
 
     step = PairMetrics(edit_distance_unit=str(tokenizer_dir))
     batch = {"responses": [["the sea is wide", "the sea", "blue"]], "rewards": [[1.0, 0.0, 0.5]]}
@@ -295,7 +301,7 @@ def test_reused_token_ids_only_in_the_declared_unit(tokenizer_dir):
 
 
 def test_curate_tokenizer_override_sets_the_declared_unit(tokenizer_dir):
-    from hfpref.recipe import Recipe
+    from hfpref.pipeline.recipe import Recipe
 
     recipe = Recipe.from_dict(
         {
@@ -317,8 +323,8 @@ def test_changing_the_reference_model_does_not_change_e_delta(tiny_models, token
     import torch
     from transformers import LlamaForCausalLM
 
-    from hfpref.recipe import Recipe
-    from hfpref.release import build_manifest
+    from hfpref.pipeline.recipe import Recipe
+    from hfpref.release.writer import build_manifest
     from tests.tiny_models import _config
 
     # a second reference model with another tokenizer (a smaller vocabulary splits words differently)

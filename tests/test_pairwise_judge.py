@@ -12,10 +12,10 @@ import re
 import datasets
 import pytest
 
-from hfpref.annotate import AnnotatedPairs, AnnotateSelected
-from hfpref.judges.backends import Completion, JudgeBackend
-from hfpref.judges.pairwise import PairwiseJudge, combine, pairwise_summary, parse_winner
-from hfpref.recipe import STEP_REGISTRY, step_class
+from hfpref.pipeline.recipe import STEP_REGISTRY, step_class
+from hfpref.steps.annotate import AnnotatedPairs, AnnotateSelected
+from hfpref.steps.judges.backends import Completion, JudgeBackend
+from hfpref.steps.judges.pairwise import PairwiseJudge, combine, pairwise_summary, parse_winner
 
 BACKEND = "tests.test_pairwise_judge:ScriptedBackend"
 _A = re.compile(r"<response_a>\n(.*?)\n</response_a>", re.DOTALL)

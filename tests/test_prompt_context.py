@@ -17,8 +17,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
-from hfpref import iterate
-from hfpref.chat_prompts import (
+from hfpref.core.step import RowError
+from hfpref.pipeline import iterate
+from hfpref.pipeline.recipe import Recipe, step_class
+from hfpref.release.writer import build_manifest
+from hfpref.steps.chat_prompts import (
     MESSAGES,
     TEXT,
     ChatPrompts,
@@ -26,11 +29,8 @@ from hfpref.chat_prompts import (
     check_prompt_forms,
     prompt_form_of_feature,
 )
-from hfpref.logprobs import LogProbAnnotator
-from hfpref.recipe import Recipe, step_class
-from hfpref.release import build_manifest
-from hfpref.sampling import ResponseSampler
-from hfpref.transform import RowError
+from hfpref.steps.logprobs import LogProbAnnotator
+from hfpref.steps.sampling import ResponseSampler
 from tests.tiny_models import CHAT_TEMPLATE
 
 PROMPTS = ["Write a short poem about the sea.", "List the planets.", "Explain why the sky is blue."]
@@ -203,7 +203,7 @@ def bare_reward(tiny_models, tmp_path_factory) -> str:
 def test_a_reward_model_without_a_template_is_refused_messages_before_sampling(
     tiny_models, policy, bare_reward, tmp_path, monkeypatch
 ):
-    from hfpref.rewards import RewardAnnotator
+    from hfpref.steps.rewards import RewardAnnotator
 
     bare, templated = RewardAnnotator(model=bare_reward), RewardAnnotator(model=str(tiny_models["reward"]))
     assert bare.prompt_form_after(TEXT) == TEXT and bare.prompt_form_after(None) is None

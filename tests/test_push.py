@@ -12,8 +12,8 @@ from unittest import mock
 import filelock
 import pytest
 
-from hfpref import release as REL
-from hfpref.cli import main
+from hfpref.cli.main import main
+from hfpref.release import writer as REL
 from tests.test_release import make_small_release
 
 
@@ -138,7 +138,9 @@ def test_not_a_release_folder(tmp_path):
 def test_cli_push(folder, monkeypatch, capsys):
     api = _api()
     monkeypatch.setattr("huggingface_hub.HfApi", lambda token=None: api)
-    monkeypatch.setattr("hfpref.preflight.check_hub_reachable", lambda what: None)  # the mock is the Hub
+    monkeypatch.setattr(
+        "hfpref.pipeline.preflight.check_hub_reachable", lambda what: None
+    )  # the mock is the Hub
     assert main(["push", str(folder), "me/tiny", "--version", "0.5.0"]) == 0
     out = capsys.readouterr().out
     assert "tag v0.5.0" in out and 'revision="v0.5.0"' in out

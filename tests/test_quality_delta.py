@@ -10,10 +10,10 @@ import datasets
 import numpy as np
 import pytest
 
-from hfpref.judges.backends import Completion, JudgeBackend, JudgeRequestError
-from hfpref.judges.parsing import parse_failure_summary
-from hfpref.judges.quality import QualityJudge, filter_by_sample_delta
-from hfpref.transform import MissingColumnError, RowError
+from hfpref.core.step import MissingColumnError, RowError
+from hfpref.steps.judges.backends import Completion, JudgeBackend, JudgeRequestError
+from hfpref.steps.judges.parsing import parse_failure_summary
+from hfpref.steps.judges.quality import QualityJudge, filter_by_sample_delta
 
 FAKE = f"{__name__}:CannedQualityJudge"
 

@@ -15,19 +15,19 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset
 
-from hfpref import recipe as R
-from hfpref.cli import main
-from hfpref.default_data import load_ifeval_candidates
-from hfpref.engines import EngineError
-from hfpref.model_utils import ModelStep
-from hfpref.recipe import DEFAULT_RECIPE, Recipe
-from hfpref.selection import PairSelector
-from hfpref.transform import RowError, StepConfig, to_python
+from hfpref.cli.main import main
+from hfpref.core.step import RowError, StepConfig, to_python
+from hfpref.models.utils import ModelStep
+from hfpref.pipeline import recipe as R
+from hfpref.pipeline.default_data import load_ifeval_candidates
+from hfpref.pipeline.engines import EngineError
+from hfpref.pipeline.recipe import DEFAULT_RECIPE, Recipe
+from hfpref.steps.selection import PairSelector
 from tests.test_resume import logged, ray_actor, rows_file
 
 ray = pytest.importorskip("ray")
 
-from hfpref.engines.ray_engine import RayEngine  # noqa: E402
+from hfpref.pipeline.engines.ray_engine import RayEngine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -235,8 +235,8 @@ def test_step_classes_run_directly_in_ray_map_batches_as_design_describes(cluste
     batches gives what Dataset.map gives (kwargs arrive as the Json() column's raw text, input columns must
     come back since Ray keeps only what the function returns)."""
     import hfpref
-    from hfpref.ifeval import IFEvalConfig, IFEvalVerifier
-    from hfpref.pair_metrics import PairMetrics, PairMetricsConfig
+    from hfpref.steps.ifeval import IFEvalConfig, IFEvalVerifier
+    from hfpref.steps.pair_metrics import PairMetrics, PairMetricsConfig
 
     candidates = hfpref.load_ifeval_candidates().select(range(12))
     local = candidates.map(IFEvalVerifier(), batched=True).map(PairMetrics(), batched=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hfpref import recipe as R
-from hfpref.recipe import InputSpec, Recipe, RecipeError
-from hfpref.transform import Step, StepConfig
+from hfpref.core.step import Step, StepConfig
+from hfpref.pipeline import recipe as R
+from hfpref.pipeline.recipe import InputSpec, Recipe, RecipeError
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
 
@@ -319,7 +319,7 @@ ITERATE_SCRIPTS = [p for p in sorted(SCRIPTS.glob("*.yaml")) if _is_iterate_reci
 
 @pytest.mark.parametrize("path", ITERATE_SCRIPTS, ids=lambda p: p.name)
 def test_every_iterate_script_validates(path):
-    from hfpref.iterate import IterateRecipe
+    from hfpref.pipeline.iterate import IterateRecipe
 
     recipe = IterateRecipe.from_yaml(path)  # validates rounds, budget schedule, steps and training (offline)
     assert recipe.rounds >= 1
@@ -359,13 +359,13 @@ def test_missing_step_input_fails_before_any_step_runs(registry, rows_file, tmp_
 
 
 def test_recipe_knows_which_strategies_need_ref_logps():
-    from hfpref.selection import STRATEGIES_NEEDING_REF_LOGPS
+    from hfpref.steps.selection import STRATEGIES_NEEDING_REF_LOGPS
 
     assert set(R.STRATEGIES_NEEDING_REF_LOGPS) == set(STRATEGIES_NEEDING_REF_LOGPS)
 
 
 def test_every_registered_step_imports_and_is_a_step():
-    from hfpref.transform import Step
+    from hfpref.core.step import Step
 
     for name in R.STEP_REGISTRY:
         assert issubclass(R.step_class(name), Step), name

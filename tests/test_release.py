@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from hfpref import release as REL
-from hfpref.recipe import Recipe
-from hfpref.summary import describe_values, stronger_generator_share, summary_table
+from hfpref.pipeline.recipe import Recipe
+from hfpref.release import writer as REL
+from hfpref.release.summary import describe_values, stronger_generator_share, summary_table
 
 # hand-built candidates: rewards given, so only PairMetrics (word-level) and selection run
 ROWS = [
@@ -150,7 +150,7 @@ def test_manifest_counts_stats_and_steps(small):
     result, folder, _ = small
     manifest = json.loads((folder / "hfpref_manifest.json").read_text())
     assert manifest["version"] == "0.3.0" and manifest["license"] == "cc-by-4.0"
-    assert [s["step"] for s in manifest["steps"]] == ["hfpref.pair_metrics.PairMetrics"]
+    assert [s["step"] for s in manifest["steps"]] == ["hfpref.steps.pair_metrics.PairMetrics"]
     assert manifest["steps"][0]["rows_in"] == manifest["steps"][0]["rows_out"] == 4
     assert set(manifest["pair_selection"]) == set(STRATEGIES)
     assert manifest["edit_distance_unit"] == "word" and manifest["has_logp"] is False
@@ -360,7 +360,7 @@ def test_load_release_tells_apart_two_folders_with_the_same_name(tmp_path):
     """datasets 5.2 caches a folder's card configs by folder *name*; load_release must read the files."""
     import pandas as pd
 
-    from hfpref.release import load_release
+    from hfpref.release.writer import load_release
 
     card = "---\nconfigs:\n- config_name: best\n  data_files:\n  - split: train\n    path: data/best/train-*.parquet\n---\n"
     for parent, value in (("a", 1), ("b", 2)):
@@ -390,7 +390,7 @@ MADE = ["rs_high", "rs_low", "echo", "rs_mix"]
 @pytest.fixture(scope="module")
 def with_makers(small, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
-        from hfpref import recipe as R
+        from hfpref.pipeline import recipe as R
 
         patch.setitem(R.STEP_REGISTRY, "EchoPairs", "tests.test_recipe:EchoPairs")
         tmp = tmp_path_factory.mktemp("makers")
@@ -445,12 +445,14 @@ def test_manifest_and_card_describe_makers_and_mixes(with_makers):
     assert manifest["configs"]["rs_mix"]["made_by"] == {"kind": "mix", "from": ["rs_high", "rs_low"]}
     assert all("made_by" not in manifest["configs"][name] for name in STRATEGIES)
     mix = manifest["pair_selection"]["rs_mix"]
-    assert mix["step"] == "hfpref.contrast.mix_contrast" and mix["config"]["size"] == 3
+    assert mix["step"] == "hfpref.steps.contrast.mix_contrast" and mix["config"]["size"] == 3
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert "one per pair maker and per mix (`rs_high`, `rs_low`, `echo`, `rs_mix`" in card
-    from hfpref.contrast import ContrastPairs
+    from hfpref.steps.contrast import ContrastPairs
 
-    assert f"| `rs_low` | `hfpref.contrast.ContrastPairs` | candidates | {ContrastPairs.version} |" in card
+    assert (
+        f"| `rs_low` | `hfpref.steps.contrast.ContrastPairs` | candidates | {ContrastPairs.version} |" in card
+    )
     assert '| `echo` | `tests.test_recipe.EchoPairs` | candidates | 1 | `{"skip": "p2"}` | — |' in card
     assert "| `rs_mix` | `rs_high`, `rs_low` | 0.5 | 3 | 0 | — | False |" in card
     strategies_table = card.split("Pair selection, one run per strategy:")[1].split("Pair makers")[0]
@@ -462,7 +464,7 @@ def test_the_cards_recipe_is_the_recipe_as_run(with_makers):
     result, folder, _ = with_makers
     card = (folder / "README.md").read_text(encoding="utf-8")
     block = card.split("### The recipe as run\n\n```yaml\n")[1].split("```")[0]
-    from hfpref import recipe as R
+    from hfpref.pipeline import recipe as R
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(R.STEP_REGISTRY, "EchoPairs", "tests.test_recipe:EchoPairs")

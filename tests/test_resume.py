@@ -16,11 +16,11 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from hfpref import recipe as R
-from hfpref.cli import main
-from hfpref.engines.local import map_step
-from hfpref.resume import is_cached, plan_shards, shard_of
-from hfpref.transform import Step, StepConfig
+from hfpref.cli.main import main
+from hfpref.core.step import Step, StepConfig
+from hfpref.pipeline import recipe as R
+from hfpref.pipeline.engines.local import map_step
+from hfpref.pipeline.resume import is_cached, plan_shards, shard_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def test_sharded_step_equals_unsharded_and_keeps_its_fingerprint(tmp_path):
 def test_pair_selection_in_workers_equals_one_process_and_is_cached(tmp_path):
     """--num-proc k runs the uncached selectors in k worker processes, one selector per task; the parent
     reads their cached outputs back (same rows, same fingerprints) and a rerun computes nothing."""
-    from hfpref.engines.local import LocalEngine
+    from hfpref.pipeline.engines.local import LocalEngine
 
     data = load_rows(rows_file(tmp_path), tmp_path / "cache")
     logs = {name: tmp_path / f"log-{name}" for name in ("a", "b", "c")}
@@ -174,8 +174,8 @@ def test_crash_mid_step_recomputes_only_unfinished_shards(tmp_path):
 
 RUNNER = """
 import sys
-from hfpref import recipe
-from hfpref.cli import main
+from hfpref.pipeline import recipe
+from hfpref.cli.main import main
 recipe.register_step("CountedLengths", "tests.test_resume:CountedLengths")
 sys.exit(main(sys.argv[1:]))
 """

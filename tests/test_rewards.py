@@ -14,9 +14,10 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
-from hfpref.errors import UserError
-from hfpref.model_utils import content_hash, select_device
-from hfpref.rewards import (
+from hfpref.core.errors import UserError
+from hfpref.core.step import RowError
+from hfpref.models.utils import content_hash, select_device
+from hfpref.steps.rewards import (
     CustomHeadScores,
     RewardAnnotator,
     RewardModelError,
@@ -24,7 +25,6 @@ from hfpref.rewards import (
     conversation_ids,
     pooled_position,
 )
-from hfpref.transform import RowError
 
 ROWS = [
     {

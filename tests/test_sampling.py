@@ -10,14 +10,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hfpref.sampling import (
+from hfpref.core.step import MissingColumnError, RowError
+from hfpref.steps.sampling import (
     ResponseSampler,
     SamplerConfig,
     gumbel_noise_processor,
     length_groups,
     prompt_seed,
 )
-from hfpref.transform import MissingColumnError, RowError
 from tests.tiny_models import build_tiny_models
 
 PROMPTS = [

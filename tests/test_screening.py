@@ -6,8 +6,8 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from hfpref.recipe import STEP_REGISTRY, step_class
-from hfpref.screening import (
+from hfpref.pipeline.recipe import STEP_REGISTRY, step_class
+from hfpref.steps.screening import (
     ScreenConfig,
     ScreenResponses,
     distinct_trigram_share,
@@ -101,7 +101,7 @@ def test_without_prompts_seen_only_runaways_are_screened():
 
 
 def test_misaligned_column_is_a_row_error_and_step_is_registered():
-    from hfpref.transform import RowError
+    from hfpref.core.step import RowError
 
     rows = _rows()
     rows["rewards"][0] = [1.0, 0.0]

@@ -9,9 +9,9 @@ import datasets
 import numpy as np
 import pytest
 
-from hfpref.pair_metrics import PairMetrics
-from hfpref.selection import STRATEGIES, PairSelector, SelectionConfig, split_dropped
-from hfpref.transform import MissingColumnError, RowError
+from hfpref.core.step import MissingColumnError, RowError
+from hfpref.steps.pair_metrics import PairMetrics
+from hfpref.steps.selection import STRATEGIES, PairSelector, SelectionConfig, split_dropped
 
 
 def sigmoid(x: float) -> float:

@@ -8,9 +8,9 @@ import json
 import datasets
 import pytest
 
-import hfpref.summary as summary
-from hfpref.release import pairs_digest
-from hfpref.summary import candidates_summary, pair_agreement
+import hfpref.release.summary as summary
+from hfpref.release.summary import candidates_summary, pair_agreement
+from hfpref.release.writer import pairs_digest
 
 
 @pytest.fixture

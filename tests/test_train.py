@@ -11,10 +11,10 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hfpref.cli import main
-from hfpref.errors import UserError
-from hfpref.model_utils import content_hash
-from hfpref.train import (
+from hfpref.cli.main import main
+from hfpref.core.errors import UserError
+from hfpref.models.utils import content_hash
+from hfpref.training.dpo import (
     DCRM_RECIPE,
     KEEP_DEFAULT,
     PRESETS,

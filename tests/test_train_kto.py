@@ -8,9 +8,9 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hfpref.cli import build_parser, main
-from hfpref.commands.train import TrainOptionError
-from hfpref.train_kto import KTO_DEFAULTS, unpaired_rows
+from hfpref.cli.main import build_parser, main
+from hfpref.cli.train import TrainOptionError
+from hfpref.training.kto import KTO_DEFAULTS, unpaired_rows
 from tests.test_train import PAIRS, summed_logps, write_release
 
 

@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 
-from hfpref.transform import MissingColumnError, Step, StepConfig
+from hfpref.core.step import MissingColumnError, Step, StepConfig
 
 
 @dataclasses.dataclass

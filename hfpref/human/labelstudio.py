@@ -48,8 +48,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from hfpref import columns as C
-from hfpref.errors import UserError
+from hfpref.core import columns as C
+from hfpref.core.errors import UserError
 
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 URL_ENV = "LABEL_STUDIO_URL"
@@ -183,12 +183,12 @@ def pair_tasks_from_rows(rows: Iterable[Mapping[str, Any]], *, seed: int, source
 
 
 def selected_pair_tasks(candidates: Any, *, seed: int, source: str) -> list[PairTask]:
-    """Tasks from the pairs an iterate round selected for annotation (``hfpref.margins``).
+    """Tasks from the pairs an iterate round selected for annotation (``hfpref.steps.margins``).
 
     Input columns: ``prompt``, ``responses``, ``pair_indices``, ``selected_for_annotation``. A pair with a
     missing (None) response is not a candidate and is not pushed.
     """
-    from hfpref.margins import PAIR_INDICES, SELECTED_FOR_ANNOTATION
+    from hfpref.steps.margins import PAIR_INDICES, SELECTED_FOR_ANNOTATION
 
     names = candidates.column_names if hasattr(candidates, "column_names") else None
     missing = [
@@ -230,9 +230,9 @@ def pair_tasks_from_release(
 ) -> list[PairTask]:
     """Tasks from a release folder: a pairs config, or (the default when it has them) the candidates
     with pairs selected for annotation, as an iterate round writes them."""
-    from hfpref.margins import SELECTED_FOR_ANNOTATION
-    from hfpref.recipe import CANDIDATES_CONFIG
-    from hfpref.release import load_release, read_manifest
+    from hfpref.pipeline.recipe import CANDIDATES_CONFIG
+    from hfpref.release.writer import load_release, read_manifest
+    from hfpref.steps.margins import SELECTED_FOR_ANNOTATION
 
     manifest = read_manifest(folder)
     configs = manifest.get("configs", {})
@@ -739,7 +739,7 @@ def build_manifest(
     result: PullResult, *, name: str, version: str, created_at: str | None = None
 ) -> dict[str, Any]:
     """The machine-readable record of a human-labels release (no API key, no e-mail addresses)."""
-    from hfpref.release import DATA_GLOB, package_versions
+    from hfpref.release.writer import DATA_GLOB, package_versions
 
     return {
         "format": MANIFEST_FORMAT,
@@ -830,7 +830,7 @@ def write_labels_release(
 ) -> Path:
     """Write a pull as a release folder, atomically: built in a temporary folder beside ``folder`` and
     moved into place only when complete, so a failure leaves no partial output."""
-    from hfpref.release import CARD_FILE, DATA_FILE, MANIFEST_FILE, ReleaseError, _write_parquet
+    from hfpref.release.writer import CARD_FILE, DATA_FILE, MANIFEST_FILE, ReleaseError, _write_parquet
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):

@@ -8,7 +8,7 @@ from typing import Any
 import datasets
 import evaluate
 
-from hfpref.ifeval import IFEvalConfig, IFEvalVerifier
+from hfpref.steps.ifeval import IFEvalConfig, IFEvalVerifier
 
 _DESCRIPTION = """\
 IFEval (Zhou et al. 2023) checks whether a response follows verifiable instructions ("answer in fewer
@@ -16,7 +16,7 @@ than 100 words", "do not use commas"). Each prompt carries one or more instructi
 four accuracies, IFEval's own: prompt-level (every instruction of the prompt followed) and
 instruction-level (fraction of all instructions followed), each strict (the response as it is) and
 loose (also accepting the response with its first or last line, or its asterisks, removed). Verdicts
-come from hfpref.ifeval.IFEvalVerifier, which runs lm-eval's implementation of the 25 checks with
+come from hfpref.steps.ifeval.IFEvalVerifier, which runs lm-eval's implementation of the 25 checks with
 seeded randomness, so repeated runs agree.
 """
 
@@ -32,7 +32,7 @@ Returns:
     prompt_level_strict_acc, inst_level_strict_acc, prompt_level_loose_acc, inst_level_loose_acc:
     fractions in [0, 1].
 Examples:
-    >>> metric = evaluate.load(hfpref.evaluation.IFEVAL_METRIC_PATH)
+    >>> metric = evaluate.load(hfpref.training.evaluation.IFEVAL_METRIC_PATH)
     >>> metric.compute(
     ...     predictions=["hello world"],
     ...     references=[{"prompt": "Say hello without commas.", "instruction_id_list":
