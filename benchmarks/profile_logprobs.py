@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_logprobs import H100_BF16_DENSE_FLOPS, SHAPES, make_workload, useful_flops  # noqa: E402
 
-from hfpref.models.utils import SequenceQuery  # noqa: E402
+from hfpref.models.packing import SequenceQuery  # noqa: E402
 from hfpref.steps.logprobs import ResponseLogProbs  # noqa: E402
 
 

@@ -259,14 +259,14 @@ def test_type_problem_literal_compares_types():
 
 
 def test_python_api_checks_types_before_any_model_loads(tiny_models, monkeypatch):
-    from hfpref.models import utils as model_utils
+    from hfpref.models import step as model_step
     from hfpref.steps.logprobs import LogProbAnnotator, LogProbConfig
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the config was checked")
 
-    monkeypatch.setattr(model_utils, "load_model", no_loading)
-    monkeypatch.setattr(model_utils, "load_tokenizer", no_loading)
+    monkeypatch.setattr(model_step, "load_model", no_loading)
+    monkeypatch.setattr(model_step, "load_tokenizer", no_loading)
     policy = str(tiny_models["policy"])
     with pytest.raises(
         ConfigError, match=r"LogProbAnnotator config.token_budget: expected int, got str 'lots'"
@@ -315,9 +315,9 @@ def test_recipe_type_errors_name_step_field_value_and_type(tmp_path, flaky_regis
 
 
 def test_recipe_model_step_type_error_before_the_model_loads(tmp_path, tiny_models, monkeypatch, capsys):
-    from hfpref.models import utils as model_utils
+    from hfpref.models import step as model_step
 
-    monkeypatch.setattr(model_utils, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(model_step, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     data = write_jsonl(tmp_path / "in.jsonl", ROWS)
     recipe = write_recipe(
         tmp_path,
@@ -567,7 +567,7 @@ def test_train_set_unknown_field_is_refused_before_loading(tmp_path, capsys):
 
 
 def test_missing_local_model_folder_says_no_such_folder(tmp_path, capsys):
-    from hfpref.models.utils import ModelNotFoundError, resolve_revision
+    from hfpref.models.hub import ModelNotFoundError, resolve_revision
 
     missing = tmp_path / "runs" / "policy"
     with pytest.raises(ModelNotFoundError, match="no such folder"):
@@ -635,10 +635,10 @@ def test_max_length_beyond_positions_is_refused_at_load(tiny_models):
 
 
 def test_max_length_preflight_reads_the_config_only(tiny_models, monkeypatch):
-    from hfpref.models import utils as model_utils
+    from hfpref.models import step as model_step
     from hfpref.steps.rewards import RewardAnnotator
 
-    monkeypatch.setattr(model_utils, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    monkeypatch.setattr(model_step, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
     reward = str(tiny_models["reward"])
     with pytest.raises(ConfigError, match="max_length: 513 is beyond the 512 positions"):
         RewardAnnotator(model=reward, max_length=513).preflight()
@@ -649,7 +649,7 @@ def test_max_length_preflight_reads_the_config_only(tiny_models, monkeypatch):
 def test_context_limit_falls_back_to_a_real_tokenizer_limit():
     from types import SimpleNamespace
 
-    from hfpref.models.utils import context_limit
+    from hfpref.models.loading import context_limit
 
     no_positions = SimpleNamespace()
     assert context_limit(no_positions, SimpleNamespace(model_max_length=128)) == (

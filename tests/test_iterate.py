@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hfpref.cli.main import main
-from hfpref.models.utils import content_hash
+from hfpref.models.hub import content_hash
 from hfpref.pipeline import iterate as IT
 from hfpref.pipeline.iterate import (
     BudgetSpec,

@@ -15,17 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from hfpref.core.step import MissingColumnError, RowError
-from hfpref.models import utils as model_utils
-from hfpref.models.utils import (
-    SequenceQuery,
-    content_hash,
-    pack_segments,
-    parse_dtype,
-    plan_padded_batches,
-    resolve_revision,
-    select_device,
-    split_group,
-)
+from hfpref.models import attention
+from hfpref.models import runner as hidden_state_runner
+from hfpref.models.hub import content_hash, resolve_revision
+from hfpref.models.loading import parse_dtype, select_device
+from hfpref.models.packing import SequenceQuery, pack_segments, plan_padded_batches, split_group
 from hfpref.steps.logprobs import LogProbAnnotator, LogProbConfig, ResponseLogProbs, tokenize_responses
 
 STANDARD_PAIRS = [
@@ -235,12 +229,12 @@ def _varlen_from_cu_seqlens(q, k, v, layout, scale, *, end_aligned=True):
 
 def test_fused_kernel_inputs_and_guard(policy, expected, monkeypatch):
     """The cu_seqlens layout a varlen kernel gets is right, and a kernel with the wrong causal alignment is refused."""
-    monkeypatch.setitem(model_utils.KERNELS, "varlen_emulated", _varlen_from_cu_seqlens)
+    monkeypatch.setitem(attention.KERNELS, "varlen_emulated", _varlen_from_cu_seqlens)
     monkeypatch.setitem(
-        model_utils.KERNELS, "top_left_causal", lambda *a: _varlen_from_cu_seqlens(*a, end_aligned=False)
+        attention.KERNELS, "top_left_causal", lambda *a: _varlen_from_cu_seqlens(*a, end_aligned=False)
     )
     monkeypatch.setattr(
-        model_utils,
+        hidden_state_runner,
         "candidate_kernels",
         lambda device, dtype: ["top_left_causal", "varlen_emulated", "sdpa_loop"],
     )
@@ -430,3 +424,21 @@ def test_token_budget_planning():
     bins = pack_segments(segments, 32)
     assert all(sum(s.cost for s in b) <= 32 for b in bins)
     assert np.sum([len(s.members) for b in bins for s in b]) == 4
+
+
+def test_importing_the_model_step_registers_no_attention():
+    """The packed attention is registered with transformers when a runner first needs it, not on import."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, hfpref.models.step, hfpref.models.runner\n"
+        "from transformers import AttentionInterface\n"
+        "print('hfpref_packed' in AttentionInterface._global_mapping)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
+    name = attention.register_packed_attention()
+    from transformers import AttentionInterface
+
+    assert name in AttentionInterface._global_mapping

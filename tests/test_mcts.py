@@ -14,15 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hfpref.core.step import MissingColumnError, RowError
 from hfpref.steps.ifeval import IFEvalConfig, IFEvalVerifier
-from hfpref.steps.mcts import (
-    DEFAULT_SELF_EVAL_TEMPLATE,
-    MCTSConfig,
-    MCTSPairGenerator,
-    PromptContext,
-    child_seed,
-    response_ids,
-    yes_probability,
-)
+from hfpref.steps.mcts import DEFAULT_SELF_EVAL_TEMPLATE, MCTSConfig, MCTSPairGenerator
+from hfpref.steps.mcts_policy import PromptContext, child_seed, yes_probability
 from hfpref.steps.mcts_tree import (
     IDENTICAL_RESPONSES,
     NO_SIBLING_PAIR,
@@ -37,6 +30,7 @@ from hfpref.steps.mcts_tree import (
     node_value,
     normalised_priors,
     puct_score,
+    response_ids,
     run_search,
     select_child,
     select_leaf,

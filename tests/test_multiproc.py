@@ -17,7 +17,8 @@ import torch
 
 from hfpref.cli.main import main
 from hfpref.core.step import Step, StepConfig
-from hfpref.models.utils import ModelStep, select_device
+from hfpref.models.loading import select_device
+from hfpref.models.step import ModelStep
 from hfpref.pipeline import recipe as R
 from hfpref.pipeline.engines import EngineError, is_model_step
 from hfpref.pipeline.engines.local import LocalEngine

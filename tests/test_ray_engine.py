@@ -17,7 +17,7 @@ from datasets import Dataset
 
 from hfpref.cli.main import main
 from hfpref.core.step import RowError, StepConfig, to_python
-from hfpref.models.utils import ModelStep
+from hfpref.models.step import ModelStep
 from hfpref.pipeline import recipe as R
 from hfpref.pipeline.default_data import load_ifeval_candidates
 from hfpref.pipeline.engines import EngineError

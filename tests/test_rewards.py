@@ -16,15 +16,10 @@ from transformers import (
 
 from hfpref.core.errors import UserError
 from hfpref.core.step import RowError
-from hfpref.models.utils import content_hash, select_device
-from hfpref.steps.rewards import (
-    CustomHeadScores,
-    RewardAnnotator,
-    RewardModelError,
-    SequenceScores,
-    conversation_ids,
-    pooled_position,
-)
+from hfpref.models.hub import content_hash
+from hfpref.models.loading import select_device
+from hfpref.steps.reward_heads import CustomHeadScores, SequenceScores, pooled_position
+from hfpref.steps.rewards import RewardAnnotator, RewardModelError, conversation_ids
 
 ROWS = [
     {

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hfpref.cli.main import main
 from hfpref.core.errors import UserError
-from hfpref.models.utils import content_hash
+from hfpref.models.hub import content_hash
 from hfpref.training.dpo import (
     DCRM_RECIPE,
     KEEP_DEFAULT,

@@ -68,7 +68,7 @@ def check_sources(models: dict[str, str], prompts: str | None = None, output: st
     """Before any model loads: a local path that does not exist is "no such folder", a Hub id with the Hub
     unreachable fails at once (HF_HUB_OFFLINE: the cache serves), a prompts file reads line by line, and
     the output file's folder can be written."""
-    from hfpref.models.utils import check_model_path, is_local_model
+    from hfpref.models.hub import check_model_path, is_local_model
     from hfpref.pipeline.preflight import (
         check_hub_reachable,
         check_input_file,

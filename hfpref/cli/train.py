@@ -221,7 +221,7 @@ def _steps(value: float) -> float | int:
 def check_sources(args: argparse.Namespace) -> None:
     """A local path that does not exist is "no such folder" (not an invalid Hub id), and a Hub id with
     the Hub unreachable fails at once (not after network timeouts); with HF_HUB_OFFLINE the cache serves."""
-    from hfpref.models.utils import check_model_path, is_local_model
+    from hfpref.models.hub import check_model_path, is_local_model
     from hfpref.pipeline.preflight import check_hub_reachable, hub_offline_allowed
     from hfpref.training.dpo import parse_dataset_spec
 

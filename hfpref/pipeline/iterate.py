@@ -830,7 +830,7 @@ def _wants_messages(recipe: IterateRecipe) -> bool:
 
 
 def _policy_has_chat_template(recipe: IterateRecipe) -> bool:
-    from hfpref.models.utils import load_tokenizer
+    from hfpref.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(recipe.policy.model, recipe.policy.revision)
     return getattr(tokenizer, "chat_template", None) is not None
@@ -1041,7 +1041,7 @@ def _unload(step: Step) -> None:
 
 
 def _is_model(step: Step) -> bool:
-    from hfpref.models.utils import ModelStep
+    from hfpref.models.step import ModelStep
 
     return isinstance(step, (ModelStep, AnnotateSelected))
 

@@ -4,7 +4,7 @@
 response tokens and the number of those tokens. Prompt and response are tokenized as TRL's
 ``DPOTrainer`` does (``tokenize_responses``), so on a pair the sums equal the ``ref_chosen_logps`` /
 ``ref_rejected_logps`` TRL precomputes. Forward passes are packed by a token budget with each
-prompt computed once for its N responses (``hfpref.models.utils.HiddenStateRunner``), logits are
+prompt computed once for its N responses (``hfpref.models.runner.HiddenStateRunner``), logits are
 computed only at the positions that predict response tokens, in chunks, and per-token log-probs
 are summed in float32 whatever the model's dtype.
 
@@ -25,35 +25,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hfpref.core import columns
-from hfpref.core.step import Batch, RowError, row_label, runtime_field
-from hfpref.models.utils import (
-    HiddenStateRunner,
-    ModelStep,
-    ModelStepConfig,
-    Prompt,
-    SequenceQuery,
-    check_candidates_row,
-    load_tokenizer,
-    max_length_of,
-)
+from hfpref.core.step import Batch, RowError, runtime_field
+from hfpref.models.loading import load_tokenizer, max_length_of
+from hfpref.models.packing import SequenceQuery
+from hfpref.models.runner import HiddenStateRunner
+from hfpref.models.step import ModelStep, ModelStepConfig
+from hfpref.steps.candidates import Prompt, candidates_rows
 from hfpref.steps.chat_prompts import MESSAGES, PromptFormError, chat_template_sha256, is_messages
-
-
-def real_responses(responses: Any) -> tuple[list[int], Any]:
-    """Positions and texts of a row's real responses (None ones are missing); a non-list is returned as is,
-    for ``check_candidates_row`` to report."""
-    if not isinstance(responses, list):
-        return [], responses
-    present = [k for k, text in enumerate(responses) if text is not None]
-    return present, [responses[k] for k in present]
-
-
-def realign(values: Sequence[Any], present: Sequence[int], n: int) -> list[Any]:
-    """Values of the real responses put back at their positions among ``n``, None for the missing ones."""
-    out: list[Any] = [None] * n
-    for k, value in zip(present, values, strict=True):
-        out[k] = value
-    return out
 
 
 def tokenize_responses(
@@ -267,46 +245,36 @@ class LogProbAnnotator(ModelStep):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         loaded = self.resources(rank)
-        groups, truncated, positions = [], [], []
-        for i, (prompt, all_responses) in enumerate(
-            zip(batch[columns.PROMPT], batch[columns.RESPONSES], strict=True)
-        ):
-            label = row_label(batch, i, indices)
-            # a missing response (None) is not scored: only the real ones are, and None is written for it
-            present, responses = real_responses(all_responses)
-            check_candidates_row(prompt, responses, label)
-            if is_messages(prompt) and not getattr(loaded.tokenizer, "chat_template", None):
-                raise PromptFormError(f"{self.name}: {label}: {self._no_template_message()}")
+        rows, groups, truncated = [], [], []
+        for row in candidates_rows(batch, indices):  # missing (None) responses are not scored
+            if is_messages(row.prompt) and not getattr(loaded.tokenizer, "chat_template", None):
+                raise PromptFormError(f"{self.name}: {row.label}: {self._no_template_message()}")
             try:
-                encoded = tokenize_responses(loaded.tokenizer, prompt, responses)
+                encoded = tokenize_responses(loaded.tokenizer, row.prompt, row.responses)
             except Exception as error:
                 raise RowError(
-                    f"{label}: cannot tokenize prompt {prompt!r} with its responses: {error}"
+                    f"{row.label}: cannot tokenize prompt {row.prompt!r} with its responses: {error}"
                 ) from error
             sequences, cuts = [], []
-            for k, (ids, start) in zip(present, encoded, strict=True):
+            for k, response, (ids, start) in zip(row.present, row.responses, encoded, strict=True):
                 ids, cut = self._fit(
-                    ids, start, loaded.max_length, f"{label} response {k} ({all_responses[k][:80]!r})"
+                    ids, start, loaded.max_length, f"{row.label} response {k} ({response[:80]!r})"
                 )
                 sequences.append((ids, start))
                 cuts.append(cut)
+            rows.append(row)
             groups.append(sequences)
             truncated.append(cuts)
-            positions.append((present, len(all_responses)))
         sums = loaded.scorer(groups)
-        prefix = self.config.output_prefix
         counts = [[len(ids) - start for ids, start in group] for group in groups]
-        out = {
-            f"{prefix}_logps": [realign(row, *where) for row, where in zip(sums, positions, strict=True)],
-            f"{prefix}_token_counts": [
-                realign(row, *where) for row, where in zip(counts, positions, strict=True)
-            ],
-        }
+        prefix = self.config.output_prefix
+        columns_out = {f"{prefix}_logps": sums, f"{prefix}_token_counts": counts}
         if self.config.overflow == "truncate":
-            out[f"{prefix}_truncated_tokens"] = [
-                realign(row, *where) for row, where in zip(truncated, positions, strict=True)
-            ]
-        return out
+            columns_out[f"{prefix}_truncated_tokens"] = truncated
+        return {
+            name: [row.realign(values) for row, values in zip(rows, per_row, strict=True)]
+            for name, per_row in columns_out.items()
+        }
 
     def output_features(self, input_features: Any) -> Any:
         """The output columns' types, fixed up front: a batch whose responses are all missing holds only None."""

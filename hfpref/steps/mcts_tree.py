@@ -304,6 +304,25 @@ def best_pairs(pairs: Sequence[SiblingPair], max_pairs: int) -> list[SiblingPair
     return sorted(pairs, key=lambda p: (-p.gap, p.parent.depth, p.parent.id))[:max_pairs]
 
 
+def response_ids(node: Node) -> list[int]:
+    """The token ids of a node's completed response, as the policy generated them (EOS kept if reached)."""
+    if node.evaluation is None:
+        raise ValueError(f"node {node.id} was never evaluated")
+    return [*node.tokens, *node.evaluation.completion]
+
+
+def response_text(node: Node) -> str:
+    """The decoded text of a node's completed response."""
+    if node.evaluation is None or node.evaluation.text is None:
+        raise ValueError(f"node {node.id} was never evaluated")
+    return node.evaluation.text
+
+
+def same_text(a: Node, b: Node) -> bool:
+    """Whether two nodes complete to the same text (``sibling_pairs``' ``same_response`` for decoded trees)."""
+    return response_text(a) == response_text(b)
+
+
 def _same_tokens(a: Node, b: Node) -> bool:
     def full(node: Node) -> tuple[int, ...]:
         completion = node.evaluation.completion if node.evaluation is not None else ()
@@ -331,7 +350,10 @@ __all__ = [
     "normalised_priors",
     "puct_score",
     "ranked_children",
+    "response_ids",
+    "response_text",
     "run_search",
+    "same_text",
     "select_child",
     "select_leaf",
     "sibling_pairs",

@@ -1,81 +1,42 @@
 """Reward-model scores of candidate responses (models loaded by ``AutoModelForSequenceClassification``).
 
 ``RewardAnnotator`` scores each (prompt, response) conversation with the reward model's own
-tokenizer and chat template, never the policy's. Two kinds of head, as reward models are published:
-
-* **sequence-classification** heads (transformers' ``*ForSequenceClassification``: Skywork-Reward with
-  one label, multi-objective models with k labels): batched as log-probs are
-  (``hfpref.models.utils.HiddenStateRunner``: token budget, each prompt computed once for its
-  responses), the linear head applied only to the pooled position of each sequence;
-* **custom** heads (a ``trust_remote_code`` model whose config maps ``AutoModelForSequenceClassification``
-  to its own class in ``auto_map``, e.g. ArmoRM's ``LlamaForRewardModelWithGating``): the head may read
-  several positions (ArmoRM gates its objectives on a prompt token) and transform its outputs, so it
-  cannot be split off the backbone. These run the model's own forward on length-sorted, right-padded
-  batches of at most ``token_budget`` token slots (``CustomHeadScores``); the reward is the output's
-  ``score`` (or its 1-D ``logits``), and its per-objective ``rewards`` can be kept as a column.
+tokenizer and chat template, never the policy's. The reward model's head is either a
+sequence-classification head (packed like log-probs) or a custom-code head run through the model's own
+forward: ``hfpref.steps.reward_heads`` computes both; this module picks the head from the model's config,
+turns its outputs into the reward columns and records what was scored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import warnings
-from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 from hfpref.core import columns
-from hfpref.core.errors import UserError
-from hfpref.core.step import Batch, RowError, row_label
-from hfpref.models.utils import (
-    HiddenStateRunner,
-    ModelStep,
-    ModelStepConfig,
-    Prompt,
-    SequenceQuery,
-    check_candidates_row,
-    is_local_model,
-    load_tokenizer,
-    max_length_of,
-)
+from hfpref.core.step import Batch, RowError
+from hfpref.models.loading import load_config, load_tokenizer, max_length_of
+from hfpref.models.step import ModelStep, ModelStepConfig
+from hfpref.steps.candidates import Prompt, candidates_rows
 from hfpref.steps.chat_prompts import MESSAGES, PromptFormError
-from hfpref.steps.logprobs import real_responses, realign
+from hfpref.steps.reward_heads import (
+    AUTO_CLASS,
+    CUSTOM_HEAD,
+    CustomHeadScores,
+    HeadInfo,
+    HeadOutputs,
+    RewardModelError,
+    SequenceScores,
+    head_info,
+)
 
 REWARD_OUTPUTS = "reward_outputs"
 REWARD_TRUNCATED_TOKENS = "reward_truncated_tokens"
 REWARD_OBJECTIVES = columns.REWARD_OBJECTIVES
-
-CLASSIFICATION_HEAD = "sequence-classification"
-CUSTOM_HEAD = "custom"
-_AUTO_CLASS = "AutoModelForSequenceClassification"
-
-
-class RewardModelError(UserError):
-    """A reward model that cannot be scored as configured (custom code not trusted, outputs it lacks)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadInfo:
-    """What kind of head a reward model has, read from its config alone (no weights loaded)."""
-
-    kind: str  # CLASSIFICATION_HEAD or CUSTOM_HEAD
-    model_class: str  # "LlamaForSequenceClassification" or the auto_map entry "modeling_x.Class"
-    num_labels: int
-
-
-def head_info(model_config: Any) -> HeadInfo:
-    """The head a config declares: custom when ``auto_map`` maps ``AutoModelForSequenceClassification``."""
-    custom = (getattr(model_config, "auto_map", None) or {}).get(_AUTO_CLASS)
-    if isinstance(custom, list | tuple):  # auto_map may list (slow, fast) pairs for tokenizers; models: a str
-        custom = custom[0]
-    if custom:
-        return HeadInfo(CUSTOM_HEAD, custom.split("--")[-1], model_config.num_labels)
-    architectures = getattr(model_config, "architectures", None) or ["?"]
-    return HeadInfo(CLASSIFICATION_HEAD, architectures[0], model_config.num_labels)
 
 
 def chat_template_hash(tokenizer: Any) -> str | None:
@@ -104,188 +65,6 @@ def conversation_ids(tokenizer: Any, prompt: Prompt, response: str) -> list[int]
             "the reward model's tokenizer has no chat template, so it cannot render chat messages"
         )
     return list(tokenizer(text=prompt + response)["input_ids"])
-
-
-def pooled_position(tokens: Sequence[int], pad_token_id: int | None) -> int:
-    """Where transformers' sequence-classification heads read an unpadded sequence.
-
-    The last token when the model has no pad token; otherwise the last token that is not the pad
-    token (so a trailing EOS that doubles as pad is skipped, as the model itself does).
-    """
-    if pad_token_id is None:
-        return len(tokens) - 1
-    for position in range(len(tokens) - 1, -1, -1):
-        if tokens[position] != pad_token_id:
-            return position
-    return 0
-
-
-class SequenceScores:
-    """Raw reward-head outputs of token sequences under a loaded sequence-classification model.
-
-    ``scores(groups)`` takes ``groups[g][k]`` = token ids and returns ``outputs[g][k]`` = the list of
-    ``num_labels`` floats the model returns for that sequence alone. Models whose head is a linear
-    ``score`` layer over the base model's final hidden states (Llama, Qwen2, Mistral, Gemma, ...)
-    run packed; others run one sequence at a time through their own forward.
-    """
-
-    def __init__(
-        self, model: Any, *, token_budget: int = 16384, packing: str = "auto", compile: bool = False
-    ) -> None:
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.pad_token_id = model.config.get_text_config().pad_token_id
-        score = getattr(model, "score", None)
-        self.packed = isinstance(score, torch.nn.Linear) and model.base_model is not model
-        self.runner = (
-            HiddenStateRunner(model, token_budget=token_budget, packing=packing, compile=compile)
-            if self.packed
-            else None
-        )
-        if compile and not self.packed:
-            warnings.warn(
-                f"compile applies to packed reward models only; {type(model).__name__} runs eagerly",
-                stacklevel=2,
-            )
-
-    def __call__(self, groups: Sequence[Sequence[Sequence[int]]]) -> list[list[list[float]]]:
-        if not self.packed:
-            return [[self._alone(tokens) for tokens in group] for group in groups]
-        queries = [
-            [SequenceQuery(tokens, [pooled_position(tokens, self.pad_token_id)]) for tokens in group]
-            for group in groups
-        ]
-        outputs = {}
-        for rows in self.runner.run(queries):
-            with torch.inference_mode():
-                values = self.model.score(rows.hidden).float()  # one row per sequence
-            outputs.update(zip(rows.keys, values.tolist(), strict=True))
-        return [[outputs[(g, k)] for k in range(len(group))] for g, group in enumerate(groups)]
-
-    def _alone(self, tokens: Sequence[int]) -> list[float]:
-        with torch.inference_mode():
-            logits = self.model(
-                input_ids=torch.tensor([list(tokens)], device=self.device), use_cache=False
-            ).logits
-        return logits[0].float().tolist()
-
-
-@dataclasses.dataclass
-class HeadOutputs:
-    """A custom head's outputs for one sequence: ``values`` (its ``score``, or its logits row) and the
-    per-objective ``objectives`` (its ``rewards`` output; None when it has none)."""
-
-    values: list[float]
-    objectives: list[float] | None
-
-
-def _field(output: Any, name: str) -> Any:
-    if isinstance(output, Mapping):  # ModelOutput is an OrderedDict without its None fields
-        return output.get(name)
-    return getattr(output, name, None)
-
-
-def read_custom_outputs(output: Any, count: int, model_name: str) -> list[HeadOutputs]:
-    """Split a custom head's batched output into one ``HeadOutputs`` per sequence.
-
-    ``score`` ([batch] or [batch, 1], ArmoRM's preference score) is the value when present, else
-    ``logits`` ([batch], [batch, 1] or [batch, k]); ``rewards`` ([batch, objectives]) are the objectives.
-    """
-    score = _field(output, "score")
-    if not isinstance(score, torch.Tensor):
-        score = _field(output, "logits")
-    if not isinstance(score, torch.Tensor):
-        fields = list(output.keys()) if isinstance(output, Mapping) else type(output).__name__
-        raise RewardModelError(
-            f"reward model {model_name!r}: its forward returned neither `score` nor `logits` "
-            f"(it returned {fields}); hfpref reads one of those as the reward"
-        )
-    values = score.detach().float().reshape(count, -1).tolist()
-    objectives = _field(output, "rewards")
-    rows = (
-        objectives.detach().float().reshape(count, -1).tolist()
-        if isinstance(objectives, torch.Tensor)
-        else [None] * count
-    )
-    return [HeadOutputs(v, o) for v, o in zip(values, rows, strict=True)]
-
-
-class CustomHeadScores:
-    """Outputs of a custom-code reward model's own forward on token sequences.
-
-    ``scores(groups)`` takes ``groups[g][k]`` = token ids and returns ``outputs[g][k]`` = the
-    ``HeadOutputs`` the model gives that sequence alone. Sequences run length-sorted (longest first) in
-    right-padded batches of at most ``token_budget`` token slots, padded with the model's pad token and an
-    attention mask, so a head that finds each sequence's end from the first pad token (ArmoRM) or from the
-    mask reads the right positions. A head that pools at a fixed position would not: the first padded
-    batch is checked once against its shortest member run alone, and on a mismatch (or without a pad
-    token) every sequence runs alone, with a warning.
-    """
-
-    def __init__(self, model: Any, *, token_budget: int = 16384, name: str = "") -> None:
-        self.model = model
-        self.name = name
-        self.device = next(model.parameters()).device
-        self.pad_token_id = model.config.get_text_config().pad_token_id
-        self.token_budget = token_budget
-        self.padded = self.pad_token_id is not None
-        self.checked = False
-        self.dtype = next(model.parameters()).dtype
-        parameters = inspect.signature(model.forward).parameters
-        takes_cache = "use_cache" in parameters or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
-        )
-        self._extra = {"use_cache": False} if takes_cache else {}  # no KV cache for a single forward
-
-    def __call__(self, groups: Sequence[Sequence[Sequence[int]]]) -> list[list[HeadOutputs]]:
-        flat = [(g, k, list(tokens)) for g, group in enumerate(groups) for k, tokens in enumerate(group)]
-        results: dict[tuple[int, int], HeadOutputs] = {}
-        for batch in self._batches(flat):
-            outputs = self._forward([tokens for _, _, tokens in batch])
-            if self.padded and not self.checked and len({len(t) for _, _, t in batch}) > 1:
-                self.checked = True
-                if not self._agrees(outputs[-1], self._forward([batch[-1][2]])[0]):
-                    warnings.warn(
-                        f"reward model {self.name!r}: its head reads padded batches differently from single "
-                        "sequences, so every sequence runs alone (slower)",
-                        stacklevel=2,
-                    )
-                    self.padded = False
-                    return self(groups)
-            results.update(((g, k), out) for (g, k, _), out in zip(batch, outputs, strict=True))
-        return [[results[(g, k)] for k in range(len(group))] for g, group in enumerate(groups)]
-
-    def _batches(self, flat: list[tuple[int, int, list[int]]]) -> list[list[tuple[int, int, list[int]]]]:
-        if not self.padded:
-            return [[item] for item in flat]
-        batches: list[list[tuple[int, int, list[int]]]] = []
-        for item in sorted(
-            flat, key=lambda item: -len(item[2])
-        ):  # longest first: a batch's first is its width
-            if batches and len(batches[-1][0][2]) * (len(batches[-1]) + 1) <= self.token_budget:
-                batches[-1].append(item)
-            else:
-                batches.append([item])
-        return batches
-
-    def _forward(self, sequences: list[list[int]]) -> list[HeadOutputs]:
-        width = max(len(tokens) for tokens in sequences)
-        pad = self.pad_token_id if self.pad_token_id is not None else 0
-        ids = torch.tensor([t + [pad] * (width - len(t)) for t in sequences], device=self.device)
-        mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in sequences], device=self.device)
-        with torch.inference_mode():
-            output = self.model(input_ids=ids, attention_mask=mask, **self._extra)
-        return read_custom_outputs(output, len(sequences), self.name)
-
-    def _agrees(self, a: HeadOutputs, b: HeadOutputs) -> bool:
-        # float32 padded and single runs agree to rounding; half precision kernels differ more
-        tolerance = 1e-4 if self.dtype == torch.float32 else 3e-2
-        pairs = [(a.values, b.values), (a.objectives or [], b.objectives or [])]
-        return all(
-            len(x) == len(y)
-            and all(abs(u - v) <= tolerance * max(1.0, abs(v)) for u, v in zip(x, y, strict=True))
-            for x, y in pairs
-        )
 
 
 @dataclasses.dataclass
@@ -361,14 +140,11 @@ class RewardAnnotator(ModelStep):
         """The model's head, from its config; refuses custom code unless ``trust_remote_code`` is set."""
         if getattr(self, "_head", None) is None:
             config = self.config
-            kwargs: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
-            if not is_local_model(config.model):
-                kwargs["revision"] = self.resolved_revision()
-            info = head_info(AutoConfig.from_pretrained(config.model, **kwargs))
+            info = head_info(load_config(config.model, self.resolved_revision(), config.trust_remote_code))
             if info.kind == CUSTOM_HEAD and not config.trust_remote_code:
                 raise RewardModelError(
                     f"reward model {config.model!r} is a custom-code model: its config.json maps "
-                    f"{_AUTO_CLASS} to {info.model_class!r} (auto_map), which runs code from the model's "
+                    f"{AUTO_CLASS} to {info.model_class!r} (auto_map), which runs code from the model's "
                     "repository; without trusting it transformers would load a plain sequence-classification "
                     "head with random weights. Read that modeling file, then set trust_remote_code: true in "
                     "the RewardAnnotator's config"
@@ -493,34 +269,18 @@ class RewardAnnotator(ModelStep):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         loaded = self.resources(rank)
-        groups, truncated, positions = [], [], []
-        for i, (prompt, all_responses) in enumerate(
-            zip(batch[columns.PROMPT], batch[columns.RESPONSES], strict=True)
-        ):
-            label = row_label(batch, i, indices)
-            # a missing response (None) is not scored: only the real ones are, and None is written for it
-            present, responses = real_responses(all_responses)
-            check_candidates_row(prompt, responses, label)
+        rows, groups, truncated = [], [], []
+        for row in candidates_rows(batch, indices):  # missing (None) responses are not scored
             sequences, cuts = [], []
-            for k, response in zip(present, responses, strict=True):
-                where = f"{label} response {k} ({response[:80]!r})"
-                try:
-                    ids = conversation_ids(loaded.tokenizer, prompt, response)
-                except Exception as error:
-                    raise RowError(f"{where}: cannot tokenize for the reward model: {error}") from error
-                if not ids:
-                    raise RowError(f"{where}: the conversation tokenizes to nothing")
-                excess = len(ids) - loaded.max_length if loaded.max_length else 0
-                if excess > 0 and self.config.overflow == "error":
-                    raise RowError(
-                        f"{where}: {len(ids)} tokens exceed max_length={loaded.max_length}; "
-                        "set overflow='truncate' to score its first tokens"
-                    )
-                sequences.append(ids[: loaded.max_length] if excess > 0 else ids)
-                cuts.append(max(excess, 0))
+            for k, response in zip(row.present, row.responses, strict=True):
+                ids, cut = self._conversation(
+                    loaded, row.prompt, response, f"{row.label} response {k} ({response[:80]!r})"
+                )
+                sequences.append(ids)
+                cuts.append(cut)
+            rows.append(row)
             groups.append(sequences)
             truncated.append(cuts)
-            positions.append((present, len(all_responses)))
         outputs = loaded.scorer(groups)
         if loaded.head.kind == CUSTOM_HEAD:
             sources, rewards, objectives = self.custom_columns(outputs)
@@ -529,8 +289,8 @@ class RewardAnnotator(ModelStep):
             rewards = [[self.reward_of(o) for o in row] for row in outputs]
         source = f"{self.config.model}@{self.resolved_revision()}"
 
-        def aligned(rows: list) -> list:
-            return [realign(row, *where) for row, where in zip(rows, positions, strict=True)]
+        def aligned(per_row: list) -> list:
+            return [row.realign(values) for row, values in zip(rows, per_row, strict=True)]
 
         out: Batch = {columns.REWARDS: aligned(rewards), columns.REWARD_SOURCE: [source] * len(groups)}
         if self.config.multi_objective:
@@ -540,6 +300,25 @@ class RewardAnnotator(ModelStep):
         if self.config.overflow == "truncate":
             out[REWARD_TRUNCATED_TOKENS] = aligned(truncated)
         return out
+
+    def _conversation(
+        self, loaded: _LoadedRM, prompt: Prompt, response: str, where: str
+    ) -> tuple[list[int], int]:
+        """The token ids the reward model scores for one response (within ``max_length``), and how many
+        tokens were cut off to fit (0, or an error with ``overflow="error"``)."""
+        try:
+            ids = conversation_ids(loaded.tokenizer, prompt, response)
+        except Exception as error:
+            raise RowError(f"{where}: cannot tokenize for the reward model: {error}") from error
+        if not ids:
+            raise RowError(f"{where}: the conversation tokenizes to nothing")
+        excess = len(ids) - loaded.max_length if loaded.max_length else 0
+        if excess > 0 and self.config.overflow == "error":
+            raise RowError(
+                f"{where}: {len(ids)} tokens exceed max_length={loaded.max_length}; "
+                "set overflow='truncate' to score its first tokens"
+            )
+        return (ids[: loaded.max_length] if excess > 0 else ids), max(excess, 0)
 
     def output_features(self, input_features: Any) -> Any:
         """The output columns' types, fixed up front: a batch whose responses are all missing holds only None."""

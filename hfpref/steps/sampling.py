@@ -50,10 +50,11 @@ from typing import Any, ClassVar
 
 from hfpref.core import columns as C
 from hfpref.core.step import Batch, RowError, StepConfig, row_label, runtime_field
-from hfpref.models.utils import ModelStep, load_model, load_tokenizer, parse_dtype, select_device
+from hfpref.models.loading import load_model, load_tokenizer, parse_dtype, select_device
+from hfpref.models.packing import plan_padded_batches
+from hfpref.models.step import ModelStep
+from hfpref.steps.candidates import Prompt
 from hfpref.steps.chat_prompts import MESSAGES, PromptFormError, chat_template_sha256, is_messages
-
-Prompt = str | list[dict[str, Any]]
 
 
 @dataclasses.dataclass
@@ -313,18 +314,12 @@ def length_groups(
     A call's cost is its padded size, ``n * rows * (longest prompt + max_new_tokens)``; a single prompt
     over budget still gets a call of its own.
     """
-    order = sorted(range(len(token_ids)), key=lambda k: (len(token_ids[k]), k))
-    groups: list[list[int]] = []
-    current: list[int] = []
-    for k in order:
-        longest = len(token_ids[k])  # ascending order: the newest prompt is the longest
-        if current and n * (len(current) + 1) * (longest + max_new_tokens) > token_budget:
-            groups.append(current)
-            current = []
-        current.append(k)
-    if current:
-        groups.append(current)
-    return groups
+    return plan_padded_batches(
+        [len(ids) for ids in token_ids],
+        token_budget,
+        row_cost=lambda longest: n * (longest + max_new_tokens),
+        longest_first=False,
+    )
 
 
 # ---- vLLM backend (needs a GPU and vllm; not exercised by the CPU test suite) -------------------

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hfpref.core.errors import UserError
-from hfpref.models.utils import content_hash, resolve_revision
+from hfpref.models.hub import content_hash, resolve_revision
 from hfpref.release.writer import load_release
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hfpref.models.utils import resolve_revision
+from hfpref.models.hub import resolve_revision
 from hfpref.training.dpo import USER, Setting, card_hyperparameters, load_pairs, write_model_card
 
 _SILENT = "arXiv 2604.08723 (seed 001) gives no KTO hyperparameters in the summary we have"

@@ -1,7 +1,7 @@
 """The Ray engine: the same steps and recipe on a Ray cluster, through Ray Data.
 
 Per step, the rows not yet in the ``datasets`` cache go to Ray as Arrow blocks (``ray.data.from_arrow``);
-a model step (``hfpref.models.utils.ModelStep``) runs in an actor pool, ``map_batches`` with a callable
+a model step (``hfpref.models.step.ModelStep``) runs in an actor pool, ``map_batches`` with a callable
 class, ``num_gpus`` per actor and a fixed ``concurrency``, so each actor loads its model once; a pure-CPU
 step runs as Ray tasks. Pair selection runs every strategy's ``PairSelector`` in one pass of tasks.
 

@@ -341,7 +341,8 @@ class TransformersBackend(JudgeBackend):
             )
         from transformers import AutoModelForCausalLM
 
-        from hfpref.models.utils import load_model, load_tokenizer, resolve_revision, select_device
+        from hfpref.models.hub import resolve_revision
+        from hfpref.models.loading import load_model, load_tokenizer, select_device
 
         self.revision = resolve_revision(config.model, config.revision)
         self.tokenizer = load_tokenizer(config.model, self.revision)
@@ -574,7 +575,7 @@ class JudgeStep(Step):
         if judge.backend != "transformers":
             return None
         if getattr(self, "_revision", None) is None:
-            from hfpref.models.utils import resolve_revision
+            from hfpref.models.hub import resolve_revision
 
             self._revision = resolve_revision(judge.model, judge.revision)
         return self._revision
