@@ -99,13 +99,22 @@ def test_results_do_not_depend_on_input_order(reward_path):
         assert a == pytest.approx(b, abs=1e-5)
 
 
+def _reward_model_copy(tiny_models, folder, chat_template: str | None):
+    """A copy of the tiny reward model in ``folder`` whose tokenizer has ``chat_template`` (None: none);
+    returns that tokenizer, reloaded from the folder."""
+    shutil.copytree(tiny_models["reward"], folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(folder)
+    if chat_template is None:
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def test_uses_the_reward_models_own_template(tiny_models, tmp_path):
     """An RM whose template differs from the policy's is scored on its own rendering, never the policy's."""
     rm = tmp_path / "rm-other-template"
-    shutil.copytree(tiny_models["reward"], rm)
-    tokenizer = AutoTokenizer.from_pretrained(rm)
-    tokenizer.chat_template = OTHER_TEMPLATE
-    tokenizer.save_pretrained(rm)
+    tokenizer = _reward_model_copy(tiny_models, rm, OTHER_TEMPLATE)
     policy_tokenizer = AutoTokenizer.from_pretrained(tiny_models["policy"])
     row = ROWS[1]
     ours = conversation_ids(tokenizer, row["prompt"], row["responses"][0])
@@ -125,12 +134,7 @@ def test_uses_the_reward_models_own_template(tiny_models, tmp_path):
 
 def test_without_chat_template_scores_prompt_plus_response_text(tiny_models, tmp_path):
     rm = tmp_path / "rm-no-template"
-    shutil.copytree(tiny_models["reward"], rm)
-    tokenizer = AutoTokenizer.from_pretrained(rm)
-    tokenizer.chat_template = None
-    tokenizer.save_pretrained(rm)
-    (rm / "chat_template.jinja").unlink(missing_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(rm)
+    tokenizer = _reward_model_copy(tiny_models, rm, None)
     assert not tokenizer.chat_template
     rows = [ROWS[0], ROWS[2]]
     want = _native_scores(str(rm), rows, lambda p, r: tokenizer(p + r)["input_ids"])
