@@ -45,7 +45,8 @@ import datasets
 
 from hfpref.core import columns as C
 from hfpref.core.step import Batch, StepConfig
-from hfpref.steps.judges.backends import JudgeConfig, JudgeStep, as_judge_config
+from hfpref.steps.judges.base import JudgeStep
+from hfpref.steps.judges.config import JudgeConfig, JudgeStepConfig
 from hfpref.steps.judges.parsing import (
     FIRST,
     FeatureVerdict,
@@ -111,7 +112,7 @@ DIFFERENCE_FEATURE = datasets.List(
 
 
 @dataclasses.dataclass
-class FeatureConfig(StepConfig):
+class FeatureConfig(JudgeStepConfig):
     """The judge, the feature lists, how many differences to ask for, the columns.
 
     ``relevant_features`` / ``irrelevant_features``: the paper's lists by default. All but ``"other"``
@@ -121,8 +122,6 @@ class FeatureConfig(StepConfig):
     ``response_b``, ``features``, ``coding_only_features``, ``num_features``).
     """
 
-    judge: JudgeConfig | Mapping[str, Any] | None = None
-    prompt_column: str = C.PROMPT
     first_column: str = C.CHOSEN
     second_column: str = C.REJECTED
     num_features: int = 3
@@ -130,11 +129,9 @@ class FeatureConfig(StepConfig):
     irrelevant_features: list[str] = dataclasses.field(default_factory=lambda: list(IRRELEVANT_FEATURES))
     coding_only_features: list[str] = dataclasses.field(default_factory=lambda: list(CODING_ONLY_FEATURES))
     both_orders: bool = True
-    template: str | None = None
-    column_prefix: str = ""
 
     def __post_init__(self) -> None:
-        self.judge = as_judge_config(self.judge)
+        super().__post_init__()
         if self.num_features < 1:
             raise ValueError(f"num_features must be at least 1, got {self.num_features}")
         if self.first_column == self.second_column:
@@ -273,22 +270,17 @@ class FeatureDifferenceJudge(JudgeStep):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         cfg = self.config
-        rows = len(batch[cfg.prompt_column])
-        conversations, owners = [], []
-        for i in range(rows):
+
+        def judge_prompts(i: int) -> list[str]:
             prompt = self.prompt_text(batch, cfg.prompt_column, i, indices)
             first = self.response_text(batch, cfg.first_column, i, indices)
             second = self.response_text(batch, cfg.second_column, i, indices)
-            for order in self.orders:
-                a, b = (first, second) if order == 0 else (second, first)
-                conversations.append([{"role": "user", "content": self.judge_prompt(prompt, a, b)}])
-                owners.append(i)
-        completions = self.ask(conversations, owners, batch, indices, rank)
+            shown = [(first, second) if order == 0 else (second, first) for order in self.orders]
+            return [self.judge_prompt(prompt, a, b) for a, b in shown]
 
         out: Batch = {name: [] for name in self.output_columns()}
-        relevant, listed, per_row = cfg.relevant, cfg.listed, len(self.orders)
-        for i in range(rows):
-            replies = completions[per_row * i : per_row * (i + 1)]
+        relevant, listed = cfg.relevant, cfg.listed
+        for replies in self.ask_rows(batch, indices, rank, judge_prompts):
             differences: list[dict[str, Any]] = []
             parse_failures = 0
             for order, completion in zip(self.orders, replies, strict=True):

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import datasets
 
 from hfpref.core import columns as C
 from hfpref.core.step import Batch, StepConfig
-from hfpref.steps.judges.backends import JudgeConfig, JudgeStep, as_judge_config
+from hfpref.steps.judges.base import JudgeStep
+from hfpref.steps.judges.config import JudgeStepConfig
 from hfpref.steps.judges.parsing import QualityVerdict, normalize_key, parse_quality
 
 # reasoning-quality dimensions (Decomposing the Delta judges traces on several such dimensions)
@@ -48,7 +48,7 @@ DELTA = "sample_delta"
 
 
 @dataclasses.dataclass
-class QualityConfig(StepConfig):
+class QualityConfig(JudgeStepConfig):
     """The judge (``JudgeConfig`` or a mapping of its fields), the dimensions and scale, the columns.
 
     ``dimensions``: name -> what the judge should look at; names become keys and column suffixes
@@ -58,18 +58,14 @@ class QualityConfig(StepConfig):
     ``scale_max``).
     """
 
-    judge: JudgeConfig | Mapping[str, Any] | None = None
     dimensions: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_DIMENSIONS))
     scale_min: int = 1
     scale_max: int = 10
-    prompt_column: str = C.PROMPT
     first_column: str = C.CHOSEN
     second_column: str = C.REJECTED
-    template: str | None = None
-    column_prefix: str = ""
 
     def __post_init__(self) -> None:
-        self.judge = as_judge_config(self.judge)
+        super().__post_init__()
         if not self.dimensions:
             raise ValueError("QualityConfig.dimensions must name at least one dimension")
         keys = [normalize_key(name) for name in self.dimensions]
@@ -143,19 +139,16 @@ class QualityJudge(JudgeStep):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         cfg = self.config
-        rows = len(batch[cfg.prompt_column])
-        conversations, owners = [], []
-        for i in range(rows):
+
+        def judge_prompts(i: int) -> list[str]:
             prompt = self.prompt_text(batch, cfg.prompt_column, i, indices)
-            for column in (cfg.first_column, cfg.second_column):
-                response = self.response_text(batch, column, i, indices)
-                conversations.append([{"role": "user", "content": self.judge_prompt(prompt, response)}])
-                owners.append(i)
-        completions = self.ask(conversations, owners, batch, indices, rank)
+            responses = [
+                self.response_text(batch, c, i, indices) for c in (cfg.first_column, cfg.second_column)
+            ]
+            return [self.judge_prompt(prompt, response) for response in responses]
 
         out: Batch = {name: [] for name in self.output_columns()}
-        for i in range(rows):
-            pair = completions[2 * i : 2 * i + 2]
+        for pair in self.ask_rows(batch, indices, rank, judge_prompts):
             verdicts = [
                 parse_quality(c.text, cfg.keys, cfg.scale_min, cfg.scale_max)
                 if c.text is not None
