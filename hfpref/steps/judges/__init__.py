@@ -8,7 +8,7 @@
 * ``features``: ``FeatureDifferenceJudge``, f_Δ^rel / f_Δ^des, ``feature_summary``;
 * ``pairwise``: ``PairwiseJudge``, which of two responses is better, asked in both orders (PairRM's role).
 
-Prompt templates ship as package data in ``hfpref/judges/templates/*.j2``. Names import lazily, so
+Prompt templates ship as package data in ``hfpref/steps/judges/templates/*.j2``. Names import lazily, so
 ``import hfpref.steps.judges`` needs neither ``openai`` nor ``torch``.
 """
 
