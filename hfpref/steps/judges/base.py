@@ -79,6 +79,10 @@ class JudgeStep(Step):
     The template is ``config.template`` (a file path) or the package's ``default_template``. The
     fingerprint covers the judge's answer-deciding fields, the template's text, and for a local judge
     model its resolved revision; the backend loads lazily per worker and is never pickled.
+
+    Input columns, unless a subclass says otherwise: ``prompt_column``, ``first_column`` and
+    ``second_column`` of the config (default prompt, chosen, rejected). Output columns are named with the
+    config's ``column_prefix`` in front (``column``).
     """
 
     default_template: ClassVar[str] = ""

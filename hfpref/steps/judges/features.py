@@ -228,8 +228,7 @@ def pair_fractions(differences: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 class FeatureDifferenceJudge(JudgeStep):
     """Feature differences between two responses per row, and f_Δ^rel / f_Δ^des.
 
-    Input columns: ``prompt_column``, ``first_column``, ``second_column`` (default prompt, chosen,
-    rejected). Output columns (prefixed by ``column_prefix``): ``feature_differences``, ``f_delta``,
+    Reads the prompt and two response columns (``JudgeStep``); writes ``feature_differences``, ``f_delta``,
     ``f_rel``, ``f_des``, ``feature_order_agreement``, ``feature_judge_raw``, ``feature_parse_failures``,
     ``feature_request_failures`` (see the module notes).
     """

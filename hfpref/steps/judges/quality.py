@@ -87,8 +87,7 @@ class QualityConfig(JudgeStepConfig):
 class QualityJudge(JudgeStep):
     """Judge scores of two responses per row and their sample-level delta.
 
-    Input columns: ``prompt_column``, ``first_column``, ``second_column`` (default prompt, chosen,
-    rejected). Output columns (prefixed by ``column_prefix``): ``quality_<first>``,
+    Reads the prompt and two response columns (``JudgeStep``); writes ``quality_<first>``,
     ``quality_<second>``, ``sample_delta``, ``sample_delta_<dimension>`` per dimension,
     ``quality_judge_raw``, ``quality_parse_failures``, ``quality_request_failures`` (see the module notes).
     """
