@@ -76,7 +76,7 @@ def _text_of(value: Any, plain: Callable[[Mapping[str, str]], bool]) -> str | No
 class JudgeStep(Step):
     """A step that asks a judge (``config.judge``, a ``JudgeConfig``) with a Jinja prompt template.
 
-    The template is ``config.template`` (a file path) or the package's ``default_template``. The
+    The template is ``config.template`` (a file path) or the packaged ``templates/{family}.j2``. The
     fingerprint covers the judge's answer-deciding fields, the template's text, and for a local judge
     model its resolved revision; the backend loads lazily per worker and is never pickled.
 
@@ -85,9 +85,11 @@ class JudgeStep(Step):
     config's ``column_prefix`` in front (``column``).
     """
 
-    default_template: ClassVar[str] = ""
-    # the name part of the step's ``*_request_failures`` column (after ``column_prefix``)
-    failure_column: ClassVar[str] = ""
+    # the packaged template (under ``templates/``) used when ``config.template`` is unset; None: ``{family}.j2``
+    default_template: ClassVar[str | None] = None
+    # what the step's bookkeeping columns start with (after ``column_prefix``): ``{family}_judge_raw``,
+    # ``{family}_parse_failures``, ``{family}_request_failures``; ``parse_failure_summary`` takes it too
+    family: ClassVar[str] = ""
 
     def __init__(self, config: StepConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
@@ -103,7 +105,20 @@ class JudgeStep(Step):
     # ---- failures: counted, warned about, never cached as results ------------------------------
     def request_failures_column(self) -> str:
         """The per-row count of failed requests (``on_request_error="missing"``)."""
-        return self.column(self.failure_column)
+        return self.column(f"{self.family}_request_failures")
+
+    def bookkeeping_columns(self) -> list[str]:
+        """The columns of the replies as received, the unreadable replies and the failed requests."""
+        return [
+            self.column(f"{self.family}_{name}")
+            for name in ("judge_raw", "parse_failures", "request_failures")
+        ]
+
+    def record_replies(self, out: Batch, raw: list, parse_failures: int, request_failures: int) -> None:
+        """Append one row's replies as received and its counts of unreadable replies and failed requests."""
+        values = (raw, parse_failures, request_failures)
+        for column, value in zip(self.bookkeeping_columns(), values, strict=True):
+            out[column].append(value)
 
     def output_fingerprint(self, dataset_fingerprint: str) -> str:
         """``Step.output_fingerprint``; once an output of this step object held failed requests, a fresh
@@ -202,7 +217,7 @@ class JudgeStep(Step):
             return Path(path).expanduser().read_text(encoding="utf-8")
         return (
             importlib.resources.files("hfpref.steps.judges")
-            .joinpath("templates", self.default_template)
+            .joinpath("templates", self.default_template or f"{self.family}.j2")
             .read_text(encoding="utf-8")
         )
 

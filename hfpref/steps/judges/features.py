@@ -236,13 +236,12 @@ class FeatureDifferenceJudge(JudgeStep):
     config_class: ClassVar[type[StepConfig]] = FeatureConfig
     version: ClassVar[str] = "1"
     default_template: ClassVar[str] = "features.j2"
-    failure_column: ClassVar[str] = "feature_request_failures"
+    family: ClassVar[str] = "feature"
     config: FeatureConfig
 
     def output_columns(self) -> list[str]:
         names = ["feature_differences", "f_delta", "f_rel", "f_des", "feature_order_agreement"]
-        names += ["feature_judge_raw", "feature_parse_failures", "feature_request_failures"]
-        return [self.column(n) for n in names]
+        return [*(self.column(n) for n in names), *self.bookkeeping_columns()]
 
     def output_features(self, input_features: datasets.Features) -> datasets.Features:
         """The input's features plus the outputs', fixed so a batch of unreadable replies keeps its types."""
@@ -298,9 +297,8 @@ class FeatureDifferenceJudge(JudgeStep):
             out[self.column("f_rel")].append(fractions["f_rel"])
             out[self.column("f_des")].append(fractions["f_des"])
             out[self.column("feature_order_agreement")].append(fractions["agreement"])
-            out[self.column("feature_judge_raw")].append([c.text for c in replies])
-            out[self.column("feature_parse_failures")].append(parse_failures)
-            out[self.column("feature_request_failures")].append(sum(1 for c in replies if c.text is None))
+            failed = sum(1 for c in replies if c.text is None)
+            self.record_replies(out, [c.text for c in replies], parse_failures, failed)
         return out
 
 

@@ -113,8 +113,7 @@ class PairwiseJudge(JudgeStep):
 
     config_class: ClassVar[type[StepConfig]] = PairwiseConfig
     version: ClassVar[str] = "1"
-    default_template: ClassVar[str] = "pairwise.j2"
-    failure_column: ClassVar[str] = "pairwise_request_failures"
+    family: ClassVar[str] = "pairwise"
     # AnnotateSelected hands a pairwise annotator whole rows and takes its per-pair preferences
     pairwise: ClassVar[bool] = True
     config: PairwiseConfig
@@ -226,11 +225,9 @@ class PairwiseJudge(JudgeStep):
             counts["disagreements"] += verdicts[k] == "order_disagreement"
         out[self.column(PREFERENCES)].append(preferences)
         out[self.column("pairwise_verdicts")].append(verdicts)
-        out[self.column("pairwise_judge_raw")].append(raw)
         out[self.column("pairwise_ties")].append(counts["ties"])
         out[self.column("pairwise_order_disagreements")].append(counts["disagreements"])
-        out[self.column("pairwise_parse_failures")].append(counts["parse"])
-        out[self.column("pairwise_request_failures")].append(counts["requests"])
+        self.record_replies(out, raw, counts["parse"], counts["requests"])
 
 
 def pairwise_summary(dataset: Any, prefix: str = "") -> dict[str, int]:

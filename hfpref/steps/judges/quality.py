@@ -94,8 +94,7 @@ class QualityJudge(JudgeStep):
 
     config_class: ClassVar[type[StepConfig]] = QualityConfig
     version: ClassVar[str] = "1"
-    default_template: ClassVar[str] = "quality.j2"
-    failure_column: ClassVar[str] = "quality_request_failures"
+    family: ClassVar[str] = "quality"
     config: QualityConfig
 
     # ---- columns ---------------------------------------------------------------------------
@@ -106,9 +105,7 @@ class QualityJudge(JudgeStep):
             self.column(f"quality_{cfg.second_column}"),
             self.column(DELTA),
             *[self.column(f"{DELTA}_{key}") for key in cfg.keys],
-            self.column("quality_judge_raw"),
-            self.column("quality_parse_failures"),
-            self.column("quality_request_failures"),
+            *self.bookkeeping_columns(),
         ]
 
     def output_features(self, input_features: datasets.Features) -> datasets.Features:
@@ -160,11 +157,12 @@ class QualityJudge(JudgeStep):
             out[self.column(DELTA)].append(_difference(first.overall, second.overall))
             for key in cfg.keys:
                 out[self.column(f"{DELTA}_{key}")].append(_difference(first.scores[key], second.scores[key]))
-            out[self.column("quality_judge_raw")].append([c.text for c in pair])
-            out[self.column("quality_parse_failures")].append(
-                sum(1 for c, v in zip(pair, verdicts, strict=True) if c.text is not None and not v.complete)
+            unreadable = sum(
+                1 for c, v in zip(pair, verdicts, strict=True) if c.text is not None and not v.complete
             )
-            out[self.column("quality_request_failures")].append(sum(1 for c in pair if c.text is None))
+            self.record_replies(
+                out, [c.text for c in pair], unreadable, sum(1 for c in pair if c.text is None)
+            )
         return out
 
 
