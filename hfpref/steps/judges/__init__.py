@@ -27,6 +27,7 @@ _LAZY = {
     "JudgeRequestError": "hfpref.steps.judges.config",
     "JudgeFailureWarning": "hfpref.steps.judges.config",
     "JudgeStep": "hfpref.steps.judges.base",
+    "JudgeStepConfig": "hfpref.steps.judges.config",
     "parse_failure_summary": "hfpref.steps.judges.parsing",
     "QualityConfig": "hfpref.steps.judges.quality",
     "QualityJudge": "hfpref.steps.judges.quality",
