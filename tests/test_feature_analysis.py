@@ -20,6 +20,7 @@ from hfpref.steps.judges.features import (
     pair_fractions,
 )
 from hfpref.steps.judges.parsing import FeatureVerdict
+from tests.canned_judge import judge_config, pair_batch
 
 FAKE = f"{__name__}:CannedFeatureJudge"
 
@@ -76,11 +77,7 @@ def canned():
 
 
 def _judge(tmp_path, **overrides) -> dict:
-    return {"model": "canned-judge", "backend": FAKE, "cache_dir": str(tmp_path / "judge-cache"), **overrides}
-
-
-def _batch(rows) -> dict[str, list]:
-    return {key: [row[key] for row in rows] for key in ("prompt", "chosen", "rejected")}
+    return judge_config(FAKE, tmp_path, **overrides)
 
 
 def test_feature_lists_are_the_papers():
@@ -147,7 +144,7 @@ def test_pair_fractions_of_nothing_is_none():
 
 
 def test_step_by_hand(tmp_path):
-    out = FeatureDifferenceJudge(judge=_judge(tmp_path))(_batch(ROWS))
+    out = FeatureDifferenceJudge(judge=_judge(tmp_path))(pair_batch(ROWS))
     # pair 0: as in test_pair_fractions_by_hand
     assert out["f_delta"][0] == 6
     assert out["f_rel"][0] == pytest.approx(0.5)
@@ -175,7 +172,7 @@ def test_step_by_hand(tmp_path):
 
 
 def test_judge_sees_both_orders_and_an_alphabetical_unlabelled_list(tmp_path, canned):
-    FeatureDifferenceJudge(judge=_judge(tmp_path))(_batch(ROWS[:1]))
+    FeatureDifferenceJudge(judge=_judge(tmp_path))(pair_batch(ROWS[:1]))
     assert len(canned.shown) == 2
     first, second = canned.shown
     assert f"<response_a>\n{GOOD}\n</response_a>" in first and f"<response_b>\n{BAD}\n</response_b>" in first
@@ -190,7 +187,7 @@ def test_judge_sees_both_orders_and_an_alphabetical_unlabelled_list(tmp_path, ca
 
 
 def test_one_order_only(tmp_path, canned):
-    out = FeatureDifferenceJudge(judge=_judge(tmp_path), both_orders=False)(_batch(ROWS[:1]))
+    out = FeatureDifferenceJudge(judge=_judge(tmp_path), both_orders=False)(pair_batch(ROWS[:1]))
     assert len(canned.shown) == 1
     assert out["f_delta"] == [3]
     assert out["f_rel"][0] == pytest.approx(2 / 3)

@@ -12,10 +12,8 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import datasets
 import pytest
@@ -31,9 +29,9 @@ from hfpref.steps.judges.backends import (
 from hfpref.steps.judges.features import FeatureDifferenceJudge
 from hfpref.steps.judges.parsing import parse_failure_summary
 from hfpref.steps.judges.quality import QualityJudge
+from tests.judge_server import CANNED, LoopbackServer, chat_completion, send
 
 SERVER_START_TIMEOUT = 120.0
-CANNED = '{"correctness": 7, "logical_soundness": 6, "clarity": 8, "completeness": 7}'
 
 
 def _free_port() -> int:
@@ -187,12 +185,13 @@ def test_pairwise_judge_on_the_served_model(served_model, tmp_path):
 # ---- a stub OpenAI-compatible server -------------------------------------------------------------------
 
 
-class StubServer:
+class StubServer(LoopbackServer):
     """Answers chat completions on 127.0.0.1: the first ``fail_first`` with ``status``, each after ``delay`` s."""
 
     def __init__(
         self, *, fail_first: int = 0, status: int = 503, retry_after_ms: int | None = 10, delay: float = 0.0
     ):
+        super().__init__()
         self.fail_first, self.status, self.retry_after_ms, self.delay = (
             fail_first,
             status,
@@ -201,73 +200,27 @@ class StubServer:
         )
         self.arrivals: list[float] = []
         self.in_flight = self.peak = 0
-        self.lock = threading.Lock()
-        stub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with stub.lock:
-                    stub.arrivals.append(time.monotonic())
-                    number = len(stub.arrivals)
-                    stub.in_flight += 1
-                    stub.peak = max(stub.peak, stub.in_flight)
-                try:
-                    time.sleep(stub.delay)
-                    if number <= stub.fail_first:
-                        self._send(
-                            stub.status, {"error": {"message": "stub failure", "type": "server_error"}}
-                        )
-                    else:
-                        content = CANNED if "<response>" in body["messages"][-1]["content"] else "ok"
-                        self._send(200, _completion(body["model"], content))
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout) before the answer
-                finally:
-                    with stub.lock:
-                        stub.in_flight -= 1
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if status != 200 and stub.retry_after_ms is not None:
-                    self.send_header("retry-after-ms", str(stub.retry_after_ms))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self) -> StubServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
-def _completion(model: str, content: str) -> dict:
-    return {
-        "id": "stub",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [
-            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
-        ],
-    }
+    def answer(self, handler, body) -> None:
+        with self.lock:
+            self.arrivals.append(time.monotonic())
+            number = len(self.arrivals)
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        try:
+            time.sleep(self.delay)
+            if number <= self.fail_first:
+                payload = {"error": {"message": "stub failure", "type": "server_error"}}
+                retry = {} if self.retry_after_ms is None else {"retry-after-ms": str(self.retry_after_ms)}
+                send(handler, self.status, json.dumps(payload).encode(), retry)
+            else:
+                content = CANNED if "<response>" in body["messages"][-1]["content"] else "ok"
+                send(handler, 200, json.dumps(chat_completion(body["model"], content)).encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout) before the answer
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
 
 def _backend(stub: StubServer, tmp_path, **overrides) -> OpenAIBackend:

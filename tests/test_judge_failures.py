@@ -12,10 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import datasets
 import pytest
@@ -31,93 +29,43 @@ from hfpref.steps.judges.backends import (
     completion_of,
 )
 from hfpref.steps.judges.quality import QualityJudge
+from tests.judge_server import CANNED, LoopbackServer, chat_completion, send
 
-CANNED = '{"correctness": 7, "logical_soundness": 6, "clarity": 8, "completeness": 7}'
 MODES = ["good", "500", "429", "timeout", "garbage", "null", "html"]
 TIMEOUT = 1.0  # the client's, per attempt (long enough that a loaded machine still sends the request); the server's slow answers take longer
 PROMPT_RE = re.compile(r"PROMPT-(\d+)")
 
 
-class FlakyServer:
+class FlakyServer(LoopbackServer):
     """Answers chat completions by the mode of the prompt number in the message; ``healthy`` overrides."""
 
     def __init__(self, modes: list[str]) -> None:
+        super().__init__()
         self.modes, self.healthy = modes, False
         self.seen: list[str] = []  # the user message of every request received
-        self.lock = threading.Lock()
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                content = body["messages"][-1]["content"]
-                with server.lock:
-                    server.seen.append(content)
-                mode = "good" if server.healthy else server.modes[int(PROMPT_RE.search(content).group(1))]
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client timed out
-                    self._answer(mode, body["model"])
+    def answer(self, handler, body) -> None:
+        content = body["messages"][-1]["content"]
+        with self.lock:
+            self.seen.append(content)
+        mode = "good" if self.healthy else self.modes[int(PROMPT_RE.search(content).group(1))]
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client timed out
+            self._answer(handler, mode, body["model"])
 
-            def _answer(self, mode: str, model: str) -> None:
-                if mode == "timeout":
-                    time.sleep(TIMEOUT * 4)
-                    mode = "good"
-                if mode in ("500", "429"):
-                    self._send(int(mode), b'{"error": {"message": "stub failure"}}', {"Retry-After": "0"})
-                elif mode == "garbage":
-                    self._send(200, b'{"choices": [{"message": ', {})
-                elif mode == "html":
-                    self._send(200, b"<html><body>502 Bad Gateway</body></html>", {}, "text/html")
-                else:
-                    content = CANNED if mode == "good" else None
-                    completion = {
-                        "id": "stub",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": model,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": content},
-                            }
-                        ],
-                    }
-                    self._send(200, json.dumps(completion).encode(), {})
-
-            def _send(self, status, data, headers, content_type="application/json"):
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.pending = 0  # requests accepted whose handler has not finished
-
-        class CountingServer(ThreadingHTTPServer):
-            def process_request(self, request, client_address):
-                with server.lock:
-                    server.pending += 1
-                super().process_request(request, client_address)
-
-            def process_request_thread(self, request, client_address):
-                try:
-                    super().process_request_thread(request, client_address)
-                finally:
-                    with server.lock:
-                        server.pending -= 1
-
-        self.server = CountingServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+    @staticmethod
+    def _answer(handler, mode: str, model: str) -> None:
+        if mode == "timeout":
+            time.sleep(TIMEOUT * 4)
+            mode = "good"
+        if mode in ("500", "429"):
+            send(handler, int(mode), b'{"error": {"message": "stub failure"}}', {"Retry-After": "0"})
+        elif mode == "garbage":
+            send(handler, 200, b'{"choices": [{"message": ')
+        elif mode == "html":
+            send(handler, 200, b"<html><body>502 Bad Gateway</body></html>", {}, "text/html")
+        else:
+            completion = chat_completion(model, CANNED if mode == "good" else None)
+            send(handler, 200, json.dumps(completion).encode())
 
     def take(self, expect: int = 0, settle: float = 0.3) -> list[str]:
         """The requests received since the last call. A client that timed out may have closed its connection
@@ -137,15 +85,6 @@ class FlakyServer:
         with self.lock:
             seen, self.seen = self.seen, []
         return seen
-
-    def __enter__(self) -> FlakyServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 def _disk_dataset(tmp_path, n: int) -> datasets.Dataset:

@@ -14,6 +14,7 @@ from hfpref.core.step import MissingColumnError, RowError
 from hfpref.steps.judges.backends import Completion, JudgeBackend, JudgeRequestError
 from hfpref.steps.judges.parsing import parse_failure_summary
 from hfpref.steps.judges.quality import QualityJudge, filter_by_sample_delta
+from tests.canned_judge import judge_config, pair_batch
 
 FAKE = f"{__name__}:CannedQualityJudge"
 
@@ -90,11 +91,7 @@ def canned():
 
 
 def _judge(tmp_path, **overrides) -> dict:
-    return {"model": "canned-judge", "backend": FAKE, "cache_dir": str(tmp_path / "judge-cache"), **overrides}
-
-
-def _batch(rows) -> dict[str, list]:
-    return {key: [row[key] for row in rows] for key in ("prompt", "chosen", "rejected")}
+    return judge_config(FAKE, tmp_path, **overrides)
 
 
 def _pairs(rows) -> datasets.Dataset:
@@ -104,7 +101,7 @@ def _pairs(rows) -> datasets.Dataset:
 
 def test_scores_and_deltas_by_hand(tmp_path):
     step = QualityJudge(judge=_judge(tmp_path))
-    out = step(_batch(ROWS))
+    out = step(pair_batch(ROWS))
     # row 0: chosen (9, 8, 7, 8) vs rejected (3, 4, 5, 4)
     assert out["quality_chosen"][0] == {
         "correctness": 9.0, "logical_soundness": 8.0, "clarity": 7.0, "completeness": 8.0, "overall": 8.0
@@ -140,7 +137,7 @@ def test_scores_and_deltas_by_hand(tmp_path):
 
 
 def test_each_distinct_request_is_sent_once_and_prompts_are_rendered(tmp_path, canned):
-    QualityJudge(judge=_judge(tmp_path))(_batch(ROWS))
+    QualityJudge(judge=_judge(tmp_path))(pair_batch(ROWS))
     # 8 (prompt, response) requests, 7 distinct: row 3 repeats row 0's prompt and chosen response; its
     # rejected response was asked about before, but for another prompt, so that is a new request
     assert len(canned.asked) == 7
@@ -154,12 +151,12 @@ def test_each_distinct_request_is_sent_once_and_prompts_are_rendered(tmp_path, c
 
 
 def test_on_disk_cache_answers_a_rerun_without_asking(tmp_path, canned):
-    first = QualityJudge(judge=_judge(tmp_path))(_batch(ROWS))
+    first = QualityJudge(judge=_judge(tmp_path))(pair_batch(ROWS))
     canned.asked = []
-    again = QualityJudge(judge=_judge(tmp_path, concurrency=2))(_batch(ROWS))  # runtime field changed
+    again = QualityJudge(judge=_judge(tmp_path, concurrency=2))(pair_batch(ROWS))  # runtime field changed
     assert canned.asked == []
     assert again == first
-    other_model = QualityJudge(judge=_judge(tmp_path, model="another-judge"))(_batch(ROWS[:1]))
+    other_model = QualityJudge(judge=_judge(tmp_path, model="another-judge"))(pair_batch(ROWS[:1]))
     assert sorted(canned.asked) == sorted([ROWS[0]["chosen"], ROWS[0]["rejected"]])
     assert other_model["sample_delta"] == [4.0]
 
@@ -167,8 +164,8 @@ def test_on_disk_cache_answers_a_rerun_without_asking(tmp_path, canned):
 def test_request_failure_raises_naming_the_row_or_is_counted(tmp_path, canned):
     canned.failing = {"It boils when hot."}
     with pytest.raises(JudgeRequestError, match=r"batch row 2 failed .*503"):
-        QualityJudge(judge=_judge(tmp_path))(_batch(ROWS))
-    out = QualityJudge(judge=_judge(tmp_path, on_request_error="missing"))(_batch(ROWS))
+        QualityJudge(judge=_judge(tmp_path))(pair_batch(ROWS))
+    out = QualityJudge(judge=_judge(tmp_path, on_request_error="missing"))(pair_batch(ROWS))
     assert out["quality_request_failures"] == [0, 0, 1, 0]
     assert out["quality_parse_failures"][2] == 0
     assert out["quality_judge_raw"][2] == [REPLIES[ROWS[2]["chosen"]], None]
@@ -177,7 +174,7 @@ def test_request_failure_raises_naming_the_row_or_is_counted(tmp_path, canned):
     # the failed reply was not cached: once the judge answers, a rerun gets it
     canned.failing = set()
     canned.asked = []
-    again = QualityJudge(judge=_judge(tmp_path, on_request_error="missing"))(_batch(ROWS))
+    again = QualityJudge(judge=_judge(tmp_path, on_request_error="missing"))(pair_batch(ROWS))
     assert canned.asked == ["It boils when hot."]
     assert again["quality_parse_failures"][2] == 1
 

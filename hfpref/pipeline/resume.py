@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from hfpref.core.cache import NotComputed, can_resume
 from hfpref.core.step import Batch, Step
 
 DEFAULT_SHARD_ROWS = 1024
@@ -52,13 +53,6 @@ def shard_of(dataset: Any, start: int, stop: int) -> Any:
         return dataset
     fingerprint = hashlib.sha256(f"{dataset._fingerprint}:rows[{start}:{stop}]".encode()).hexdigest()[:32]
     return dataset.select(range(start, stop), new_fingerprint=fingerprint)
-
-
-def can_resume(dataset: Any) -> bool:
-    """Whether map outputs over ``dataset`` are cached on disk (an in-memory dataset's are not)."""
-    import datasets
-
-    return datasets.is_caching_enabled() and bool(dataset.cache_files)
 
 
 def is_cached(step: Step, dataset: Any) -> bool:
@@ -96,10 +90,6 @@ class ShardRows:
 
     def __call__(self, batch: Batch, indices: list[int]) -> Batch:
         return self.step(batch, rank=self.rank, indices=[self.start + i for i in indices])
-
-
-class NotComputed(RuntimeError):
-    """A shard that should have been in the cache was not (caching off, or the cache was removed)."""
 
 
 def cached_only(step: Step, start: int) -> Callable[[Batch, list[int]], Batch]:

@@ -8,6 +8,8 @@ verdicts, else the mean reward with a bootstrap interval), or given by the user 
 rating, a benchmark score, a parameter count — anything where larger means more capable), labelled
 "given" in the manifest.
 
+Capability measurement lives in ``hfpref.steps.generator_capability`` (its names import from here too).
+
 Dataset-level helpers: ``filter_by_generator_delta`` keeps pairs by delta range or source, and
 ``stratified_summary`` / ``format_stratified_summary`` describe pair metrics (reward margin, DCRM, sample
 delta, ...) per stratum: same source, and different sources in bins of generator delta.
@@ -24,9 +26,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import datasets
@@ -34,18 +35,21 @@ import numpy as np
 
 from hfpref.core import columns as C
 from hfpref.core.errors import UserError
+from hfpref.core.stats import describe_values, format_table
 from hfpref.core.step import Batch, MissingColumnError, RowError, Step, StepConfig, row_label
-from hfpref.release.summary import describe_values, format_table
+from hfpref.steps.generator_capability import (
+    MEASURED,
+    MEASURES,
+    column_rows,
+    measure_capabilities,
+    measure_generator_capabilities,
+)
 
 SAME_SOURCE = "same_source"
 GENERATOR_DELTA = "generator_delta"
 CHOSEN_CAPABILITY = "chosen_capability"
 REJECTED_CAPABILITY = "rejected_capability"
 UNKNOWN_POLICIES = ("error", "missing")
-
-
-MEASURED = "measured"
-MEASURES = ("auto", "ifeval_prompt_level", "ifeval_instruction_level", "mean_reward")
 
 
 @dataclasses.dataclass
@@ -172,101 +176,6 @@ class GeneratorDeltaTagger(Step):
         return out
 
 
-# ---- measured capability ---------------------------------------------------------------------------
-
-
-def measure_generator_capabilities(
-    candidates: datasets.Dataset | Mapping[str, Sequence],
-    *,
-    rewards_column: str = C.REWARDS,
-    generators_column: str = C.GENERATORS,
-) -> dict[str, float]:
-    """Each generator's capability measured on the data: the mean reward of its responses.
-
-    ``candidates``: candidates rows (per-response ``rewards`` and ``generators`` lists). Non-finite or
-    None rewards (failed scoring) are left out of the means, with a warning saying how many; a generator
-    none of whose rewards is finite gets no capability. A None generator is skipped.
-    """
-    names = candidates.column_names if hasattr(candidates, "column_names") else list(candidates)
-    missing = [c for c in (rewards_column, generators_column) if c not in names]
-    if missing:
-        raise MissingColumnError(
-            f"measure_generator_capabilities needs {missing}; columns present: {sorted(names)}"
-        )
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    skipped = 0
-    for row, (rewards, generators) in enumerate(_rows(candidates, rewards_column, generators_column)):
-        if rewards is None or generators is None or len(rewards) != len(generators):
-            raise RowError(
-                f"measure_generator_capabilities: row {row} has {rewards_column}={rewards!r} and "
-                f"{generators_column}={generators!r}, which are not aligned lists"
-            )
-        for reward, generator in zip(rewards, generators, strict=True):
-            if generator is None:
-                continue
-            if reward is None or not math.isfinite(reward):
-                skipped += 1
-                continue
-            sums[generator] += float(reward)
-            counts[generator] += 1
-    if skipped:
-        warnings.warn(
-            f"{skipped} non-finite or missing rewards were left out of the generator means", stacklevel=2
-        )
-    return {name: sums[name] / counts[name] for name in sorted(counts)}
-
-
-def measure_capabilities(
-    candidates: Any, *, measure: str = "auto", confidence: float = 0.95, seed: int = 0
-) -> dict[str, Any]:
-    """Each generator's capability measured on the candidates, with a confidence interval.
-
-    ``measure``: ``ifeval_prompt_level`` / ``ifeval_instruction_level`` (``hfpref.steps.capabilities.generator_accuracy``:
-    strict IFEval accuracy, Wilson / prompt-bootstrap interval — the very numbers the card's measured
-    generator ranking shows), ``mean_reward`` (the mean of each generator's finite ``rewards``, with a
-    percentile bootstrap interval over its responses, seeded), or ``auto``: prompt-level IFEval accuracy when
-    the candidates have ``ifeval_strict`` verdicts, else the mean reward.
-
-    Returns ``{"source": "measured", "measure", "capability_name", "confidence", "capabilities": {generator:
-    value}, "intervals": {generator: [low, high]}, "responses": {generator: count}}``.
-    """
-    from hfpref.steps.capabilities import bootstrap_ratio_interval, generator_accuracy
-
-    if measure not in MEASURES:
-        raise UserError(f"capability measure {measure!r} is not one of {MEASURES}")
-    names = candidates.column_names if hasattr(candidates, "column_names") else list(candidates)
-    if measure == "auto":
-        measure = "ifeval_prompt_level" if C.IFEVAL_STRICT in names else "mean_reward"
-    table: dict[str, Any] = {"source": MEASURED, "measure": measure, "confidence": confidence}
-    if measure.startswith("ifeval_"):
-        level = measure[len("ifeval_") :]
-        accuracy = generator_accuracy(candidates, confidence=confidence, seed=seed)
-        table["capability_name"] = f"ifeval_{level}_strict_accuracy"
-        table["capabilities"] = {a["generator"]: a[level] for a in accuracy}
-        table["intervals"] = {a["generator"]: list(a[f"{level}_ci"]) for a in accuracy}
-        table["responses"] = {a["generator"]: a["responses"] for a in accuracy}
-        return table
-    if C.REWARDS not in names or C.GENERATORS not in names:
-        raise MissingColumnError(
-            f"measuring capability as the mean reward needs {C.REWARDS!r} and {C.GENERATORS!r}; columns "
-            f"present: {sorted(names)}"
-        )
-    rewards: dict[str, list[float]] = defaultdict(list)
-    for row_rewards, generators in _rows(candidates, C.REWARDS, C.GENERATORS):
-        for reward, generator in zip(row_rewards or [], generators or [], strict=False):
-            if generator is not None and reward is not None and math.isfinite(reward):
-                rewards[generator].append(float(reward))
-    table["capability_name"] = "mean_reward"
-    table["capabilities"] = {g: float(np.mean(v)) for g, v in sorted(rewards.items())}
-    table["intervals"] = {
-        g: list(bootstrap_ratio_interval(np.asarray(v), np.ones(len(v)), confidence, seed=seed))
-        for g, v in sorted(rewards.items())
-    }
-    table["responses"] = {g: len(v) for g, v in sorted(rewards.items())}
-    return table
-
-
 def capabilities_config(table: Mapping[str, Any], **config: Any) -> GeneratorDeltaConfig:
     """A ``GeneratorDeltaConfig`` holding a measured table (``measure_capabilities``), labelled as measured."""
     return GeneratorDeltaConfig(
@@ -277,14 +186,6 @@ def capabilities_config(table: Mapping[str, Any], **config: Any) -> GeneratorDel
         intervals={g: list(v) for g, v in table["intervals"].items()},
         **config,
     )
-
-
-def _rows(data: Any, *column_names: str) -> Iterable[tuple]:
-    if isinstance(data, datasets.Dataset):
-        for batch in data.select_columns(list(column_names)).iter(batch_size=1000):
-            yield from zip(*(batch[c] for c in column_names), strict=True)
-    else:
-        yield from zip(*(data[c] for c in column_names), strict=True)
 
 
 # ---- dataset-level filters and summaries -----------------------------------------------------------
@@ -313,7 +214,7 @@ def filter_by_generator_delta(
             )
     reasons: dict[str, int] = {"source_mismatch": 0, "missing_delta": 0, "delta_out_of_range": 0}
     kept = []
-    for i, (same, delta) in enumerate(_rows(pairs, SAME_SOURCE, GENERATOR_DELTA)):
+    for i, (same, delta) in enumerate(column_rows(pairs, SAME_SOURCE, GENERATOR_DELTA)):
         if same_source is not None and same is not same_source:
             reasons["source_mismatch"] += 1
         elif (min_delta is not None or max_delta is not None) and delta is None:
@@ -344,7 +245,7 @@ def stratified_summary(
     metrics: Sequence[str] | None = None,
     bins: int | Sequence[float] = 4,
 ) -> list[dict[str, Any]]:
-    """Statistics (``hfpref.release.summary.describe_values``) of pair metrics per generator-delta stratum.
+    """Statistics (``hfpref.core.stats.describe_values``) of pair metrics per generator-delta stratum.
 
     Strata, in order: ``same source``; for pairs from different sources, one per bin of
     ``generator_delta`` — ``bins`` quantile bins (int) or these edges (a sorted list: bins
@@ -355,29 +256,13 @@ def stratified_summary(
     stats}}.
     """
     names = pairs.column_names if hasattr(pairs, "column_names") else list(pairs)
-    for column in (SAME_SOURCE, GENERATOR_DELTA):
-        if column not in names:
-            raise MissingColumnError(
-                f"column {column!r} is missing (run GeneratorDeltaTagger first); columns present: {sorted(names)}"
-            )
-    if metrics is None:
-        metrics = [m for m in DEFAULT_SUMMARY_METRICS if m in names]
-    absent = [m for m in metrics if m not in names]
-    if absent:
-        raise MissingColumnError(f"metric column(s) {absent} are missing; columns present: {sorted(names)}")
+    metrics = _summary_metrics(names, metrics)
     same = list(pairs[SAME_SOURCE])
     deltas = list(pairs[GENERATOR_DELTA])
     values = {m: list(pairs[m]) for m in metrics}
-
     cross = [d for s, d in zip(same, deltas, strict=True) if s is False and d is not None]
-    if isinstance(bins, int):
-        edges, open_ends = delta_bin_edges(cross, bins), False
-    else:
-        edges, open_ends = [float(e) for e in bins], True
-        if not edges or edges != sorted(edges) or len(set(edges)) != len(edges):
-            raise ValueError(f"bin edges must be a strictly increasing, non-empty list, got {list(bins)}")
+    edges, open_ends = _strata_edges(cross, bins)
     labels = _bin_labels(edges, open_ends)
-
     members: dict[str, list[int]] = defaultdict(list)
     for i, (s, d) in enumerate(zip(same, deltas, strict=True)):
         if s is None:
@@ -388,22 +273,44 @@ def stratified_summary(
             members["different source, no delta"].append(i)
         else:
             members[labels[_bin_of(d, edges, open_ends)]].append(i)
-
     order = ["same source", *labels, "different source, no delta", "unknown source"]
-    summary = []
-    for stratum in order:
-        rows = members.get(stratum)
-        if not rows:
-            continue
-        summary.append(
-            {
-                "stratum": stratum,
-                "rows": len(rows),
-                GENERATOR_DELTA: describe_values([deltas[i] for i in rows]),
-                "metrics": {m: describe_values([values[m][i] for i in rows]) for m in metrics},
-            }
-        )
-    return summary
+    return [
+        {
+            "stratum": stratum,
+            "rows": len(members[stratum]),
+            GENERATOR_DELTA: describe_values([deltas[i] for i in members[stratum]]),
+            "metrics": {m: describe_values([values[m][i] for i in members[stratum]]) for m in metrics},
+        }
+        for stratum in order
+        if members.get(stratum)
+    ]
+
+
+def _summary_metrics(names: Sequence[str], metrics: Sequence[str] | None) -> Sequence[str]:
+    """The metric columns to describe (by default those of ``DEFAULT_SUMMARY_METRICS`` present), after
+    checking that the tags and the metrics are there."""
+    for column in (SAME_SOURCE, GENERATOR_DELTA):
+        if column not in names:
+            raise MissingColumnError(
+                f"column {column!r} is missing (run GeneratorDeltaTagger first); columns present: {sorted(names)}"
+            )
+    if metrics is None:
+        metrics = [m for m in DEFAULT_SUMMARY_METRICS if m in names]
+    absent = [m for m in metrics if m not in names]
+    if absent:
+        raise MissingColumnError(f"metric column(s) {absent} are missing; columns present: {sorted(names)}")
+    return metrics
+
+
+def _strata_edges(cross: list[float], bins: int | Sequence[float]) -> tuple[list[float], bool]:
+    """(bin edges, whether deltas outside them get open-ended bins): quantile edges of the cross-source
+    deltas for an int, else the given edges (checked)."""
+    if isinstance(bins, int):
+        return delta_bin_edges(cross, bins), False
+    edges = [float(e) for e in bins]
+    if not edges or edges != sorted(edges) or len(set(edges)) != len(edges):
+        raise ValueError(f"bin edges must be a strictly increasing, non-empty list, got {list(bins)}")
+    return edges, True
 
 
 def _bin_labels(edges: list[float], open_ends: bool) -> list[str]:

@@ -1,5 +1,4 @@
-"""Judge backends (an OpenAI-compatible endpoint, or a local transformers model), their on-disk cache, and
-``JudgeStep``, the base of the steps that ask a judge.
+"""Judge backends: an OpenAI-compatible endpoint, a local transformers model, or a class of your own.
 
 A backend turns chat conversations (lists of ``{"role", "content"}`` messages) into ``Completion``s:
 
@@ -21,184 +20,33 @@ answer, a timeout, an HTTP 200 whose body is not a chat completion (invalid JSON
 choices) and a reply whose ``content`` is null are all failures (``Completion.error``), so a rerun asks
 them again.
 
-Failures as missing values (``on_request_error="missing"``). A judge step writes None for a failed
-request and counts it in its ``*_request_failures`` column; ``JudgeStep.apply`` then warns
-(``JudgeFailureWarning``: the count and the first error) and keeps the output out of every later run's
-cache: the output gets a fresh random fingerprint (so no later step's cached output is built on it), and
-a ``datasets`` cache file of the step that records failures is deleted before the next run maps, so the
-rerun maps again and the reply cache answers every request that succeeded; exactly the failed ones are
-sent again.
+``JudgeConfig``, ``Completion`` and ``ResponseCache`` are defined in ``hfpref.steps.judges.config`` and
+importable from here; ``JudgeStep``, the base of the judge steps, is in ``hfpref.steps.judges.base``.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-import dataclasses
 import hashlib
 import importlib
-import importlib.resources
 import json
-import logging
 import os
-import sqlite3
-import time
-import uuid
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label, runtime_field
-from hfpref.steps.chat_prompts import is_messages
-
-Messages = list[dict[str, str]]
-logger = logging.getLogger(__name__)
-
-DEFAULT_CACHE_DIR = "~/.cache/hfpref/judge"
-BACKENDS = {
-    "openai": "hfpref.steps.judges.backends:OpenAIBackend",
-    "transformers": "hfpref.steps.judges.backends:TransformersBackend",
-}
-REQUEST_ERROR_POLICIES = ("raise", "missing")
-
-
-@dataclasses.dataclass
-class JudgeConfig:
-    """Which judge answers, and how.
-
-    What decides the answers (fingerprinted): ``backend`` ("openai", "transformers" or
-    "package.module:Class"), ``model`` (the endpoint's model name, or a Hub id / local folder for
-    transformers), ``revision`` (transformers only), ``temperature``, ``top_p``, ``max_new_tokens``,
-    ``seed``, ``extra_body`` (extra JSON fields for the endpoint, e.g. ``{"response_format": ...}``),
-    ``dtype`` (transformers), and ``on_request_error``: ``"raise"`` (default; a request that still fails
-    after the retries stops the step, and a rerun pays only for what the cache lacks) or ``"missing"``
-    (its scores are None, it is counted in ``*_request_failures`` and warned about, and the step's output
-    is never reused from the ``datasets`` cache, so a rerun re-sends exactly the failed requests: see
-    the module notes).
-
-    How (not fingerprinted): ``base_url`` (None: the client's default, ``OPENAI_BASE_URL``),
-    ``api_key_env`` (the environment variable holding the key; local servers need none),
-    ``concurrency``, ``max_retries``, ``timeout`` (seconds per attempt), ``cache_dir`` (None: no
-    cache), ``device`` and ``batch_size`` (transformers).
-    """
-
-    model: str = ""
-    backend: str = "openai"
-    revision: str | None = None
-    temperature: float = 0.0
-    top_p: float | None = None
-    max_new_tokens: int = 512
-    seed: int | None = None
-    extra_body: dict[str, Any] | None = None
-    dtype: str = "auto"
-    on_request_error: str = "raise"
-    base_url: str | None = runtime_field(None)
-    api_key_env: str | None = runtime_field("OPENAI_API_KEY")
-    concurrency: int = runtime_field(8)
-    max_retries: int = runtime_field(4)
-    timeout: float = runtime_field(120.0)
-    cache_dir: str | None = runtime_field(DEFAULT_CACHE_DIR)
-    device: str | None = runtime_field(None)
-    batch_size: int = runtime_field(8)
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("JudgeConfig.model is required (the judge model's name, Hub id or folder)")
-        if self.backend not in BACKENDS and ":" not in self.backend:
-            raise ValueError(
-                f"JudgeConfig.backend {self.backend!r} is not one of {sorted(BACKENDS)} "
-                "or a 'package.module:Class' name"
-            )
-        if self.on_request_error not in REQUEST_ERROR_POLICIES:
-            raise ValueError(
-                f"JudgeConfig.on_request_error {self.on_request_error!r} is not one of {REQUEST_ERROR_POLICIES}"
-            )
-        if self.temperature < 0:
-            raise ValueError(f"JudgeConfig.temperature must be >= 0, got {self.temperature}")
-        for name in ("max_new_tokens", "concurrency", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"JudgeConfig.{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_retries < 0 or self.timeout <= 0:
-            raise ValueError("JudgeConfig.max_retries must be >= 0 and timeout > 0")
-
-    def sampling_params(self) -> dict[str, Any]:
-        """The request parameters that change the reply (part of the cache key)."""
-        params: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_new_tokens}
-        if self.top_p is not None:
-            params["top_p"] = self.top_p
-        if self.seed is not None:
-            params["seed"] = self.seed
-        if self.extra_body:
-            params["extra_body"] = self.extra_body
-        return params
-
-
-def as_judge_config(value: JudgeConfig | Mapping[str, Any] | None) -> JudgeConfig:
-    """A step config's ``judge`` field as a ``JudgeConfig`` (recipes give it as a mapping)."""
-    if isinstance(value, JudgeConfig):
-        return value
-    if isinstance(value, Mapping):
-        return JudgeConfig(**value)
-    raise ValueError(f"`judge` must be a JudgeConfig or a mapping of its fields, got {value!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-    """A judge's reply: ``text``, or ``error`` when the request failed; ``cached`` when read from the cache."""
-
-    text: str | None
-    error: str | None = None
-    cached: bool = False
-
-
-# ---- the cache -------------------------------------------------------------------------------------
-
-
-class ResponseCache:
-    """Judge replies on disk, one SQLite row per request key (safe across processes: SQLite's own locking)."""
-
-    FILENAME = "completions.sqlite3"
-
-    def __init__(self, folder: str | Path) -> None:
-        folder = Path(folder).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / self.FILENAME
-        self._connection = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
-        with self._connection:
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute(
-                "CREATE TABLE IF NOT EXISTS completions "
-                "(key TEXT PRIMARY KEY, request TEXT NOT NULL, text TEXT NOT NULL, created REAL NOT NULL)"
-            )
-
-    def get(self, keys: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):  # SQLite limits the number of bound parameters
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._connection.execute(
-                f"SELECT key, text FROM completions WHERE key IN ({marks})", chunk
-            )
-            found.update(rows.fetchall())
-        return found
-
-    def put(self, key: str, request: str, text: str) -> None:
-        with self._connection:
-            self._connection.execute(
-                "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?)", (key, request, text, time.time())
-            )
-
-    def __len__(self) -> int:
-        return self._connection.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
-
-    def close(self) -> None:
-        self._connection.close()
-
-
-# ---- backends --------------------------------------------------------------------------------------
+from hfpref.steps.judges.config import (
+    BACKENDS,
+    DEFAULT_CACHE_DIR,
+    REQUEST_ERROR_POLICIES,
+    Completion,
+    JudgeConfig,
+    JudgeFailureWarning,
+    JudgeRequestError,
+    Messages,
+    ResponseCache,
+    as_judge_config,
+)
 
 
 class JudgeBackend(abc.ABC):
@@ -404,256 +252,21 @@ def make_backend(config: JudgeConfig, rank: int | None = None) -> JudgeBackend:
     return backend_class(config.backend)(config, rank)
 
 
-# ---- the step base ---------------------------------------------------------------------------------
-
-
-class JudgeRequestError(RuntimeError):
-    """A judge request failed after its retries (with ``on_request_error="raise"``)."""
-
-
-class JudgeFailureWarning(UserWarning):
-    """Judge requests failed and were written as missing values (``on_request_error="missing"``)."""
-
-
-def _cache_files_of(dataset: Any, fingerprint: str) -> list[str]:
-    """The ``datasets`` cache file(s) a map over ``dataset`` with ``fingerprint`` writes (one, or one per
-    worker of ``Dataset.map(num_proc=k)``, named ``..._00000_of_0000k.arrow``)."""
-    path = dataset._get_cache_file_path(fingerprint)  # no public call names a map's cache file
-    stem, suffix = os.path.splitext(path)
-    return sorted({path, *(str(p) for p in Path(stem).parent.glob(f"{Path(stem).name}_*_of_*{suffix}"))})
-
-
-def _failures_in_files(paths: Sequence[str], column: str) -> int:
-    import datasets
-
-    total = 0
-    for path in paths:
-        if os.path.exists(path):
-            cached = datasets.Dataset.from_file(path)
-            if column in cached.column_names:
-                total += sum(v or 0 for v in cached[column])
-    return total
-
-
-def text_of_prompt(prompt: Any) -> str | None:
-    """A prompt as the judge reads it: the string itself, or the conversation as ``[role]`` blocks."""
-    if isinstance(prompt, str):
-        return prompt
-    if is_messages(prompt):
-        if len(prompt) == 1 and prompt[0]["role"] == "user":
-            return prompt[0]["content"]
-        return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in prompt)
-    return None
-
-
-def text_of_response(response: Any) -> str | None:
-    """A response as the judge reads it: the string, or the text of TRL's conversational completion."""
-    if isinstance(response, str):
-        return response
-    if is_messages(response):
-        if len(response) == 1:
-            return response[0]["content"]
-        return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in response)
-    return None
-
-
-class JudgeStep(Step):
-    """A step that asks a judge (``config.judge``, a ``JudgeConfig``) with a Jinja prompt template.
-
-    The template is ``config.template`` (a file path) or the package's ``default_template``. The
-    fingerprint covers the judge's answer-deciding fields, the template's text, and for a local judge
-    model its resolved revision; the backend loads lazily per worker and is never pickled.
-    """
-
-    default_template: ClassVar[str] = ""
-    # the name part of the step's ``*_request_failures`` column (after ``column_prefix``)
-    failure_column: ClassVar[str] = ""
-
-    def __init__(self, config: StepConfig | None = None, **overrides: Any) -> None:
-        super().__init__(config, **overrides)
-        # cache files older than this step object are earlier runs'; newer ones may be this run's workers'
-        self._since = time.time()
-        self._failed_requests = 0  # failed requests seen in this step object's outputs
-        self._reported: set[str] = set()  # cache files whose failures this object has warned about
-        self._mapping = False
-
-    def load(self, rank: int | None) -> JudgeBackend:
-        return make_backend(self.config.judge, rank)
-
-    # ---- failures: counted, warned about, never cached as results ------------------------------
-    def request_failures_column(self) -> str:
-        """The per-row count of failed requests (``on_request_error="missing"``)."""
-        return self.column(self.failure_column)
-
-    def output_fingerprint(self, dataset_fingerprint: str) -> str:
-        """``Step.output_fingerprint``; once an output of this step object held failed requests, a fresh
-        random one (outside its own map, which must find and write its cache file under the stable one),
-        so that nothing computed from such an output is found in a later run's cache: the engines look up
-        cached shards and join shards under this fingerprint."""
-        stable = super().output_fingerprint(dataset_fingerprint)
-        if getattr(self, "_mapping", False) or not getattr(self, "_failed_requests", 0):
-            return stable
-        return hashlib.sha256(f"{stable}:request-failures:{uuid.uuid4().hex}".encode()).hexdigest()[:32]
-
-    def _drop_stale_failures(self, dataset) -> int:
-        """Delete a cache file of this step over ``dataset`` that records failed requests, when it is an
-        earlier run's (older than this step object) or one this object already warned about; returns how
-        many failures it held (0: nothing deleted)."""
-        from hfpref.pipeline.resume import can_resume
-
-        if not can_resume(dataset):
-            return 0
-        files = [
-            path
-            for path in _cache_files_of(dataset, Step.output_fingerprint(self, dataset._fingerprint))
-            if os.path.exists(path)
-            and (
-                os.path.getmtime(path) < getattr(self, "_since", 0) or path in getattr(self, "_reported", ())
-            )
-        ]
-        stale = _failures_in_files(files, self.request_failures_column())
-        if stale:
-            logger.warning(
-                "%s: a cached output holds %d failed judge request(s); mapping again (the reply cache answers "
-                "the requests that succeeded)",
-                self.name,
-                stale,
-            )
-            for path in files:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-        return stale
-
-    def apply(self, dataset, *, batch_size: int = 64, num_proc: int | None = None, **map_kwargs: Any):
-        """``Step.apply``, but an output with failed requests is never a cache hit in a later run.
-
-        Before mapping, a cache file of this step over ``dataset`` that records failed requests (an earlier
-        run's) is deleted, so the map runs again and only the requests missing from the reply cache are
-        sent. After mapping, failures in the output are counted and warned about
-        (``JudgeFailureWarning``), and the output gets a random fingerprint (see ``output_fingerprint``).
-        """
-        from hfpref.pipeline.resume import NotComputed
-
-        column = self.request_failures_column()
-        stale = self._drop_stale_failures(dataset)
-        self._mapping = True
-        try:
-            try:
-                out = super().apply(dataset, batch_size=batch_size, num_proc=num_proc, **map_kwargs)
-            except NotComputed:
-                if not stale:
-                    raise
-                # an engine replays a shard it found cached before this call deleted it: compute it here
-                map_kwargs.pop("function", None)
-                out = super().apply(dataset, batch_size=batch_size, num_proc=None, **map_kwargs)
-        finally:
-            self._mapping = False
-        failed = sum(v or 0 for v in out[column]) if column in out.column_names else 0
-        if failed:
-            self._failed_requests = getattr(self, "_failed_requests", 0) + failed
-            self._reported = {*getattr(self, "_reported", ()), *(f["filename"] for f in out.cache_files)}
-            out._fingerprint = self.output_fingerprint(dataset._fingerprint)
-            first = getattr(self, "_first_error", None) or "(raised in a worker process; see its log)"
-            warnings.warn(
-                f"{self.name}: {failed} judge request(s) failed and are missing values in {column!r} "
-                f"(first error: {first}). They are not cached: rerun when the endpoint answers, and only "
-                "they are sent again.",
-                JudgeFailureWarning,
-                stacklevel=2,
-            )
-        return out
-
-    # judge steps compare two responses to one prompt, in columns their configs name
-    def column(self, name: str) -> str:
-        return f"{self.config.column_prefix}{name}"
-
-    def input_columns(self) -> list[str]:
-        return [self.config.prompt_column, self.config.first_column, self.config.second_column]
-
-    def resolved_revision(self) -> str | None:
-        judge: JudgeConfig = self.config.judge
-        if judge.backend != "transformers":
-            return None
-        if getattr(self, "_revision", None) is None:
-            from hfpref.models.hub import resolve_revision
-
-            self._revision = resolve_revision(judge.model, judge.revision)
-        return self._revision
-
-    def template_text(self) -> str:
-        path = getattr(self.config, "template", None)
-        if path:
-            return Path(path).expanduser().read_text(encoding="utf-8")
-        return (
-            importlib.resources.files("hfpref.steps.judges")
-            .joinpath("templates", self.default_template)
-            .read_text(encoding="utf-8")
-        )
-
-    def render(self, **values: Any) -> str:
-        if getattr(self, "_template", None) is None:
-            import jinja2
-
-            environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
-            self._template = environment.from_string(self.template_text())
-        return self._template.render(**values).strip()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_template"] = None  # compiled templates do not pickle; they recompile on first use
-        return state
-
-    def describe(self) -> dict[str, Any]:
-        described = super().describe()
-        described["template_sha256"] = hashlib.sha256(self.template_text().encode()).hexdigest()
-        return described
-
-    # ---- helpers for process() -------------------------------------------------------------
-    def prompt_text(self, batch: Batch, column: str, i: int, indices: list[int] | None) -> str:
-        text = text_of_prompt(batch[column][i])
-        if text is None:
-            raise RowError(
-                f"{self.name}: {row_label(batch, i, indices)} column {column!r} must be a string or a list of "
-                f"{{'role', 'content'}} messages, got {batch[column][i]!r:.200}"
-            )
-        return text
-
-    def response_text(self, batch: Batch, column: str, i: int, indices: list[int] | None) -> str:
-        text = text_of_response(batch[column][i])
-        if text is None:
-            raise RowError(
-                f"{self.name}: {row_label(batch, i, indices)} column {column!r} must be a string or a list of "
-                f"{{'role', 'content'}} messages, got {batch[column][i]!r:.200}"
-            )
-        return text
-
-    def ask(
-        self,
-        conversations: Sequence[Messages],
-        owners: Sequence[int],
-        batch: Batch,
-        indices: list[int] | None,
-        rank,
-    ) -> list[Completion]:
-        """The judge's replies; ``owners[k]`` is the batch row of conversation k (named if a request fails)."""
-        completions = self.resources(rank).complete(conversations)
-        failed = [
-            (owner, c.error) for owner, c in zip(owners, completions, strict=True) if c.error is not None
-        ]
-        if failed and self.config.judge.on_request_error == "missing":
-            owner, error = failed[0]
-            first = f"{row_label(batch, owner, indices)}: {error}"
-            if getattr(self, "_first_error", None) is None:
-                self._first_error = first
-            logger.warning(
-                "%s: %d judge request(s) of a batch failed; first: %s", self.name, len(failed), first
-            )
-        if self.config.judge.on_request_error == "raise":
-            for owner, completion in zip(owners, completions, strict=True):
-                if completion.error is not None and not completion.error.startswith("not sent"):
-                    raise JudgeRequestError(
-                        f"{self.name}: the judge request for {row_label(batch, owner, indices)} failed "
-                        f"(max_retries={self.config.judge.max_retries}): {completion.error}. Replies received "
-                        "so far are cached; rerun to continue, or set on_request_error='missing'."
-                    )
-        return completions
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_CACHE_DIR",
+    "REQUEST_ERROR_POLICIES",
+    "Completion",
+    "JudgeBackend",
+    "JudgeConfig",
+    "JudgeFailureWarning",
+    "JudgeRequestError",
+    "Messages",
+    "OpenAIBackend",
+    "ResponseCache",
+    "TransformersBackend",
+    "as_judge_config",
+    "backend_class",
+    "completion_of",
+    "make_backend",
+]

@@ -45,7 +45,8 @@ import datasets
 
 from hfpref.core import columns as C
 from hfpref.core.step import Batch, StepConfig
-from hfpref.steps.judges.backends import JudgeConfig, JudgeStep, as_judge_config
+from hfpref.steps.judges.base import JudgeStep
+from hfpref.steps.judges.config import JudgeConfig, JudgeStepConfig
 from hfpref.steps.judges.parsing import (
     FIRST,
     FeatureVerdict,
@@ -111,7 +112,7 @@ DIFFERENCE_FEATURE = datasets.List(
 
 
 @dataclasses.dataclass
-class FeatureConfig(StepConfig):
+class FeatureConfig(JudgeStepConfig):
     """The judge, the feature lists, how many differences to ask for, the columns.
 
     ``relevant_features`` / ``irrelevant_features``: the paper's lists by default. All but ``"other"``
@@ -121,8 +122,6 @@ class FeatureConfig(StepConfig):
     ``response_b``, ``features``, ``coding_only_features``, ``num_features``).
     """
 
-    judge: JudgeConfig | Mapping[str, Any] | None = None
-    prompt_column: str = C.PROMPT
     first_column: str = C.CHOSEN
     second_column: str = C.REJECTED
     num_features: int = 3
@@ -130,11 +129,9 @@ class FeatureConfig(StepConfig):
     irrelevant_features: list[str] = dataclasses.field(default_factory=lambda: list(IRRELEVANT_FEATURES))
     coding_only_features: list[str] = dataclasses.field(default_factory=lambda: list(CODING_ONLY_FEATURES))
     both_orders: bool = True
-    template: str | None = None
-    column_prefix: str = ""
 
     def __post_init__(self) -> None:
-        self.judge = as_judge_config(self.judge)
+        super().__post_init__()
         if self.num_features < 1:
             raise ValueError(f"num_features must be at least 1, got {self.num_features}")
         if self.first_column == self.second_column:
@@ -231,8 +228,7 @@ def pair_fractions(differences: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 class FeatureDifferenceJudge(JudgeStep):
     """Feature differences between two responses per row, and f_Δ^rel / f_Δ^des.
 
-    Input columns: ``prompt_column``, ``first_column``, ``second_column`` (default prompt, chosen,
-    rejected). Output columns (prefixed by ``column_prefix``): ``feature_differences``, ``f_delta``,
+    Reads the prompt and two response columns (``JudgeStep``); writes ``feature_differences``, ``f_delta``,
     ``f_rel``, ``f_des``, ``feature_order_agreement``, ``feature_judge_raw``, ``feature_parse_failures``,
     ``feature_request_failures`` (see the module notes).
     """
@@ -240,13 +236,12 @@ class FeatureDifferenceJudge(JudgeStep):
     config_class: ClassVar[type[StepConfig]] = FeatureConfig
     version: ClassVar[str] = "1"
     default_template: ClassVar[str] = "features.j2"
-    failure_column: ClassVar[str] = "feature_request_failures"
+    family: ClassVar[str] = "feature"
     config: FeatureConfig
 
     def output_columns(self) -> list[str]:
         names = ["feature_differences", "f_delta", "f_rel", "f_des", "feature_order_agreement"]
-        names += ["feature_judge_raw", "feature_parse_failures", "feature_request_failures"]
-        return [self.column(n) for n in names]
+        return [*(self.column(n) for n in names), *self.bookkeeping_columns()]
 
     def output_features(self, input_features: datasets.Features) -> datasets.Features:
         """The input's features plus the outputs', fixed so a batch of unreadable replies keeps its types."""
@@ -273,22 +268,17 @@ class FeatureDifferenceJudge(JudgeStep):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         cfg = self.config
-        rows = len(batch[cfg.prompt_column])
-        conversations, owners = [], []
-        for i in range(rows):
+
+        def judge_prompts(i: int) -> list[str]:
             prompt = self.prompt_text(batch, cfg.prompt_column, i, indices)
             first = self.response_text(batch, cfg.first_column, i, indices)
             second = self.response_text(batch, cfg.second_column, i, indices)
-            for order in self.orders:
-                a, b = (first, second) if order == 0 else (second, first)
-                conversations.append([{"role": "user", "content": self.judge_prompt(prompt, a, b)}])
-                owners.append(i)
-        completions = self.ask(conversations, owners, batch, indices, rank)
+            shown = [(first, second) if order == 0 else (second, first) for order in self.orders]
+            return [self.judge_prompt(prompt, a, b) for a, b in shown]
 
         out: Batch = {name: [] for name in self.output_columns()}
-        relevant, listed, per_row = cfg.relevant, cfg.listed, len(self.orders)
-        for i in range(rows):
-            replies = completions[per_row * i : per_row * (i + 1)]
+        relevant, listed = cfg.relevant, cfg.listed
+        for replies in self.ask_rows(batch, indices, rank, judge_prompts):
             differences: list[dict[str, Any]] = []
             parse_failures = 0
             for order, completion in zip(self.orders, replies, strict=True):
@@ -307,9 +297,8 @@ class FeatureDifferenceJudge(JudgeStep):
             out[self.column("f_rel")].append(fractions["f_rel"])
             out[self.column("f_des")].append(fractions["f_des"])
             out[self.column("feature_order_agreement")].append(fractions["agreement"])
-            out[self.column("feature_judge_raw")].append([c.text for c in replies])
-            out[self.column("feature_parse_failures")].append(parse_failures)
-            out[self.column("feature_request_failures")].append(sum(1 for c in replies if c.text is None))
+            failed = sum(1 for c in replies if c.text is None)
+            self.record_replies(out, [c.text for c in replies], parse_failures, failed)
         return out
 
 

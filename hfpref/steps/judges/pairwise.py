@@ -45,7 +45,8 @@ import datasets
 
 from hfpref.core import columns as C
 from hfpref.core.step import Batch, RowError, StepConfig, row_label
-from hfpref.steps.judges.backends import Completion, JudgeConfig, JudgeStep, as_judge_config
+from hfpref.steps.judges.base import JudgeStep
+from hfpref.steps.judges.config import Completion, JudgeStepConfig
 from hfpref.steps.judges.parsing import find_json
 
 PAIR_INDICES = "pair_indices"  # the names hfpref.steps.margins writes (not imported: it pulls in numpy steps)
@@ -91,21 +92,14 @@ def combine(ab: str | None, ba: str | None) -> tuple[str, float | None]:
 
 
 @dataclasses.dataclass
-class PairwiseConfig(StepConfig):
+class PairwiseConfig(JudgeStepConfig):
     """The judge (``JudgeConfig`` or a mapping of its fields), the columns, and an optional template.
 
     ``template``: a Jinja file replacing the packaged ``pairwise.j2`` (it gets ``prompt``, ``response_a``,
     ``response_b``).
     """
 
-    judge: JudgeConfig | Mapping[str, Any] | None = None
-    prompt_column: str = C.PROMPT
     responses_column: str = C.RESPONSES
-    template: str | None = None
-    column_prefix: str = ""
-
-    def __post_init__(self) -> None:
-        self.judge = as_judge_config(self.judge)
 
 
 class PairwiseJudge(JudgeStep):
@@ -119,8 +113,7 @@ class PairwiseJudge(JudgeStep):
 
     config_class: ClassVar[type[StepConfig]] = PairwiseConfig
     version: ClassVar[str] = "1"
-    default_template: ClassVar[str] = "pairwise.j2"
-    failure_column: ClassVar[str] = "pairwise_request_failures"
+    family: ClassVar[str] = "pairwise"
     # AnnotateSelected hands a pairwise annotator whole rows and takes its per-pair preferences
     pairwise: ClassVar[bool] = True
     config: PairwiseConfig
@@ -164,68 +157,77 @@ class PairwiseJudge(JudgeStep):
             )
         return [(int(a), int(b)) for a, b in pairs]
 
+    def _flags(
+        self, batch: Batch, i: int, pairs: list[tuple[int, int]], indices: list[int] | None
+    ) -> list[bool] | None:
+        """Row ``i``'s ``selected_for_annotation`` flags (one per pair), or None: judge every pair."""
+        flags = batch[SELECTED_FOR_ANNOTATION][i] if SELECTED_FOR_ANNOTATION in batch else None
+        if flags is not None and len(flags) != len(pairs):
+            raise RowError(
+                f"{self.name}: {row_label(batch, i, indices)} columns {SELECTED_FOR_ANNOTATION!r} and "
+                f"{PAIR_INDICES!r} must be aligned, got {len(flags)} flags for {len(pairs)} pairs"
+            )
+        return flags
+
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         cfg = self.config
-        rows = len(batch[cfg.prompt_column])
-        conversations, owners, asked = [], [], []  # asked[i]: (pair position, first request) per judged pair
-        pairs_of = []
-        for i in range(rows):
+        pairs_of: list[list[tuple[int, int]]] = []  # per row: its pairs
+        # per row: (pair position, where its two replies start among the row's replies, None if not asked)
+        asked: list[list[tuple[int, int | None]]] = []
+
+        def judge_prompts(i: int) -> list[str]:
             responses = batch[cfg.responses_column][i] or []
             pairs = self._pairs(batch, i, len(responses), indices)
+            flags = self._flags(batch, i, pairs, indices)
             pairs_of.append(pairs)
-            flags = batch[SELECTED_FOR_ANNOTATION][i] if SELECTED_FOR_ANNOTATION in batch else None
-            if flags is not None and len(flags) != len(pairs):
-                raise RowError(
-                    f"{self.name}: {row_label(batch, i, indices)} columns {SELECTED_FOR_ANNOTATION!r} and "
-                    f"{PAIR_INDICES!r} must be aligned, got {len(flags)} flags for {len(pairs)} pairs"
-                )
-            row_asked = []
             wanted = [k for k in range(len(pairs)) if flags is None or flags[k]]
             if wanted:
                 prompt = self.prompt_text(batch, cfg.prompt_column, i, indices)
+            texts: list[str] = []
+            row_asked = []
             for k in wanted:
-                a, b = pairs[k]
-                first, second = responses[a], responses[b]
+                first, second = responses[pairs[k][0]], responses[pairs[k][1]]
                 if not (isinstance(first, str) and isinstance(second, str)):
                     row_asked.append((k, None))  # a missing response (None) is never judged
                     continue
-                row_asked.append((k, len(conversations)))
-                for x, y in ((first, second), (second, first)):
-                    conversations.append([{"role": "user", "content": self.judge_prompt(prompt, x, y)}])
-                    owners.append(i)
+                row_asked.append((k, len(texts)))
+                texts += [self.judge_prompt(prompt, first, second), self.judge_prompt(prompt, second, first)]
             asked.append(row_asked)
-        completions = self.ask(conversations, owners, batch, indices, rank) if conversations else []
+            return texts
 
         out: Batch = {name: [] for name in self.output_columns()}
-        for i in range(rows):
-            n_pairs = len(pairs_of[i])
-            preferences: list[float | None] = [None] * n_pairs
-            verdicts: list[str | None] = [None] * n_pairs
-            raw: list[list[str | None] | None] = [None] * n_pairs
-            counts = {"ties": 0, "disagreements": 0, "parse": 0, "requests": 0}
-            for k, start in asked[i]:
-                if start is None:
-                    continue
-                replies: list[Completion] = completions[start : start + 2]
-                raw[k] = [c.text for c in replies]
-                failed = sum(1 for c in replies if c.text is None)
-                if failed:
-                    counts["requests"] += failed
-                    verdicts[k] = "request_failure"
-                    continue
-                winners = [parse_winner(c.text) for c in replies]
-                counts["parse"] += sum(1 for w in winners if w is None)
-                verdicts[k], preferences[k] = combine(*winners)
-                counts["ties"] += preferences[k] == 0.5
-                counts["disagreements"] += verdicts[k] == "order_disagreement"
-            out[self.column(PREFERENCES)].append(preferences)
-            out[self.column("pairwise_verdicts")].append(verdicts)
-            out[self.column("pairwise_judge_raw")].append(raw)
-            out[self.column("pairwise_ties")].append(counts["ties"])
-            out[self.column("pairwise_order_disagreements")].append(counts["disagreements"])
-            out[self.column("pairwise_parse_failures")].append(counts["parse"])
-            out[self.column("pairwise_request_failures")].append(counts["requests"])
+        for i, replies in enumerate(self.ask_rows(batch, indices, rank, judge_prompts)):
+            self._write_row(out, len(pairs_of[i]), asked[i], replies)
         return out
+
+    def _write_row(
+        self, out: Batch, n_pairs: int, asked: list[tuple[int, int | None]], replies: list[Completion]
+    ) -> None:
+        """Append one row's outputs: a verdict per asked pair from its two replies, and the row's counts."""
+        preferences: list[float | None] = [None] * n_pairs
+        verdicts: list[str | None] = [None] * n_pairs
+        raw: list[list[str | None] | None] = [None] * n_pairs
+        counts = {"ties": 0, "disagreements": 0, "parse": 0, "requests": 0}
+        for k, start in asked:
+            if start is None:
+                continue
+            both = replies[start : start + 2]
+            raw[k] = [c.text for c in both]
+            failed = sum(1 for c in both if c.text is None)
+            if failed:
+                counts["requests"] += failed
+                verdicts[k] = "request_failure"
+                continue
+            winners = [parse_winner(c.text) for c in both]
+            counts["parse"] += sum(1 for w in winners if w is None)
+            verdicts[k], preferences[k] = combine(*winners)
+            counts["ties"] += preferences[k] == 0.5
+            counts["disagreements"] += verdicts[k] == "order_disagreement"
+        out[self.column(PREFERENCES)].append(preferences)
+        out[self.column("pairwise_verdicts")].append(verdicts)
+        out[self.column("pairwise_ties")].append(counts["ties"])
+        out[self.column("pairwise_order_disagreements")].append(counts["disagreements"])
+        self.record_replies(out, raw, counts["parse"], counts["requests"])
 
 
 def pairwise_summary(dataset: Any, prefix: str = "") -> dict[str, int]:

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import datasets
 
 from hfpref.core import columns as C
 from hfpref.core.step import Batch, StepConfig
-from hfpref.steps.judges.backends import JudgeConfig, JudgeStep, as_judge_config
+from hfpref.steps.judges.base import JudgeStep
+from hfpref.steps.judges.config import JudgeStepConfig
 from hfpref.steps.judges.parsing import QualityVerdict, normalize_key, parse_quality
 
 # reasoning-quality dimensions (Decomposing the Delta judges traces on several such dimensions)
@@ -48,7 +48,7 @@ DELTA = "sample_delta"
 
 
 @dataclasses.dataclass
-class QualityConfig(StepConfig):
+class QualityConfig(JudgeStepConfig):
     """The judge (``JudgeConfig`` or a mapping of its fields), the dimensions and scale, the columns.
 
     ``dimensions``: name -> what the judge should look at; names become keys and column suffixes
@@ -58,18 +58,14 @@ class QualityConfig(StepConfig):
     ``scale_max``).
     """
 
-    judge: JudgeConfig | Mapping[str, Any] | None = None
     dimensions: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_DIMENSIONS))
     scale_min: int = 1
     scale_max: int = 10
-    prompt_column: str = C.PROMPT
     first_column: str = C.CHOSEN
     second_column: str = C.REJECTED
-    template: str | None = None
-    column_prefix: str = ""
 
     def __post_init__(self) -> None:
-        self.judge = as_judge_config(self.judge)
+        super().__post_init__()
         if not self.dimensions:
             raise ValueError("QualityConfig.dimensions must name at least one dimension")
         keys = [normalize_key(name) for name in self.dimensions]
@@ -91,16 +87,14 @@ class QualityConfig(StepConfig):
 class QualityJudge(JudgeStep):
     """Judge scores of two responses per row and their sample-level delta.
 
-    Input columns: ``prompt_column``, ``first_column``, ``second_column`` (default prompt, chosen,
-    rejected). Output columns (prefixed by ``column_prefix``): ``quality_<first>``,
+    Reads the prompt and two response columns (``JudgeStep``); writes ``quality_<first>``,
     ``quality_<second>``, ``sample_delta``, ``sample_delta_<dimension>`` per dimension,
     ``quality_judge_raw``, ``quality_parse_failures``, ``quality_request_failures`` (see the module notes).
     """
 
     config_class: ClassVar[type[StepConfig]] = QualityConfig
     version: ClassVar[str] = "1"
-    default_template: ClassVar[str] = "quality.j2"
-    failure_column: ClassVar[str] = "quality_request_failures"
+    family: ClassVar[str] = "quality"
     config: QualityConfig
 
     # ---- columns ---------------------------------------------------------------------------
@@ -111,9 +105,7 @@ class QualityJudge(JudgeStep):
             self.column(f"quality_{cfg.second_column}"),
             self.column(DELTA),
             *[self.column(f"{DELTA}_{key}") for key in cfg.keys],
-            self.column("quality_judge_raw"),
-            self.column("quality_parse_failures"),
-            self.column("quality_request_failures"),
+            *self.bookkeeping_columns(),
         ]
 
     def output_features(self, input_features: datasets.Features) -> datasets.Features:
@@ -143,19 +135,16 @@ class QualityJudge(JudgeStep):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         cfg = self.config
-        rows = len(batch[cfg.prompt_column])
-        conversations, owners = [], []
-        for i in range(rows):
+
+        def judge_prompts(i: int) -> list[str]:
             prompt = self.prompt_text(batch, cfg.prompt_column, i, indices)
-            for column in (cfg.first_column, cfg.second_column):
-                response = self.response_text(batch, column, i, indices)
-                conversations.append([{"role": "user", "content": self.judge_prompt(prompt, response)}])
-                owners.append(i)
-        completions = self.ask(conversations, owners, batch, indices, rank)
+            responses = [
+                self.response_text(batch, c, i, indices) for c in (cfg.first_column, cfg.second_column)
+            ]
+            return [self.judge_prompt(prompt, response) for response in responses]
 
         out: Batch = {name: [] for name in self.output_columns()}
-        for i in range(rows):
-            pair = completions[2 * i : 2 * i + 2]
+        for pair in self.ask_rows(batch, indices, rank, judge_prompts):
             verdicts = [
                 parse_quality(c.text, cfg.keys, cfg.scale_min, cfg.scale_max)
                 if c.text is not None
@@ -168,11 +157,12 @@ class QualityJudge(JudgeStep):
             out[self.column(DELTA)].append(_difference(first.overall, second.overall))
             for key in cfg.keys:
                 out[self.column(f"{DELTA}_{key}")].append(_difference(first.scores[key], second.scores[key]))
-            out[self.column("quality_judge_raw")].append([c.text for c in pair])
-            out[self.column("quality_parse_failures")].append(
-                sum(1 for c, v in zip(pair, verdicts, strict=True) if c.text is not None and not v.complete)
+            unreadable = sum(
+                1 for c, v in zip(pair, verdicts, strict=True) if c.text is not None and not v.complete
             )
-            out[self.column("quality_request_failures")].append(sum(1 for c in pair if c.text is None))
+            self.record_replies(
+                out, [c.text for c in pair], unreadable, sum(1 for c in pair if c.text is None)
+            )
         return out
 
 
