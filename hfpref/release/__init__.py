@@ -2,44 +2,53 @@
 
 Modules by purpose: ``writer`` (the locked, atomic write), ``manifest`` (build the manifest), ``card``
 (render the card), ``folder`` (file names, lock, hashes, recovery), ``load``, ``push``, ``version``,
-``content`` (``ReleaseContent``: what a result must offer), ``summary`` and ``plots``. The names below import
-lazily, so importing this package loads none of them.
+``content`` (``ReleaseContent``: what a result must offer), ``summary`` and ``plots``. None of them imports
+a heavy library (datasets, matplotlib, jinja2, huggingface_hub) before a function needs it, so importing
+this package stays cheap.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hfpref.release.card import render_card, write_manifest_and_card
+from hfpref.release.content import ReleaseContent
+from hfpref.release.folder import (
+    CARD_FILE,
+    DATA_FILE,
+    DATA_GLOB,
+    MANIFEST_FILE,
+    ReleaseError,
+    ReleaseLockedError,
+    read_manifest,
+    release_lock,
+    write_parquet,
+)
+from hfpref.release.load import load_release, verify_release
+from hfpref.release.manifest import build_manifest, model_references, package_versions
+from hfpref.release.push import ReleaseExistsError, push_release, set_release_version
+from hfpref.release.version import check_version
+from hfpref.release.writer import write_release
 
-_LAZY = {
-    "ReleaseContent": "hfpref.release.content",
-    "ReleaseError": "hfpref.release.folder",
-    "ReleaseLockedError": "hfpref.release.folder",
-    "MANIFEST_FILE": "hfpref.release.folder",
-    "CARD_FILE": "hfpref.release.folder",
-    "DATA_FILE": "hfpref.release.folder",
-    "DATA_GLOB": "hfpref.release.folder",
-    "read_manifest": "hfpref.release.folder",
-    "release_lock": "hfpref.release.folder",
-    "write_parquet": "hfpref.release.folder",
-    "build_manifest": "hfpref.release.manifest",
-    "model_references": "hfpref.release.manifest",
-    "package_versions": "hfpref.release.manifest",
-    "render_card": "hfpref.release.card",
-    "write_manifest_and_card": "hfpref.release.card",
-    "load_release": "hfpref.release.load",
-    "verify_release": "hfpref.release.load",
-    "ReleaseExistsError": "hfpref.release.push",
-    "push_release": "hfpref.release.push",
-    "set_release_version": "hfpref.release.push",
-    "check_version": "hfpref.release.version",
-    "write_release": "hfpref.release.writer",
-}
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hfpref.release' has no attribute {name!r}")
+__all__ = [
+    "CARD_FILE",
+    "DATA_FILE",
+    "DATA_GLOB",
+    "MANIFEST_FILE",
+    "ReleaseContent",
+    "ReleaseError",
+    "ReleaseExistsError",
+    "ReleaseLockedError",
+    "build_manifest",
+    "check_version",
+    "load_release",
+    "model_references",
+    "package_versions",
+    "push_release",
+    "read_manifest",
+    "release_lock",
+    "render_card",
+    "set_release_version",
+    "verify_release",
+    "write_manifest_and_card",
+    "write_parquet",
+    "write_release",
+]
