@@ -226,7 +226,7 @@ def _write_delta_plots(
 ) -> list[str]:
     """The sweep analysis plot (with sweeps) and the sample-delta distributions (when a judge scored some
     config); their file names go into the manifest (``delta_plots``) for the card."""
-    from hfpref.steps.delta_sweep import (
+    from hfpref.release.delta_plots import (
         SAMPLE_DELTA_PLOT_FILE,
         SWEEP_PLOT_FILE,
         plot_sample_deltas,
