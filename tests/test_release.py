@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+import types
 from pathlib import Path
 
 import datasets
@@ -18,28 +20,15 @@ from hfpref.release.summary import describe_values, stronger_generator_share, su
 
 # hand-built candidates: rewards given, so only PairMetrics (word-level) and selection run
 ROWS = [
-    {
-        "key": 0,
-        "prompt": "p0",
-        "responses": ["a b", "a c d", "x"],
-        "generators": ["g1", "g2", "g2"],
-        "rewards": [1.0, 0.0, 0.5],
-    },
-    {
-        "key": 1,
-        "prompt": "p1",
-        "responses": ["one two", "one"],
-        "generators": ["g2", "g1"],
-        "rewards": [1.0, 0.0],
-    },
-    {"key": 2, "prompt": "p2", "responses": ["solo"], "generators": ["g1"], "rewards": [1.0]},
-    {
-        "key": 3,
-        "prompt": "p3",
-        "responses": ["s t", "s u"],
-        "generators": ["g1", "g2"],
-        "rewards": [0.5, 0.5],
-    },
+    {"key": key, "prompt": f"p{key}", "responses": responses, "generators": generators, "rewards": rewards}
+    for key, (responses, generators, rewards) in enumerate(
+        [
+            (["a b", "a c d", "x"], ["g1", "g2", "g2"], [1.0, 0.0, 0.5]),
+            (["one two", "one"], ["g2", "g1"], [1.0, 0.0]),
+            (["solo"], ["g1"], [1.0]),
+            (["s t", "s u"], ["g1", "g2"], [0.5, 0.5]),
+        ]
+    )
 ]
 STRATEGIES = ["max_margin", "best_of_n2", "ds_fix"]
 
@@ -85,6 +74,21 @@ def small(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("small")
     result, folder = make_small_release(tmp, created_at="2026-01-01T00:00:00+00:00")
     return result, folder, tmp
+
+
+def test_write_release_reads_its_result_by_shape(small, tmp_path):
+    """The release layer takes any object with the ``ReleaseContent`` attributes, not the pipeline's
+    ``RecipeResult`` type: a plain namespace of the same values writes the same release."""
+    result, folder, _ = small
+    plain = types.SimpleNamespace(
+        **{field.name: getattr(result, field.name) for field in dataclasses.fields(result)},
+        generator_ranking=result.generator_ranking,
+        ranking_source=result.ranking_source,
+        edit_distance_unit=result.edit_distance_unit,
+    )
+    REL.write_release(plain, tmp_path / "plain", created_at="2026-01-01T00:00:00+00:00")
+    assert REL.read_manifest(tmp_path / "plain") == REL.read_manifest(folder)
+    assert (tmp_path / "plain" / "README.md").read_text() == (folder / "README.md").read_text()
 
 
 def _header(folder: Path) -> dict:
@@ -471,3 +475,15 @@ def test_the_cards_recipe_is_the_recipe_as_run(with_makers):
         rerun = Recipe.from_dict(yaml.safe_load(block))  # validates: a recipe hfpref curate accepts
     assert rerun.to_dict() == REL.read_manifest(folder)["recipe"]
     assert rerun.pairs.to_dict() == {**result.recipe.pairs.to_dict(), "strategies": STRATEGIES}
+
+
+def test_versions_are_checked_by_the_release_layer_and_the_recipe_keeps_its_error():
+    from hfpref.pipeline.recipe import RecipeError
+    from hfpref.pipeline.recipe import check_version as recipe_check_version
+    from hfpref.release.version import check_version
+
+    assert check_version("0.1.0-round.2") == "0.1.0-round.2"
+    with pytest.raises(REL.ReleaseError, match=r"version: 'v1' is not a version like 0.1.0"):
+        check_version("v1")
+    with pytest.raises(RecipeError, match=r"output.version: 'v1' is not a version like 0.1.0"):
+        recipe_check_version("v1", "output.version")

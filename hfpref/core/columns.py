@@ -65,3 +65,6 @@ PER_RESPONSE_COLUMNS = (
 # written by IFEvalVerifier: per row, "<instruction id>.<argument>" for each argument lm-eval's check drew at
 # random because the row's kwargs left it out or gave an invalid value (e.g. a non-letter ``letter``)
 IFEVAL_INVENTED_ARGS = "ifeval_invented_args"
+
+# the release config that holds the annotated candidates (every other config holds pairs)
+CANDIDATES_CONFIG = "candidates"

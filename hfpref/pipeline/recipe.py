@@ -86,6 +86,7 @@ from hfpref.core.errors import UserError
 from hfpref.core.registry import STEP_REGISTRY, import_target, register_step  # noqa: F401 (re-exported)
 from hfpref.core.step import ROW_ERROR
 from hfpref.pipeline.resume import DEFAULT_SHARD_ROWS
+from hfpref.release import version as release_version
 from hfpref.steps.chat_prompts import check_prompt_forms, prompt_form_of_feature
 
 PAIR_SELECTOR = "hfpref.steps.selection:PairSelector"
@@ -106,7 +107,6 @@ MIX_FUNCTION = "hfpref.steps.contrast.mix_contrast"
 _CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name under data/ and a config name
 
 _TOP_LEVEL_KEYS = ("description", "input", "steps", "pairs", "output")
-_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*([-+][0-9A-Za-z.]+)?$")
 
 
 class RecipeError(UserError):
@@ -595,9 +595,8 @@ class OutputSpec:
 
 
 def check_version(version: str, where: str = "version") -> str:
-    if not _VERSION_RE.match(version):
-        raise RecipeError(f"{where}: {version!r} is not a version like 0.1.0 (it becomes the tag v{version})")
-    return version
+    """``hfpref.release.version.check_version``, raising ``RecipeError`` for a recipe's bad version."""
+    return release_version.check_version(version, where, RecipeError)
 
 
 # ---- the recipe --------------------------------------------------------------------------------------
