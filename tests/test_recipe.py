@@ -328,7 +328,7 @@ def test_every_iterate_script_validates(path):
 @pytest.mark.parametrize("path", CURATE_SCRIPTS, ids=lambda p: p.name)
 def test_every_dataset_script_validates(path):
     recipe = Recipe.from_yaml(path)  # validates step names, config fields and values, strategies (offline)
-    configs, skipped = recipe.selection_configs()
+    configs, skipped = recipe.pairs.selection_configs()
     assert list(configs) == recipe.pairs.strategies and not skipped
     for index, spec in enumerate(recipe.steps):
         step = spec.build(index)  # builds the config only: no model, tokenizer or revision is fetched
