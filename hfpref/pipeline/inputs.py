@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +41,18 @@ def load_input(spec: InputSpec, cache_dir: str | Path | None = None) -> tuple[An
     file hashes, license when known)."""
     dataset, info = _load_input_rows(spec, cache_dir)
     if spec.rename:
-        missing = [c for c in spec.rename if c not in dataset.column_names]
-        if missing:
-            raise RecipeError(
-                f"input.rename: column(s) {missing} not in the input; it has {dataset.column_names}"
-            )
+        _check_has_columns(dataset, spec.rename, "input.rename")
         dataset = dataset.rename_columns(dict(spec.rename))
     if spec.columns:
-        missing = [c for c in spec.columns if c not in dataset.column_names]
-        if missing:
-            raise RecipeError(
-                f"input.columns: column(s) {missing} not in the input; it has {dataset.column_names}"
-            )
+        _check_has_columns(dataset, spec.columns, "input.columns")
         dataset = dataset.select_columns(list(spec.columns))
     return dataset, info
+
+
+def _check_has_columns(dataset: Any, names: Iterable[str], where: str) -> None:
+    missing = [c for c in names if c not in dataset.column_names]
+    if missing:
+        raise RecipeError(f"{where}: column(s) {missing} not in the input; it has {dataset.column_names}")
 
 
 def _load_input_rows(spec: InputSpec, cache_dir: str | Path | None) -> tuple[Any, dict[str, Any]]:

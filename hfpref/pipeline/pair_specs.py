@@ -14,17 +14,17 @@ from typing import Any
 
 from hfpref.core import columns as C
 from hfpref.core.registry import import_target
+from hfpref.pipeline.spec import map_settings
 from hfpref.pipeline.validate import (
     RecipeError,
     as_list,
     as_mapping,
     build_config,
-    check_config_name,
+    build_step,
     check_keys,
-    check_map_settings,
     config_fields,
-    require,
-    step_class,
+    named_section,
+    read_map_settings,
 )
 
 ALL_STRATEGIES = "all"
@@ -55,11 +55,10 @@ class MakerSpec:
     @classmethod
     def from_dict(cls, raw: Any, index: int) -> MakerSpec:
         where = f"pairs.makers[{index}]"
-        raw = as_mapping(raw, where)
-        check_keys(raw, tuple(f.name for f in dataclasses.fields(cls)), where)
-        require(raw, ("name", "step"), where)
-        name = check_config_name(raw["name"], where)
-        check_map_settings(raw, f"{where} ({name})")
+        raw, name = named_section(
+            raw, where, tuple(f.name for f in dataclasses.fields(cls)), ("name", "step")
+        )
+        settings = read_map_settings(raw, f"{where} ({name})")
         source = raw.get("source", "candidates")
         if source not in MAKER_SOURCES:
             raise RecipeError(
@@ -70,8 +69,7 @@ class MakerSpec:
             step=str(raw["step"]),
             config=as_mapping(raw.get("config"), f"{where} ({name}).config"),
             source=source,
-            batch_size=raw.get("batch_size"),
-            num_proc=raw.get("num_proc"),
+            **settings,
         )
 
     def where(self, index: int) -> str:
@@ -79,9 +77,8 @@ class MakerSpec:
 
     def build(self, index: int):
         """The step, after checking that it makes pairs rows (row count changes, ``drop_reason`` written)."""
-        cls = step_class(self.step, self.where(index))
-        step = cls(build_config(cls.config_class, self.config, self.where(index)))
-        if not getattr(cls, "changes_row_count", False) or C.DROP_REASON not in step.output_columns():
+        step = build_step(self.step, self.config, self.where(index))
+        if not getattr(type(step), "changes_row_count", False) or C.DROP_REASON not in step.output_columns():
             raise RecipeError(
                 f"{self.where(index)}: {self.step} is not a pair maker: a maker must change the row count "
                 f"(changes_row_count = True) and write {C.DROP_REASON!r}, as ContrastPairs and "
@@ -93,11 +90,7 @@ class MakerSpec:
         out: dict[str, Any] = {"name": self.name, "step": self.step, "config": copy.deepcopy(self.config)}
         if self.source != "candidates":
             out["source"] = self.source
-        if self.batch_size is not None:
-            out["batch_size"] = self.batch_size
-        if self.num_proc is not None:
-            out["num_proc"] = self.num_proc
-        return out
+        return {**out, **map_settings(self)}
 
 
 @dataclasses.dataclass
@@ -118,11 +111,8 @@ class MixSpec:
     @classmethod
     def from_dict(cls, raw: Any, index: int) -> MixSpec:
         where = f"pairs.mixes[{index}]"
-        raw = as_mapping(raw, where)
         allowed = ("name", "from", "ratio_high", "size", "seed", "stratify", "allow_short")
-        check_keys(raw, allowed, where)
-        require(raw, ("name", "from"), where)
-        name = check_config_name(raw["name"], where)
+        raw, name = named_section(raw, where, allowed, ("name", "from"))
         where = f"{where} ({name})"
         sources = raw["from"]
         if not (isinstance(sources, list) and sources and all(isinstance(x, str) for x in sources)):

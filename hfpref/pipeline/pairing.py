@@ -19,12 +19,15 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hfpref.core import columns as C
 from hfpref.core.errors import UserError
 from hfpref.pipeline.pair_specs import MEASURED, MixRecord
 from hfpref.pipeline.validate import RecipeError
+
+if TYPE_CHECKING:  # the recipe module imports this one
+    from hfpref.pipeline.recipe import Recipe
 
 
 @dataclasses.dataclass
@@ -94,7 +97,7 @@ class PairRun:
     accuracy: list[dict[str, Any]] | None = None
 
 
-def made_pairs(recipe: Any, run: PairRun, book: PairBook) -> Iterator[MadePairs]:
+def made_pairs(recipe: Recipe, run: PairRun, book: PairBook) -> Iterator[MadePairs]:
     """Every pair config of ``recipe``, in release order; ``book`` must have recorded each one before the
     next is asked for (mixes draw from makers, filters from any config made before them)."""
     yield from strategy_pairs(run)
@@ -117,6 +120,8 @@ def _split(selected: Any) -> tuple[Any, Counter]:
 
 
 def strategy_pairs(run: PairRun) -> Iterator[MadePairs]:
+    """One config per strategy: ``PairSelector`` is a pair maker whose rows are split like any maker's; the
+    engine may run the selectors side by side (``engine.select_pairs``)."""
     mapper = run.mapper
     selected_by = mapper.engine.select_pairs(
         run.selectors, run.candidates, batch_size=mapper.batch_size, num_proc=mapper.num_proc
@@ -126,14 +131,15 @@ def strategy_pairs(run: PairRun) -> Iterator[MadePairs]:
         yield MadePairs(strategy, kept, dropped, run.selectors[strategy])
 
 
-def maker_pairs(recipe: Any, run: PairRun) -> Iterator[MadePairs]:
+def maker_pairs(recipe: Recipe, run: PairRun) -> Iterator[MadePairs]:
+    """One config per maker, mapped by the engine (cached, resumable) over its source."""
     for spec, maker in zip(recipe.pairs.makers, run.makers, strict=True):
         source = run.prompts if spec.source == "prompts" else run.candidates
         kept, dropped = _split(run.mapper.map(maker, source, spec))
         yield MadePairs(spec.name, kept, dropped, maker)
 
 
-def mix_pairs(recipe: Any, index: int, pairs: Mapping[str, Any]) -> MadePairs:
+def mix_pairs(recipe: Recipe, index: int, pairs: Mapping[str, Any]) -> MadePairs:
     """The mixed pairs of ``pairs.mixes[index]`` and how they were drawn, or why the mix was skipped."""
     import datasets
 
@@ -169,7 +175,7 @@ def _sweep_capabilities(sweep: Any, index: int, candidates: Any) -> dict[str, An
 
 
 def sweep_pairs(
-    recipe: Any, index: int, run: PairRun, reports: dict[str, dict[str, Any]]
+    recipe: Recipe, index: int, run: PairRun, reports: dict[str, dict[str, Any]]
 ) -> Iterator[MadePairs]:
     """One config per level of ``pairs.sweeps[index]``, tagged by its pair-level steps; the sweep's manifest
     record (capabilities, the plan, the analysis table) goes into ``reports``."""
@@ -212,7 +218,7 @@ def sweep_pairs(
 
 
 def filter_pairs(
-    recipe: Any, index: int, pairs: Mapping[str, Any], reports: dict[str, dict[str, Any]]
+    recipe: Recipe, index: int, pairs: Mapping[str, Any], reports: dict[str, dict[str, Any]]
 ) -> MadePairs:
     """The pairs of ``pairs.filters[index]``'s source config kept by sample delta; how much of the source it
     kept goes into ``reports``."""

@@ -96,7 +96,6 @@ from hfpref.pipeline.pair_specs import (
 )
 from hfpref.pipeline.pairing import tag_generator_delta
 from hfpref.pipeline.result import RecipeResult
-from hfpref.pipeline.resume import DEFAULT_SHARD_ROWS
 from hfpref.pipeline.runner import STRATEGIES_NEEDING_REF_LOGPS, run_recipe
 from hfpref.pipeline.spec import DEFAULT_INPUTS, InputSpec, OutputSpec, PushSpec, StepSpec
 from hfpref.pipeline.validate import (
@@ -108,7 +107,9 @@ from hfpref.pipeline.validate import (
     check_config_name,
     check_keys,
     check_version,
+    naming_the_file,
     read_recipe_yaml,
+    read_section,
     step_class,
 )
 
@@ -134,12 +135,8 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, raw: Any, source: str | None = None, validate: bool = True) -> Recipe:
-        try:
-            raw = as_mapping(raw, "recipe")
-            check_keys(raw, _TOP_LEVEL_KEYS, "recipe")
-            for required in ("input", "pairs"):
-                if required not in raw:
-                    raise RecipeError(f"recipe: missing '{required}'")
+        with naming_the_file(source):
+            raw = read_section(raw, "recipe", _TOP_LEVEL_KEYS, ("input", "pairs"))
             steps_raw = raw.get("steps") or []
             if not isinstance(steps_raw, list):
                 raise RecipeError(
@@ -155,10 +152,6 @@ class Recipe:
             )
             if validate:
                 recipe.validate()
-        except RecipeError as err:
-            if source:
-                raise RecipeError(f"recipe {source}: {err}") from None
-            raise
         return recipe
 
     @classmethod
@@ -307,34 +300,9 @@ class Recipe:
         """(candidates dataset, description of the input for the card and manifest)."""
         return load_input(self.input, cache_dir=cache_dir)
 
-    def run(
-        self,
-        *,
-        cache_dir: str | Path | None = None,
-        batch_size: int = 64,
-        num_proc: int | None = None,
-        progress: bool = True,
-        gpus: int | None = None,
-        shard_rows: int | None = DEFAULT_SHARD_ROWS,
-        engine: Any = None,
-    ) -> RecipeResult:
-        """Run the steps, then every pair strategy, maker, mix, sweep and filter; finished steps and makers
-        are reused from the cache (``hfpref.pipeline.runner``).
-
-        ``engine``: where steps run (``hfpref.pipeline.engines``); by default this process, with model steps in
-        ``gpus`` worker processes (one per GPU) when given, and every step in resumable shards of
-        ``shard_rows`` rows, so a run killed mid-step resumes from its last finished shard.
-        """
-        return run_recipe(
-            self,
-            cache_dir=cache_dir,
-            batch_size=batch_size,
-            num_proc=num_proc,
-            progress=progress,
-            gpus=gpus,
-            shard_rows=shard_rows,
-            engine=engine,
-        )
+    # ``recipe.run(cache_dir=, batch_size=, num_proc=, progress=, gpus=, shard_rows=, engine=)``: the runner's
+    # function is the method itself (its first argument is the recipe); see hfpref.pipeline.runner.run_recipe
+    run = run_recipe
 
 
 # the embedded default recipe needs Recipe itself, so it is imported after it

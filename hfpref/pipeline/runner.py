@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hfpref.core import columns as C
 from hfpref.core.errors import UserError
@@ -24,6 +24,9 @@ from hfpref.pipeline.result import RecipeResult
 from hfpref.pipeline.resume import DEFAULT_SHARD_ROWS
 from hfpref.pipeline.validate import RecipeError
 from hfpref.steps.chat_prompts import check_prompt_forms, prompt_form_of_feature
+
+if TYPE_CHECKING:  # the recipe module imports this one
+    from hfpref.pipeline.recipe import Recipe
 
 # strategies whose score is p_Δ alone (hfpref.steps.selection drops every row without ref_logps for them): a run
 # without a reference model skips them instead of writing empty configs. Spelled out here so that reading
@@ -41,7 +44,7 @@ class RunPlan:
     makers: list[Any]
     prompts_at: int | None  # the index of the first step that writes responses, when a maker needs it
 
-    def pair_configs(self, recipe: Any) -> int:
+    def pair_configs(self, recipe: Recipe) -> int:
         """How many pair configs the run makes (or skips): for the progress bar."""
         pairs = recipe.pairs
         levels = sum(len(sweep.rejected) for sweep in pairs.sweeps)
@@ -49,7 +52,7 @@ class RunPlan:
 
 
 def run_recipe(
-    recipe: Any,
+    recipe: Recipe,
     *,
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
@@ -59,7 +62,13 @@ def run_recipe(
     shard_rows: int | None = DEFAULT_SHARD_ROWS,
     engine: Any = None,
 ) -> RecipeResult:
-    """``Recipe.run``: see there for the arguments."""
+    """``Recipe.run``: run the steps, then every pair strategy, maker, mix, sweep and filter; finished steps
+    and makers are reused from the cache.
+
+    ``engine``: where steps run (``hfpref.pipeline.engines``); by default this process, with model steps in
+    ``gpus`` worker processes (one per GPU) when given, and every step in resumable shards of
+    ``shard_rows`` rows, so a run killed mid-step resumes from its last finished shard.
+    """
     import datasets
     from tqdm.auto import tqdm
 
@@ -77,17 +86,9 @@ def run_recipe(
         with tqdm(total=total, desc="recipe", unit="step", disable=not progress) as bar:
             candidates, prompts, step_rows = run_steps(recipe, plan, candidates, mapper, bar)
             ranking, accuracy = rank_generators(recipe, candidates)
-            configs = recipe.pairs.selection_configs(ranking)[0] if accuracy is not None else plan.configs
-            selector_class = import_target(PAIR_SELECTOR)
-            selectors = {s: selector_class(c) for s, c in configs.items() if s not in plan.skipped}
-            bar.update(len(configs) - len(selectors))
-            bar.set_postfix_str("pairs")
+            selectors = build_selectors(recipe, plan, ranking if accuracy is not None else None, bar)
             run = PairRun(mapper, candidates, prompts, selectors, plan.makers, accuracy)
-            book = PairBook(skipped=plan.skipped)
-            for made in made_pairs(recipe, run, book):
-                book.add(made)
-                bar.set_postfix_str(made.name)
-                bar.update(1)
+            book = make_pairs(recipe, run, plan.skipped, bar)
     return RecipeResult(
         recipe=recipe,
         candidates=candidates,
@@ -105,7 +106,7 @@ def run_recipe(
     )
 
 
-def plan_run(recipe: Any) -> RunPlan:
+def plan_run(recipe: Recipe) -> RunPlan:
     """Build the steps, strategies and makers, check the pair configs, and run the checks that need no data."""
     steps = [spec.build(i) for i, spec in enumerate(recipe.steps)]
     configs, skipped = recipe.pairs.selection_configs()
@@ -118,7 +119,7 @@ def plan_run(recipe: Any) -> RunPlan:
 
 
 def run_steps(
-    recipe: Any, plan: RunPlan, candidates: Any, mapper: StepMapper, bar: Any
+    recipe: Recipe, plan: RunPlan, candidates: Any, mapper: StepMapper, bar: Any
 ) -> tuple[Any, Any, list[dict[str, int]]]:
     """(candidates after the last step, the rows before the first step that writes responses (None when no
     maker reads them), rows in/out of each step)."""
@@ -138,7 +139,29 @@ def run_steps(
     return candidates, prompts, step_rows
 
 
-def rank_generators(recipe: Any, candidates: Any) -> tuple[list[str] | None, list[dict[str, Any]] | None]:
+def build_selectors(recipe: Recipe, plan: RunPlan, measured: list[str] | None, bar: Any) -> dict[str, Any]:
+    """strategy -> PairSelector for every strategy that runs; with a ``measured`` ranking the configs are
+    built again with it (they were checked with a placeholder)."""
+    configs = recipe.pairs.selection_configs(measured)[0] if measured is not None else plan.configs
+    selector_class = import_target(PAIR_SELECTOR)
+    selectors = {s: selector_class(c) for s, c in configs.items() if s not in plan.skipped}
+    bar.update(len(configs) - len(selectors))
+    return selectors
+
+
+def make_pairs(recipe: Recipe, run: PairRun, skipped: dict[str, str], bar: Any) -> PairBook:
+    """Every pair config, each recorded as it is made (``hfpref.pipeline.pairing``); ``skipped``: the
+    strategies that do not run, and why."""
+    bar.set_postfix_str("pairs")
+    book = PairBook(skipped=skipped)
+    for made in made_pairs(recipe, run, book):
+        book.add(made)
+        bar.set_postfix_str(made.name)
+        bar.update(1)
+    return book
+
+
+def rank_generators(recipe: Recipe, candidates: Any) -> tuple[list[str] | None, list[dict[str, Any]] | None]:
     """(the generator ranking the selectors use, the measured accuracy it comes from or None when given)."""
     if recipe.pairs.ranking_source == MEASURED:
         # the ranking ds_fix and "stronger chosen" use comes from the candidates themselves
@@ -167,7 +190,7 @@ def _datasets_progress_off(datasets_module) -> Iterator[None]:
 # ---- checks before the first step ------------------------------------------------------------------------
 
 
-def preflight_run(recipe: Any, steps: list[Any], makers: list[Any]) -> None:
+def preflight_run(recipe: Recipe, steps: list[Any], makers: list[Any]) -> None:
     """Checks before the first step (``hfpref.pipeline.preflight``): the input file reads line by line with one
     prompt form, the output folder can be written, and each step's own ``preflight`` (a model step's
     ``max_length`` against the model's positions) passes, each error naming its step."""
@@ -186,7 +209,7 @@ def preflight_run(recipe: Any, steps: list[Any], makers: list[Any]) -> None:
             raise RecipeError(f"{where}: {err}") from err
 
 
-def check_columns(recipe: Any, plan: RunPlan, candidates: Any) -> list[str]:
+def check_columns(recipe: Recipe, plan: RunPlan, candidates: Any) -> list[str]:
     """Check every step's and maker's input columns and the prompt form against the loaded input; record the
     strategies the candidates cannot serve in ``plan.skipped`` (an error when they were named); return the
     columns the candidates will have after the last step."""
@@ -213,7 +236,7 @@ def check_columns(recipe: Any, plan: RunPlan, candidates: Any) -> list[str]:
 
 
 def step_columns(
-    recipe: Any, steps: list[Any], input_columns: list[str], stop: int | None = None
+    recipe: Recipe, steps: list[Any], input_columns: list[str], stop: int | None = None
 ) -> list[str]:
     """Check every step's input columns against the input's plus earlier steps' outputs; return the
     columns the candidates will have after the last step (after ``steps[:stop]`` when given)."""
@@ -229,7 +252,9 @@ def step_columns(
     return columns
 
 
-def check_maker_columns(recipe: Any, makers: list[Any], columns_by_source: Mapping[str, list[str]]) -> None:
+def check_maker_columns(
+    recipe: Recipe, makers: list[Any], columns_by_source: Mapping[str, list[str]]
+) -> None:
     """Check every maker's input columns against its source's columns."""
     for index, (spec, maker) in enumerate(zip(recipe.pairs.makers, makers, strict=True)):
         columns = columns_by_source[spec.source]
@@ -241,7 +266,7 @@ def check_maker_columns(recipe: Any, makers: list[Any], columns_by_source: Mappi
             )
 
 
-def check_measured_ranking(recipe: Any, columns: list[str]) -> None:
+def check_measured_ranking(recipe: Recipe, columns: list[str]) -> None:
     """``generator_ranking: measured`` needs generators and IFEval verdicts (or correctness)."""
     if recipe.pairs.ranking_source != MEASURED:
         return
@@ -253,7 +278,7 @@ def check_measured_ranking(recipe: Any, columns: list[str]) -> None:
         )
 
 
-def unservable_strategies(recipe: Any, strategies: list[str], column_names: list[str]) -> dict[str, str]:
+def unservable_strategies(recipe: Recipe, strategies: list[str], column_names: list[str]) -> dict[str, str]:
     """strategy -> what the candidates lack for it (an input column, or p_Δ's reference log-probs)."""
     reasons = {}
     selector_class = import_target(PAIR_SELECTOR)

@@ -17,11 +17,10 @@ from hfpref.core.registry import STEP_REGISTRY
 from hfpref.pipeline.validate import (
     RecipeError,
     as_mapping,
-    build_config,
+    build_step,
     check_keys,
-    check_map_settings,
     check_version,
-    step_class,
+    read_map_settings,
 )
 
 DEFAULT_INPUTS = ("ifeval", "ifeval-2")  # hfpref.pipeline.default_data.NAMED_INPUTS (tests check they agree)
@@ -142,28 +141,22 @@ class StepSpec:
         if "step" not in raw:
             raise RecipeError(f"{where}: missing 'step' (one of: {', '.join(sorted(STEP_REGISTRY))})")
         config = as_mapping(raw.get("config"), f"{where} ({raw['step']}).config")
-        check_map_settings(raw, f"{where} ({raw['step']})")
-        return cls(
-            step=str(raw["step"]),
-            config=config,
-            batch_size=raw.get("batch_size"),
-            num_proc=raw.get("num_proc"),
-        )
+        settings = read_map_settings(raw, f"{where} ({raw['step']})")
+        return cls(step=str(raw["step"]), config=config, **settings)
 
     def where(self, index: int) -> str:
         return f"steps[{index}] ({self.step})"
 
     def build(self, index: int):
-        cls = step_class(self.step, self.where(index))
-        return cls(build_config(cls.config_class, self.config, self.where(index)))
+        return build_step(self.step, self.config, self.where(index))
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"step": self.step, "config": copy.deepcopy(self.config)}
-        if self.batch_size is not None:
-            out["batch_size"] = self.batch_size
-        if self.num_proc is not None:
-            out["num_proc"] = self.num_proc
-        return out
+        return {"step": self.step, "config": copy.deepcopy(self.config), **map_settings(self)}
+
+
+def map_settings(spec: StepSpec | Any) -> dict[str, int]:
+    """A step's or maker's ``batch_size`` and ``num_proc`` as the recipe gives them (only those set)."""
+    return {key: getattr(spec, key) for key in ("batch_size", "num_proc") if getattr(spec, key) is not None}
 
 
 @dataclasses.dataclass

@@ -15,11 +15,8 @@ from hfpref.pipeline.spec import StepSpec
 from hfpref.pipeline.validate import (
     RecipeError,
     as_list,
-    as_mapping,
-    check_config_name,
-    check_keys,
+    named_section,
     non_negative_int,
-    require,
 )
 from hfpref.steps.delta_sweep import SAMPLE_DELTA, level_config_name
 from hfpref.steps.generator_delta import MEASURED, MEASURES
@@ -46,10 +43,8 @@ class SweepSpec:
     @classmethod
     def from_dict(cls, raw: Any, index: int) -> SweepSpec:
         where = f"pairs.sweeps[{index}]"
-        raw = as_mapping(raw, where)
-        check_keys(raw, tuple(f.name for f in dataclasses.fields(cls)), where)
-        require(raw, ("name", "chosen", "rejected"), where)
-        name = check_config_name(raw["name"], where)
+        allowed = tuple(f.name for f in dataclasses.fields(cls))
+        raw, name = named_section(raw, where, allowed, ("name", "chosen", "rejected"))
         where = f"{where} ({name})"
         rejected = raw["rejected"]
         if not (isinstance(rejected, list) and rejected and all(isinstance(r, str) for r in rejected)):
@@ -142,10 +137,8 @@ class FilterSpec:
     @classmethod
     def from_dict(cls, raw: Any, index: int) -> FilterSpec:
         where = f"pairs.filters[{index}]"
-        raw = as_mapping(raw, where)
-        check_keys(raw, ("name", "from", "top_fraction", "threshold", "column"), where)
-        require(raw, ("name", "from"), where)
-        name = check_config_name(raw["name"], where)
+        allowed = ("name", "from", "top_fraction", "threshold", "column")
+        raw, name = named_section(raw, where, allowed, ("name", "from"))
         where = f"{where} ({name})"
         if not isinstance(raw["from"], str):
             raise RecipeError(f"{where}.from: expected a config name, got {raw['from']!r}")

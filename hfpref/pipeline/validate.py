@@ -7,9 +7,10 @@ says where in the recipe the problem is and what is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,11 @@ def step_class(name: str, where: str = "steps") -> type:
 def build_config(config_class: type, values: Mapping[str, Any], where: str) -> Any:
     """``config_class(**values)``; unknown fields or bad values are a ``RecipeError`` naming ``where``."""
     return registry.build_config(config_class, values, where, RecipeError)
+
+
+def build_step(name: str, values: Mapping[str, Any], where: str) -> Any:
+    """The registered step ``name`` built with config ``values``; errors are ``RecipeError``s naming ``where``."""
+    return registry.build_step(name, values, where, RecipeError)
 
 
 def config_fields(config_class: type) -> list[str]:
@@ -66,15 +72,8 @@ def as_list(value: Any, where: str, error: type[Exception] = RecipeError) -> lis
     return value
 
 
-def require(raw: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
-    """Every key of ``keys`` is in ``raw``; the first missing one is named."""
-    for key in keys:
-        if key not in raw:
-            raise RecipeError(f"{where}: missing '{key}'")
-
-
-def check_map_settings(raw: Mapping[str, Any], where: str) -> None:
-    """``batch_size`` and ``num_proc`` of a step or maker: a positive int or absent/null."""
+def read_map_settings(raw: Mapping[str, Any], where: str) -> dict[str, int | None]:
+    """``batch_size`` and ``num_proc`` of a step or maker: each a positive int or absent/null."""
     for key in ("batch_size", "num_proc"):
         value = raw.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -82,6 +81,7 @@ def check_map_settings(raw: Mapping[str, Any], where: str) -> None:
             raise RecipeError(
                 f"{where}.{key}: expected a positive int or null, got {type(value).__name__} {value!r}{hint}"
             )
+    return {"batch_size": raw.get("batch_size"), "num_proc": raw.get("num_proc")}
 
 
 def non_negative_int(value: Any, where: str, allow_none: bool = False, minimum: int = 0) -> None:
@@ -104,6 +104,44 @@ def check_config_name(name: Any, where: str) -> str:
     if name == CANDIDATES_CONFIG:
         raise RecipeError(f"{where}.name: {CANDIDATES_CONFIG!r} is the release's candidates config")
     return name
+
+
+def read_section(
+    raw: Any,
+    where: str,
+    allowed: Sequence[str],
+    required: Sequence[str] = (),
+    error: type[Exception] = RecipeError,
+) -> dict[str, Any]:
+    """A section of a recipe (or the whole recipe): a mapping of ``allowed`` keys holding every ``required``
+    one; returns a copy."""
+    raw = as_mapping(raw, where, error)
+    check_keys(raw, allowed, where, error)
+    for key in required:
+        if key not in raw:
+            raise error(f"{where}: missing '{key}'")
+    return raw
+
+
+def named_section(
+    raw: Any, where: str, allowed: Sequence[str], required: Sequence[str]
+) -> tuple[dict[str, Any], str]:
+    """A pair config's section (a maker, mix, sweep or filter), ``name`` among the ``required`` keys;
+    returns (the section, its config name)."""
+    raw = read_section(raw, where, allowed, required)
+    return raw, check_config_name(raw["name"], where)
+
+
+@contextlib.contextmanager
+def naming_the_file(source: str | None, error: type[Exception] = RecipeError) -> Iterator[None]:
+    """Inside, a ``RecipeError`` becomes ``error`` with the recipe file in front ("recipe FILE: ...") when
+    the recipe was read from a file."""
+    try:
+        yield
+    except RecipeError as err:
+        if source:
+            raise error(f"recipe {source}: {err}") from None
+        raise
 
 
 def check_version(version: str, where: str = "version") -> str:
