@@ -328,7 +328,7 @@ def test_every_iterate_script_validates(path):
 @pytest.mark.parametrize("path", CURATE_SCRIPTS, ids=lambda p: p.name)
 def test_every_dataset_script_validates(path):
     recipe = Recipe.from_yaml(path)  # validates step names, config fields and values, strategies (offline)
-    configs, skipped = recipe.selection_configs()
+    configs, skipped = recipe.pairs.selection_configs()
     assert list(configs) == recipe.pairs.strategies and not skipped
     for index, spec in enumerate(recipe.steps):
         step = spec.build(index)  # builds the config only: no model, tokenizer or revision is fetched
@@ -661,3 +661,45 @@ def test_maker_missing_column_fails_before_any_step_runs(makers_registry, rows_f
     ):
         Recipe.from_dict(raw).run(cache_dir=tmp_path / "cache", progress=False)
     assert CopyScores.calls == 0
+
+
+def test_shared_validators_raise_the_error_class_they_are_given():
+    """Curate, iterate and sweeps read their YAML with the same checks (hfpref.pipeline.validate); iterate
+    passes its own error class, and ``naming_the_file`` puts the recipe file in front of any RecipeError."""
+    from hfpref.pipeline import validate as V
+
+    class OtherError(RecipeError):
+        pass
+
+    with pytest.raises(OtherError, match=r"^budget: expected a mapping, got list \[1\]$"):
+        V.as_mapping([1], "budget", OtherError)
+    with pytest.raises(OtherError, match=r"^recipe: unknown field\(s\) \['x'\]; allowed: \['a'\]$"):
+        V.read_section({"x": 1}, "recipe", ("a",), error=OtherError)
+    with pytest.raises(OtherError, match=r"^recipe: missing 'a'$"):
+        V.read_section({}, "recipe", ("a",), ("a",), error=OtherError)
+    named = pytest.raises(OtherError, match=r"^recipe f\.yaml: pairs: missing 'x'$")
+    with named, V.naming_the_file("f.yaml", OtherError):
+        V.read_section({}, "pairs", ("x",), ("x",))
+    unnamed = pytest.raises(RecipeError, match=r"^pairs: missing 'x'$")
+    with unnamed, V.naming_the_file(None):
+        V.read_section({}, "pairs", ("x",), ("x",))
+    raw, name = V.named_section(
+        {"name": "rs_high", "from": "a"}, "pairs.filters[0]", ("name", "from"), ("name",)
+    )
+    assert (raw, name) == ({"name": "rs_high", "from": "a"}, "rs_high")
+    with pytest.raises(RecipeError, match="'candidates' is the release's candidates config"):
+        V.named_section({"name": "candidates"}, "pairs.makers[0]", ("name",), ("name",))
+    assert V.read_map_settings({"batch_size": 8}, "steps[0]") == {"batch_size": 8, "num_proc": None}
+    with pytest.raises(RecipeError, match=r"steps\[0\]\.num_proc: .*write the number without quotes"):
+        V.read_map_settings({"num_proc": "2"}, "steps[0]")
+
+
+def test_the_old_names_stay_importable_from_the_recipe_module():
+    """Other modules (iterate, the CLI, the release writer) import these from hfpref.pipeline.recipe."""
+    for name in (
+        "Recipe", "RecipeError", "RecipeResult", "InputSpec", "StepSpec", "PairsSpec", "MakerSpec", "OutputSpec",
+        "PushSpec", "check_version", "load_input", "read_recipe_yaml", "_as_mapping", "_check_keys",
+        "build_config", "step_class", "CANDIDATES_CONFIG", "ALL_STRATEGIES", "DEFAULT_STRATEGIES",
+        "DEFAULT_RECIPE", "default_recipe", "STEP_REGISTRY", "DEFAULT_INPUTS",
+    ):  # fmt: skip
+        assert getattr(R, name) is not None, name
