@@ -18,31 +18,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from hfpref.core import columns as C
+from hfpref.core.stats import describe_values, format_table
 
 # rows per batch when a summary reads a dataset's columns (Arrow-backed; never a whole column as a list)
 SUMMARY_BATCH_ROWS = 1000
 
 # the pair metrics summarised, with the names the card uses for them
 METRICS = {C.EDIT_DISTANCE: "e_Δ", C.LOGP_DIFF: "p_Δ", C.REWARD_MARGIN: "r_Δ", C.DCRM: "DCRM"}
-_NUMERIC = re.compile(r"[-+]?[0-9.]+(e[-+]?[0-9]+)?%?|n/a|-")
-
-
-def describe_values(values: Sequence[float | None]) -> dict[str, float | int] | None:
-    """mean, median, population std, min, max and count of the finite values; None when there are none."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not finite:
-        return None
-    import numpy as np
-
-    array = np.asarray(finite, dtype=np.float64)
-    return {
-        "mean": float(array.mean()),
-        "median": float(np.median(array)),
-        "std": float(array.std()),
-        "min": float(array.min()),
-        "max": float(array.max()),
-        "count": len(finite),
-    }
 
 
 def stronger_generator_share(
@@ -258,20 +240,6 @@ def short_generator(name: str | None) -> str:
 def _fmt(value: float | None) -> str:
     """Four significant digits: DCRM values are small, distances large."""
     return "n/a" if value is None else f"{value:.4g}"
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table with aligned columns (numbers right-aligned, text left-aligned)."""
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        cells = []
-        for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
-            numeric = i > 0 and _NUMERIC.fullmatch(str(cell)) is not None
-            cells.append(str(cell).rjust(width) if numeric else str(cell).ljust(width))
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
 
 
 def _share(value: float | None) -> str:

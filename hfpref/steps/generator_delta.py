@@ -34,8 +34,8 @@ import numpy as np
 
 from hfpref.core import columns as C
 from hfpref.core.errors import UserError
+from hfpref.core.stats import describe_values, format_table
 from hfpref.core.step import Batch, MissingColumnError, RowError, Step, StepConfig, row_label
-from hfpref.release.summary import describe_values, format_table
 
 SAME_SOURCE = "same_source"
 GENERATOR_DELTA = "generator_delta"
@@ -344,7 +344,7 @@ def stratified_summary(
     metrics: Sequence[str] | None = None,
     bins: int | Sequence[float] = 4,
 ) -> list[dict[str, Any]]:
-    """Statistics (``hfpref.release.summary.describe_values``) of pair metrics per generator-delta stratum.
+    """Statistics (``hfpref.core.stats.describe_values``) of pair metrics per generator-delta stratum.
 
     Strata, in order: ``same source``; for pairs from different sources, one per bin of
     ``generator_delta`` — ``bins`` quantile bins (int) or these edges (a sorted list: bins
