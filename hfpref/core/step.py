@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from hfpref.core import columns
 from hfpref.core.errors import UserError
 
 Batch = dict[str, list]
@@ -47,10 +48,8 @@ class ConfigError(UserError):
     """A step config field with a value of the wrong type (or out of range); names step, field, value, type."""
 
 
-ROW_ERROR = "row_error"  # the RowError message of a row a step dropped (on_row_error="drop"), else None
-DROP_REASON = (
-    "drop_reason"  # same name as hfpref.core.columns.DROP_REASON (not imported: columns imports nothing)
-)
+ROW_ERROR = columns.ROW_ERROR  # the RowError message of a row a step dropped (on_row_error="drop"), else None
+DROP_REASON = columns.DROP_REASON
 ROW_ERROR_REASON = "row_error"  # the drop_reason such a row carries
 ON_ROW_ERROR = ("raise", "drop")
 

@@ -55,10 +55,10 @@ import numpy as np
 from hfpref.core import columns as C
 from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label
 from hfpref.steps.ifeval import checker_versions, global_random_restored, instruction_registry
-from hfpref.steps.selection import prompt_seed
+from hfpref.steps.pair_rows import prompt_seed
 
-SEED_PROMPT = "seed_prompt"
-DIFFICULTY = "difficulty"
+SEED_PROMPT = C.SEED_PROMPT
+DIFFICULTY = C.DIFFICULTY
 
 # Kinds left out of the default pool, with the reason.
 EXCLUDED_KINDS: dict[str, str] = {

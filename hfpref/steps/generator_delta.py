@@ -37,10 +37,10 @@ from hfpref.core.errors import UserError
 from hfpref.core.stats import describe_values, format_table
 from hfpref.core.step import Batch, MissingColumnError, RowError, Step, StepConfig, row_label
 
-SAME_SOURCE = "same_source"
-GENERATOR_DELTA = "generator_delta"
-CHOSEN_CAPABILITY = "chosen_capability"
-REJECTED_CAPABILITY = "rejected_capability"
+SAME_SOURCE = C.SAME_SOURCE
+GENERATOR_DELTA = C.GENERATOR_DELTA
+CHOSEN_CAPABILITY = C.CHOSEN_CAPABILITY
+REJECTED_CAPABILITY = C.REJECTED_CAPABILITY
 UNKNOWN_POLICIES = ("error", "missing")
 
 

@@ -45,8 +45,8 @@ from hfpref.models.utils import (
 from hfpref.steps.chat_prompts import MESSAGES, PromptFormError
 from hfpref.steps.logprobs import real_responses, realign
 
-REWARD_OUTPUTS = "reward_outputs"
-REWARD_TRUNCATED_TOKENS = "reward_truncated_tokens"
+REWARD_OUTPUTS = columns.REWARD_OUTPUTS
+REWARD_TRUNCATED_TOKENS = columns.REWARD_TRUNCATED_TOKENS
 REWARD_OBJECTIVES = columns.REWARD_OBJECTIVES
 
 CLASSIFICATION_HEAD = "sequence-classification"
