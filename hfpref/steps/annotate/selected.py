@@ -1,61 +1,36 @@
-"""Annotation of the pairs selected for it, and the TRL preference rows they become.
+"""``AnnotateSelected``: an annotator run on the responses of the pairs selected for annotation, and no other.
 
-Two steps, run after ``hfpref.steps.margins.AnnotationSelector``:
-
-* ``AnnotateSelected`` runs any hfpref annotator that writes per-response ``rewards`` (``RewardAnnotator``,
-  ``IFEvalVerifier``, or any step in the recipe registry) on the responses that appear in at least one
-  selected pair, and on no other: annotation is what the budget pays for. The other responses get None in
-  every per-response column the annotator writes, and ``response_annotated`` says which were scored.
-* ``AnnotatedPairs`` turns each selected unordered pair into one TRL preference row: chosen = the response
-  with the higher reward. A pair whose rewards are equal is dropped with ``drop_reason="rewards_tied"``,
-  one with a missing or non-finite reward (or reward margin) with ``"nan_reward"``, one of a row whose
-  prompt is missing (``hfpref.steps.selection.prompt_is_missing``) with ``"missing_prompt"`` and one with a
-  missing (None) response with ``"missing_response"`` (``hfpref.steps.selection.split_dropped`` separates and
-  counts them); unselected pairs make no row (they stay, flagged, in the candidates).
-
-A pairwise annotator (a step with ``pairwise = True``, e.g. ``hfpref.steps.judges.pairwise.PairwiseJudge``, the
-role arXiv 2406.17312 gives PairRM) gets whole rows and writes a preference per pair instead of a reward
-per response; ``AnnotatedPairs(preferences_column=...)`` then takes chosen and rejected from it, and drops
-ties as ``judge_tie`` and pairs without a verdict as ``judge_missing``.
+See ``hfpref.steps.annotate`` for how it fits between ``AnnotationSelector`` and ``AnnotatedPairs``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import datasets
 
 from hfpref.core import columns as C
-from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label
-from hfpref.steps.margins import (
-    IMPLICIT_MARGIN,
-    IMPLICIT_MARGINS,
-    IMPLICIT_REWARD_CHOSEN,
-    IMPLICIT_REWARD_REJECTED,
+from hfpref.core.columns import (
     IMPLICIT_REWARDS,
     PAIR_INDICES,
     PER_PAIR_COLUMNS,
-    POLICY_TOKEN_COUNTS,
+    RESPONSE_ANNOTATED,
     SELECTED_FOR_ANNOTATION,
-    SELECTION_LEVEL,
-    SELECTION_STRATEGY,
 )
-from hfpref.steps.selection import PAIR_COLUMNS, pairs_features, prompt_is_missing
+from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label
 
-RESPONSE_ANNOTATED = "response_annotated"  # list[bool]: which responses the annotator scored
 # per-response columns written by hfpref's steps besides those of columns.PER_RESPONSE_COLUMNS
 KNOWN_PER_RESPONSE = frozenset(
     {
         *C.PER_RESPONSE_COLUMNS,
-        POLICY_TOKEN_COUNTS,
+        C.POLICY_TOKEN_COUNTS,
         IMPLICIT_REWARDS,
         RESPONSE_ANNOTATED,
-        "reward_outputs",
-        "reward_truncated_tokens",
-        "ref_truncated_tokens",
-        "policy_truncated_tokens",
+        C.REWARD_OUTPUTS,
+        C.REWARD_TRUNCATED_TOKENS,
+        C.REF_TRUNCATED_TOKENS,
+        C.POLICY_TRUNCATED_TOKENS,
     }
 )
 
@@ -71,9 +46,6 @@ def is_per_response(name: str) -> bool:
 def needed_responses(selected: list[bool], pairs: list[list[int]]) -> list[int]:
     """Sorted indices of the responses that appear in at least one selected pair."""
     return sorted({k for flag, pair in zip(selected, pairs, strict=True) if flag for k in pair})
-
-
-# ---- annotating the selected responses -------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -235,211 +207,3 @@ class AnnotateSelected(Step):
             if flags and any(flags):
                 return index
         return None
-
-
-# ---- preference rows --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class AnnotatedPairsConfig(StepConfig):
-    """``pair_strategy``: the value of the ``pair_strategy`` column; None names it after the selection,
-    e.g. ``smallest_margin_corpus``. ``preferences_column``: a pairwise annotator's per-pair preference
-    column (1.0: the pair's first response is better, 0.0: the second, 0.5: a tie, None: no verdict),
-    used instead of ``rewards``; ``reward_chosen`` / ``reward_rejected`` are then the preferences (1.0 /
-    0.0)."""
-
-    pair_strategy: str | None = None
-    preferences_column: str | None = None
-
-
-class AnnotatedPairs(Step):
-    """One TRL preference row per selected pair (chosen = higher reward), or a drop reason.
-
-    Input columns: ``prompt``, ``responses``, ``rewards``, ``implicit_rewards``, ``pair_indices``,
-    ``selected_for_annotation``, ``selection_strategy``, ``selection_level``; ``generators`` and
-    ``ref_logps`` when present.
-    Output columns, one row per selected pair: ``prompt``; ``chosen``, ``rejected`` (strings for a standard
-    prompt, ``[{"role": "assistant", "content": text}]`` for a conversational one); ``chosen_index``,
-    ``rejected_index`` (positions in ``responses``); ``chosen_generator``, ``rejected_generator``;
-    ``reward_chosen``, ``reward_rejected``, ``reward_margin``; ``edit_distance`` and ``dcrm`` (None: not
-    computed here), ``logp_diff`` (p_Δ = |ref log-prob difference|, None without ``ref_logps``);
-    ``implicit_margin`` (r̂(chosen) − r̂(rejected), the ``rewards/margins`` TRL logs for this pair),
-    ``implicit_reward_chosen``, ``implicit_reward_rejected``; ``pair_strategy``; ``drop_reason`` (None, or
-    ``missing_prompt`` / ``missing_response`` / ``nan_reward`` / ``rewards_tied``, or with a pairwise annotator
-    ``judge_tie`` / ``judge_missing``, with the pair columns None); and every other per-row input column
-    (e.g. ``reward_source``, ``selection_*``, ids), while per-response and per-pair lists stay behind.
-    """
-
-    config_class = AnnotatedPairsConfig
-    version = "2"  # 2: missing prompts and missing responses dropped
-    changes_row_count = True
-    config: AnnotatedPairsConfig
-
-    EXTRA_COLUMNS = (IMPLICIT_MARGIN, IMPLICIT_REWARD_CHOSEN, IMPLICIT_REWARD_REJECTED)
-
-    def input_columns(self) -> list[str]:
-        return [
-            C.PROMPT,
-            C.RESPONSES,
-            self.config.preferences_column or C.REWARDS,
-            IMPLICIT_REWARDS,
-            PAIR_INDICES,
-            SELECTED_FOR_ANNOTATION,
-            SELECTION_STRATEGY,
-            SELECTION_LEVEL,
-        ]
-
-    def output_columns(self) -> list[str]:
-        return [C.PROMPT, *PAIR_COLUMNS, *self.EXTRA_COLUMNS, C.PAIR_STRATEGY, C.DROP_REASON]
-
-    def passthrough_columns(self, column_names: list[str]) -> list[str]:
-        excluded = {*self.output_columns(), *PER_PAIR_COLUMNS, IMPLICIT_MARGINS}
-        if self.config.preferences_column:  # a pairwise judge's per-pair lists stay behind too
-            prefix = self.config.preferences_column[: -len("preferences")]
-            excluded |= {self.config.preferences_column, f"{prefix}verdicts", f"{prefix}judge_raw"}
-        return [c for c in column_names if c not in excluded and not is_per_response(c)]
-
-    def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
-        passthrough = self.passthrough_columns(list(batch))
-        out: Batch = {name: [] for name in [*self.output_columns(), *passthrough]}
-        for i in range(len(batch[C.PROMPT])):
-            responses = batch[C.RESPONSES][i] or []
-            n = len(responses)
-            preferences = self._preferences(batch, i, indices)
-            rewards = None if preferences is not None else self._per_response(batch, C.REWARDS, i, n, indices)
-            implicit = self._per_response(batch, IMPLICIT_REWARDS, i, n, indices)
-            ref = self._per_response(batch, C.REF_LOGPS, i, n, indices) if C.REF_LOGPS in batch else None
-            generators = batch[C.GENERATORS][i] if C.GENERATORS in batch else None
-            strategy = self.config.pair_strategy or (
-                f"{batch[SELECTION_STRATEGY][i]}_{batch[SELECTION_LEVEL][i]}"
-            )
-            prompt = batch[C.PROMPT][i]
-            flags, pairs = batch[SELECTED_FOR_ANNOTATION][i], batch[PAIR_INDICES][i]
-            for k, (flag, (a, b)) in enumerate(zip(flags, pairs, strict=True)):
-                if not flag:
-                    continue
-                if preferences is not None:
-                    # the pair's preference as rewards of its two responses: chosen = the preferred one
-                    p = preferences[k]
-                    pair_rewards: list[float | None] = [None] * n
-                    pair_rewards[a], pair_rewards[b] = (None, None) if p is None else (p, 1.0 - p)
-                    row, reason = self._pair(a, b, responses, pair_rewards, implicit, ref, generators, prompt)
-                    reason = {"rewards_tied": "judge_tie", "nan_reward": "judge_missing"}.get(reason, reason)
-                else:
-                    row, reason = self._pair(a, b, responses, rewards, implicit, ref, generators, prompt)
-                out[C.PROMPT].append(prompt)
-                for name in [*PAIR_COLUMNS, *self.EXTRA_COLUMNS]:
-                    out[name].append(None if row is None else row[name])
-                out[C.PAIR_STRATEGY].append(strategy)
-                out[C.DROP_REASON].append(reason)
-                for name in passthrough:
-                    out[name].append(batch[name][i])
-        return out
-
-    @staticmethod
-    def _pair(
-        a: int,
-        b: int,
-        responses: list[str],
-        rewards: list[float | None],
-        implicit: list[float | None],
-        ref: list[float | None] | None,
-        generators: list[str | None] | None,
-        prompt: Any,
-    ) -> tuple[dict[str, Any] | None, str | None]:
-        if prompt_is_missing(prompt):
-            return None, "missing_prompt"
-        if responses[a] is None or responses[b] is None:
-            return (
-                None,
-                "missing_response",
-            )  # AnnotationSelector excludes these; a hand-made selection may not
-        ra, rb = rewards[a], rewards[b]
-        if (
-            ra is None
-            or rb is None
-            or not (math.isfinite(ra) and math.isfinite(rb) and math.isfinite(ra - rb))
-        ):
-            return None, "nan_reward"
-        if ra == rb:
-            return None, "rewards_tied"
-        chosen, rejected = (a, b) if ra > rb else (b, a)
-        conversational = isinstance(prompt, list)
-
-        def completion(k: int) -> Any:
-            return [{"role": "assistant", "content": responses[k]}] if conversational else responses[k]
-
-        logp_diff = None
-        if ref is not None and ref[chosen] is not None and ref[rejected] is not None:
-            logp_diff = _finite_or_none(abs(float(ref[chosen]) - float(ref[rejected])))
-        return {
-            C.CHOSEN: completion(chosen),
-            C.REJECTED: completion(rejected),
-            C.CHOSEN_INDEX: chosen,
-            C.REJECTED_INDEX: rejected,
-            C.CHOSEN_GENERATOR: None if generators is None else generators[chosen],
-            C.REJECTED_GENERATOR: None if generators is None else generators[rejected],
-            C.REWARD_CHOSEN: float(rewards[chosen]),
-            C.REWARD_REJECTED: float(rewards[rejected]),
-            C.REWARD_MARGIN: float(rewards[chosen]) - float(rewards[rejected]),
-            C.EDIT_DISTANCE: None,
-            C.LOGP_DIFF: logp_diff,
-            C.DCRM: None,
-            IMPLICIT_MARGIN: _difference(implicit[chosen], implicit[rejected]),
-            IMPLICIT_REWARD_CHOSEN: _finite_or_none(implicit[chosen]),
-            IMPLICIT_REWARD_REJECTED: _finite_or_none(implicit[rejected]),
-        }, None
-
-    def _preferences(self, batch: Batch, i: int, indices: list[int] | None) -> list[float | None] | None:
-        column = self.config.preferences_column
-        if column is None:
-            return None
-        values = batch[column][i]
-        pairs = batch[PAIR_INDICES][i] or []
-        if values is None or len(values) != len(pairs):
-            raise RowError(
-                f"{self.name}: {row_label(batch, i, indices)} column {column!r} must hold one preference per "
-                f"pair of {PAIR_INDICES!r} ({len(pairs)}), got {values!r:.200}"
-            )
-        return list(values)
-
-    def _per_response(
-        self, batch: Batch, column: str, i: int, n: int, indices: list[int] | None
-    ) -> list[float | None]:
-        values = batch[column][i]
-        if values is None:
-            return [None] * n
-        if len(values) != n or not all(
-            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
-        ):
-            raise RowError(
-                f"{self.name}: {row_label(batch, i, indices)} column {column!r} must hold {n} numbers "
-                f"(one per response, None where not annotated), got {values!r}"
-            )
-        return list(values)
-
-    def output_features(self, input_features: datasets.Features) -> datasets.Features:
-        """The pairs rows' features, fixed so a batch without selected pairs keeps the same types."""
-        passthrough = self.passthrough_columns(list(input_features))
-        return pairs_features(input_features, passthrough, self.EXTRA_COLUMNS, step=self.name)
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _difference(a: float | None, b: float | None) -> float | None:
-    """a − b, or None when either is unknown or the difference is not finite."""
-    if _finite_or_none(a) is None or _finite_or_none(b) is None:
-        return None
-    return _finite_or_none(float(a) - float(b))
-
-
-__all__ = [
-    "RESPONSE_ANNOTATED",
-    "AnnotateSelected",
-    "AnnotateSelectedConfig",
-    "AnnotatedPairs",
-    "AnnotatedPairsConfig",
-    "needed_responses",
-]

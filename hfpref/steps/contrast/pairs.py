@@ -1,4 +1,4 @@
-"""Rejection-sampling (RS) preference pairs tagged with their contrast, and contrast-mixed datasets.
+"""``ContrastPairs``: rejection-sampling (RS) preference pairs tagged with their contrast.
 
 arXiv 2412.15282 (§3, §5.2) samples N responses per constrained prompt, scores each by the fraction of
 its constraints met (``correctness``), and builds pairs whose *contrast* — the correctness gap between
@@ -6,7 +6,7 @@ chosen and rejected — is high or low; it finds high contrast generally better 
 best, and studies prompt difficulty (k constraints) alongside.
 
 ``ContrastPairs`` (a :class:`hfpref.core.step.Step` that changes the row count) turns candidates rows into
-pairs rows. A row whose prompt is missing (``hfpref.steps.selection.prompt_is_missing``: None, blank, or no
+pairs rows. A row whose prompt is missing (``hfpref.steps.pair_rows.prompt_is_missing``: None, blank, or no
 message with text) makes no pair (``missing_prompt``); a missing response (None in ``responses``) is no
 candidate and is never paired, while an empty string is a response (that rule 2 keeps out of pairs). For a
 row, a pair (i, j) is *eligible* when, in this order (the first filter that leaves no pair names the drop
@@ -32,15 +32,13 @@ neither batch size nor row order), and never the same (chosen text, rejected tex
 * ``low``: better chosen first (the paper finds contrast matters more than absolute correctness *as long
   as the chosen response is reasonably correct*), then smaller gap.
 
-``mix_contrast`` then draws a fixed-size dataset from pairs of both levels in a given ratio, optionally
-with the same difficulty mix in both levels.
+``hfpref.steps.contrast.mix.mix_contrast`` then draws a fixed-size dataset from pairs of both levels in a
+given ratio, optionally with the same difficulty mix in both levels.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import math
 import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -48,16 +46,17 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hfpref.core import columns as C
-from hfpref.core.errors import UserError
-from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label
-from hfpref.steps.constraints import DIFFICULTY
-from hfpref.steps.pair_metrics import dcrm
-from hfpref.steps.selection import PAIR_COLUMNS, PairSelector, pairs_features, prompt_is_missing, prompt_seed
+from hfpref.core.columns import (
+    CHOSEN_CORRECTNESS,
+    CONTRAST,
+    CONTRAST_LEVEL,
+    DIFFICULTY,
+    PAIR_COLUMNS,
+    REJECTED_CORRECTNESS,
+)
+from hfpref.core.step import Batch, RowError, StepConfig, row_label
+from hfpref.steps import pair_rows
 
-CONTRAST = "contrast"
-CONTRAST_LEVEL = "contrast_level"
-CHOSEN_CORRECTNESS = "chosen_correctness"
-REJECTED_CORRECTNESS = "rejected_correctness"
 CONTRAST_FLOAT_COLUMNS = (CONTRAST, CHOSEN_CORRECTNESS, REJECTED_CORRECTNESS)
 
 MODES = ("high", "low", "all")
@@ -117,7 +116,7 @@ def contrast_level(gap: float, high_min_gap: float, low_max_gap: float) -> str:
     return "mid"
 
 
-class ContrastPairs(Step):
+class ContrastPairs(pair_rows.PairMaker):
     """RS pairs of each candidates row at a contrast level (see the module docstring).
 
     Input columns: ``prompt``, ``responses``, ``config.score_column`` (default ``correctness``). Read when
@@ -136,7 +135,6 @@ class ContrastPairs(Step):
 
     config_class: ClassVar[type[StepConfig]] = ContrastConfig
     version: ClassVar[str] = "2"  # 2: missing prompts dropped, None responses never candidates
-    changes_row_count: ClassVar[bool] = True
     config: ContrastConfig
 
     @property
@@ -157,27 +155,21 @@ class ContrastPairs(Step):
             C.DROP_REASON,
         ]
 
-    def passthrough_columns(self, column_names: list[str]) -> list[str]:
-        """The input columns copied unchanged to every pairs row of their prompt."""
-        own = {*self.output_columns(), self.config.score_column}
-        return [name for name in PairSelector.passthrough_columns(column_names) if name not in own]
+    def consumed_columns(self) -> set[str]:
+        return {self.config.score_column}
 
     # ---- the map function ------------------------------------------------------------------
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
-        passthrough = self.passthrough_columns(list(batch))
-        out: Batch = {name: [] for name in [*self.output_columns(), *passthrough]}
+        out, passthrough = self.empty_output(batch)
         for i in range(len(batch[C.PROMPT])):
             pairs, reason = self._row_pairs(batch, i, indices)
             difficulty = self._difficulty(batch, i, indices)
+            columns = [*PAIR_COLUMNS, *CONTRAST_FLOAT_COLUMNS, CONTRAST_LEVEL]
             for pair in pairs or [None]:
-                out[C.PROMPT].append(batch[C.PROMPT][i])
-                for name in [*PAIR_COLUMNS, *CONTRAST_FLOAT_COLUMNS, CONTRAST_LEVEL]:
-                    out[name].append(None if pair is None else pair[name])
+                pair_rows.append_pair_row(
+                    out, batch, i, pair, columns, self.pair_strategy, reason, passthrough
+                )
                 out[DIFFICULTY].append(difficulty)
-                out[C.PAIR_STRATEGY].append(self.pair_strategy)
-                out[C.DROP_REASON].append(reason)
-                for name in passthrough:
-                    out[name].append(batch[name][i])
         return out
 
     def _row_pairs(
@@ -186,100 +178,42 @@ class ContrastPairs(Step):
         """The row's kept pairs (column -> value) and None, or [] and the drop reason."""
         cfg = self.config
         where = f"{self.name}: {row_label(batch, i, indices)}"
-        texts = batch[C.RESPONSES][i]
-        if texts is None or isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise RowError(f"{where} column {C.RESPONSES!r} must be a list of strings, got {texts!r:.200}")
-        for k, text in enumerate(texts):
-            if text is not None and not isinstance(text, str):
-                raise RowError(
-                    f"{where} column {C.RESPONSES!r}[{k}] must be a string or None (missing), got {text!r:.200}"
-                )
+        texts, scores, rewards, generators = self._read_row(batch, i, where)
         n = len(texts)
-        scores = _per_response_floats(batch, cfg.score_column, i, n, where, required=True)
-        rewards = _per_response_floats(batch, C.REWARDS, i, n, where, required=False)
-        generators = batch[C.GENERATORS][i] if C.GENERATORS in batch else None
-        if generators is not None and len(generators) != n:
-            raise RowError(f"{where} column {C.GENERATORS!r} has {len(generators)} values for {n} responses")
-        if prompt_is_missing(batch[C.PROMPT][i]):
+        prompt = batch[C.PROMPT][i]
+        if pair_rows.prompt_is_missing(prompt):
             return [], "missing_prompt"
-        # a missing response is no candidate: ``usable`` masks it out before any of its values is read
-        present = np.array([t is not None for t in texts], dtype=bool)
-        if present.sum() < 2:
+        # a missing response is no candidate: ``usable_pairs`` masks it out before any of its values is read
+        if sum(t is not None for t in texts) < 2:
             return [], "fewer_than_two_responses"
-        texts = ["" if t is None else t for t in texts]  # placeholders only
-
-        usable = present & np.array([t.strip() != "" for t in texts], dtype=bool)
         with np.errstate(over="ignore", invalid="ignore"):  # huge scores: a gap overflowing to ±inf
             gap = scores[:, None] - scores[None, :]
-        finite = np.isfinite(scores)[:, None] & np.isfinite(scores)[None, :] & np.isfinite(gap)
-        codes = {text: k for k, text in enumerate(dict.fromkeys(texts))}
-        text_id = np.array([codes[t] for t in texts])
-        with np.errstate(invalid="ignore"):
-            better = scores[:, None] > scores[None, :]
-        levels = np.full((n, n), "", dtype=object)
-        filters = [
-            ("empty_response", usable[:, None] & usable[None, :] & ~np.eye(n, dtype=bool)),
-            ("nan_score", finite),
-            ("identical_responses", text_id[:, None] != text_id[None, :]),
-            ("scores_tied", better),
-        ]
-        eligible = np.ones((n, n), dtype=bool)
-        for reason, keep in filters:
-            eligible &= keep
-            if not eligible.any():
-                return [], reason
-        for a, b in zip(*np.nonzero(eligible), strict=True):
-            levels[a, b] = contrast_level(float(gap[a, b]), cfg.high_min_gap, cfg.low_max_gap)
-        if cfg.mode != "all":
-            eligible &= levels == cfg.mode
-            if not eligible.any():
-                return [], f"no_{cfg.mode}_contrast_pair"
-
-        cells = [(int(a), int(b)) for a, b in zip(*np.nonzero(eligible), strict=True)]
-        shuffle = np.random.default_rng([cfg.seed, prompt_seed(batch[C.PROMPT][i])]).permutation(len(cells))
-        # gaps rounded for ordering only, so equal fractions (1 − 2/3, 2/3 − 1/3) tie as they should
-        rounded = [round(float(gap[cell]), ORDER_DECIMALS) for cell in cells]
-        chosen_scores = [float(scores[a]) for a, _ in cells]
-        if cfg.mode == "low":
-            keys = [(-chosen_scores[c], rounded[c], shuffle[c]) for c in range(len(cells))]
-        else:
-            keys = [(-rounded[c], -chosen_scores[c], shuffle[c]) for c in range(len(cells))]
-        order = sorted(range(len(cells)), key=keys.__getitem__)
-        edit = _matrix(batch, C.EDIT_DISTANCE_MATRIX, i, n, where)
-        logp = _matrix(batch, C.LOGP_DIFF_MATRIX, i, n, where)
-        conversational = isinstance(batch[C.PROMPT][i], list)
+        cells, levels, reason = self._eligible_cells(texts, scores, gap)
+        if reason is not None:
+            return [], reason
+        texts = ["" if t is None else t for t in texts]  # placeholders only
+        edit = pair_rows.response_matrix(batch, C.EDIT_DISTANCE_MATRIX, i, n, where)
+        logp = pair_rows.response_matrix(batch, C.LOGP_DIFF_MATRIX, i, n, where)
         kept, seen = [], set()
-        for c in order:
-            chosen, rejected = cells[c]
+        for chosen, rejected in self._ordered(cells, scores, gap, prompt):
             if (texts[chosen], texts[rejected]) in seen:
                 continue
             seen.add((texts[chosen], texts[rejected]))
             # rewards are optional here and not filtered on: an unknown or non-finite one is written as None
-            reward_c = None if rewards is None else _finite_or_none(rewards[chosen])
-            reward_r = None if rewards is None else _finite_or_none(rewards[rejected])
+            reward_c = None if rewards is None else pair_rows.finite_or_none(rewards[chosen])
+            reward_r = None if rewards is None else pair_rows.finite_or_none(rewards[rejected])
             margin = None
             if reward_c is not None and reward_r is not None:
-                margin = _finite_or_none(reward_c - reward_r)
-            edit_value = None if edit is None else _finite_or_none(edit[chosen, rejected])
-            logp_value = None if logp is None else _finite_or_none(logp[chosen, rejected])
-            p_known = logp is None or logp_value is not None  # no ref_logps at all: p_Δ = 0, as PairMetrics
-            both_known = edit_value is not None and margin is not None and p_known
+                margin = pair_rows.finite_or_none(reward_c - reward_r)
             kept.append(
                 {
-                    C.CHOSEN: _completion(texts[chosen], conversational),
-                    C.REJECTED: _completion(texts[rejected], conversational),
-                    C.CHOSEN_INDEX: chosen,
-                    C.REJECTED_INDEX: rejected,
-                    C.CHOSEN_GENERATOR: None if generators is None else generators[chosen],
-                    C.REJECTED_GENERATOR: None if generators is None else generators[rejected],
+                    **pair_rows.pair_sides(texts, chosen, rejected, generators, isinstance(prompt, list)),
                     C.REWARD_CHOSEN: reward_c,
                     C.REWARD_REJECTED: reward_r,
                     C.REWARD_MARGIN: margin,
-                    C.EDIT_DISTANCE: edit_value,
-                    C.LOGP_DIFF: logp_value,
-                    C.DCRM: dcrm(margin, edit_value, logp_value or 0.0, cfg.eps) if both_known else None,
+                    **pair_rows.pair_metrics(edit, logp, chosen, rejected, margin, cfg.eps),
                     CONTRAST: float(gap[chosen, rejected]),
-                    CONTRAST_LEVEL: levels[chosen, rejected],
+                    CONTRAST_LEVEL: levels[(chosen, rejected)],
                     CHOSEN_CORRECTNESS: float(scores[chosen]),
                     REJECTED_CORRECTNESS: float(scores[rejected]),
                 }
@@ -287,6 +221,69 @@ class ContrastPairs(Step):
             if cfg.max_pairs_per_prompt is not None and len(kept) == cfg.max_pairs_per_prompt:
                 break
         return kept, None
+
+    def _read_row(
+        self, batch: Batch, i: int, where: str
+    ) -> tuple[list, np.ndarray, np.ndarray | None, list | None]:
+        """Row ``i``'s responses, scores, rewards (None without the column) and generators, after checking them."""
+        texts = batch[C.RESPONSES][i]
+        if texts is None or isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise RowError(f"{where} column {C.RESPONSES!r} must be a list of strings, got {texts!r:.200}")
+        pair_rows.check_response_texts(texts, where)
+        n, column = len(texts), self.config.score_column
+        scores = pair_rows.response_numbers(batch[column][i], n, where, column)
+        rewards = None
+        if C.REWARDS in batch:
+            rewards = pair_rows.response_numbers(batch[C.REWARDS][i], n, where, C.REWARDS)
+        generators = batch[C.GENERATORS][i] if C.GENERATORS in batch else None
+        if generators is not None and len(generators) != n:
+            raise RowError(f"{where} column {C.GENERATORS!r} has {len(generators)} values for {n} responses")
+        return list(texts), scores, rewards, generators
+
+    def _eligible_cells(
+        self, texts: Sequence[str | None], scores: np.ndarray, gap: np.ndarray
+    ) -> tuple[list[tuple[int, int]], dict[tuple[int, int], str], str | None]:
+        """The eligible (chosen, rejected) cells and each one's contrast level, or the drop reason."""
+        cfg = self.config
+        finite = np.isfinite(scores)[:, None] & np.isfinite(scores)[None, :] & np.isfinite(gap)
+        with np.errstate(invalid="ignore"):
+            better = scores[:, None] > scores[None, :]
+        placeholders = ["" if t is None else t for t in texts]
+        eligible, reason = pair_rows.first_empty(
+            [
+                ("empty_response", pair_rows.usable_pairs(texts)),
+                ("nan_score", finite),
+                ("identical_responses", pair_rows.distinct(placeholders)),
+                ("scores_tied", better),
+            ],
+            len(texts),
+        )
+        if reason is not None:
+            return [], {}, reason
+        levels = {
+            (int(a), int(b)): contrast_level(float(gap[a, b]), cfg.high_min_gap, cfg.low_max_gap)
+            for a, b in zip(*np.nonzero(eligible), strict=True)
+        }
+        cells = [cell for cell, level in levels.items() if cfg.mode in ("all", level)]
+        if not cells:
+            return [], {}, f"no_{cfg.mode}_contrast_pair"
+        return cells, levels, None
+
+    def _ordered(
+        self, cells: list[tuple[int, int]], scores: np.ndarray, gap: np.ndarray, prompt: Any
+    ) -> list[tuple[int, int]]:
+        """The cells in the order pairs are kept (module docstring), ties broken by a seeded shuffle."""
+        shuffle = np.random.default_rng([self.config.seed, pair_rows.prompt_seed(prompt)]).permutation(
+            len(cells)
+        )
+        # gaps rounded for ordering only, so equal fractions (1 − 2/3, 2/3 − 1/3) tie as they should
+        rounded = [round(float(gap[cell]), ORDER_DECIMALS) for cell in cells]
+        chosen_scores = [float(scores[a]) for a, _ in cells]
+        if self.config.mode == "low":
+            keys = [(-chosen_scores[c], rounded[c], shuffle[c]) for c in range(len(cells))]
+        else:
+            keys = [(-rounded[c], -chosen_scores[c], shuffle[c]) for c in range(len(cells))]
+        return [cells[c] for c in sorted(range(len(cells)), key=keys.__getitem__)]
 
     def _difficulty(self, batch: Batch, i: int, indices: list[int] | None) -> int | None:
         """k of the row: its ``difficulty``, else the number of its instructions, else None."""
@@ -308,7 +305,9 @@ class ContrastPairs(Step):
         """The pairs' features, fixed so batches whose rows were all dropped keep the same types."""
         import datasets
 
-        base = pairs_features(input_features, [], extra_float_columns=CONTRAST_FLOAT_COLUMNS, step=self.name)
+        base = pair_rows.pairs_features(
+            input_features, [], extra_float_columns=CONTRAST_FLOAT_COLUMNS, step=self.name
+        )
         features = {name: base[name] for name in [C.PROMPT, *PAIR_COLUMNS, *CONTRAST_FLOAT_COLUMNS]}
         features[CONTRAST_LEVEL] = datasets.Value("string")
         features[DIFFICULTY] = datasets.Value("int64")
@@ -317,202 +316,3 @@ class ContrastPairs(Step):
         for name in self.passthrough_columns(list(input_features)):
             features[name] = input_features[name]
         return datasets.Features(features)
-
-
-def _finite_or_none(value: Any) -> float | None:
-    """A float, or None for a NaN or ±inf."""
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _completion(text: str, conversational: bool) -> Any:
-    return [{"role": "assistant", "content": text}] if conversational else text
-
-
-def _per_response_floats(
-    batch: Batch, column: str, i: int, n: int, where: str, *, required: bool
-) -> np.ndarray | None:
-    """One number per response as a float array (None → NaN); None when an optional column is absent."""
-    if column not in batch:
-        if required:  # unreachable through __call__, which checks input columns first
-            raise RowError(f"{where} column {column!r} is missing")
-        return None
-    values = batch[column][i]
-    if values is None:
-        return np.full(n, np.nan)
-    if (
-        isinstance(values, str)
-        or len(values) != n
-        or not all(v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool)) for v in values)
-    ):
-        raise RowError(
-            f"{where} column {column!r} must hold {n} numbers (one per response), got {values!r:.200}"
-        )
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-
-
-def _matrix(batch: Batch, column: str, i: int, n: int, where: str) -> np.ndarray | None:
-    if column not in batch or batch[column][i] is None:
-        return None
-    try:
-        matrix = np.array(batch[column][i], dtype=np.float64)  # None cells become NaN
-    except (TypeError, ValueError) as err:
-        raise RowError(
-            f"{where} column {column!r} is not a numeric matrix: {batch[column][i]!r:.200}"
-        ) from err
-    if matrix.shape != (n, n):
-        raise RowError(f"{where} column {column!r} has shape {matrix.shape} for {n} responses")
-    return matrix
-
-
-# ---- dataset-level mixing ------------------------------------------------------------------------
-
-
-class MixError(UserError):
-    """The pairs cannot give the mix asked for; the message gives the counts needed and available."""
-
-
-def mix_counts(size: int, ratio_high: float) -> tuple[int, int]:
-    """(high, low) pairs of a mix: high = ⌊ratio_high · size + ½⌋ (half rounds up), low = the rest."""
-    high = math.floor(ratio_high * size + 0.5)
-    return high, size - high
-
-
-def largest_mix_size(pairs: Any, ratio_high: float) -> int:
-    """The largest ``size`` for which ``mix_contrast(pairs, ratio_high, size)`` (unstratified) has enough
-    high and low pairs; 0 when there is none."""
-    columns = pairs.column_names
-    dropped = pairs[C.DROP_REASON] if C.DROP_REASON in columns else [None] * len(pairs)
-    available = collections.Counter(
-        level for level, reason in zip(pairs[CONTRAST_LEVEL], dropped, strict=True) if reason is None
-    )
-    for size in range(available["high"] + available["low"], 0, -1):
-        high, low = mix_counts(size, ratio_high)
-        if high <= available["high"] and low <= available["low"]:
-            return size
-    return 0
-
-
-def largest_remainder(total: int, weights: dict[Any, int]) -> dict[Any, int]:
-    """``total`` split in proportion to ``weights`` (Hamilton's method): each key gets the floor of its
-    share, and the remaining units go to the largest fractional parts, ties to the earlier key."""
-    whole = sum(weights.values())
-    exact = {key: total * w / whole for key, w in weights.items()}
-    quotas = {key: math.floor(value) for key, value in exact.items()}
-    keys = list(weights)
-    by_remainder = sorted(keys, key=lambda key: (-(exact[key] - quotas[key]), keys.index(key)))
-    for key in by_remainder[: total - sum(quotas.values())]:
-        quotas[key] += 1
-    return quotas
-
-
-def _stratum_key(value: Any) -> tuple:
-    return (value is None, value if value is not None else 0)  # None sorts last
-
-
-def mix_contrast(
-    pairs: Any,
-    ratio_high: float = 0.5,
-    size: int | None = None,
-    seed: int = 0,
-    *,
-    stratify: str | None = None,
-    allow_short: bool = False,
-) -> Any:
-    """A dataset of ``size`` pairs, ``mix_counts(size, ratio_high)`` of them high contrast, the rest low.
-
-    ``pairs``: a ``datasets.Dataset`` of pairs rows with ``contrast_level`` (``ContrastPairs`` in mode
-    "all", or high and low outputs concatenated); rows with a ``drop_reason`` and ``mid`` pairs are not
-    used. Within a level, pairs are drawn uniformly without replacement with a generator seeded from
-    ``seed`` and the level (and stratum), and returned in their input order, without ``drop_reason``.
-
-    ``stratify``: a column (e.g. ``"difficulty"``) whose values both levels then share in the same
-    proportions: the high and low counts are each split over the column's values in proportion to how
-    many high-or-low pairs have that value (``largest_remainder``), so contrast and that column are not
-    confounded in the mix. None is a value of its own.
-
-    Raises ``MixError``, naming every count needed and available, when a level (or a level within a
-    stratum) has too few pairs. With ``allow_short=True`` it takes every pair of a short level (or
-    cell) instead, and the result is shorter than ``size`` and off the ratio by that shortfall.
-    """
-    if size is None or not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"mix_contrast: size must be a positive int, got {size!r}")
-    if not 0 <= ratio_high <= 1:
-        raise ValueError(f"mix_contrast: ratio_high must be in [0, 1], got {ratio_high!r}")
-    if not (isinstance(seed, int) and seed >= 0):
-        raise ValueError(f"mix_contrast: seed must be a non-negative int, got {seed!r}")
-    columns = pairs.column_names
-    needed = [CONTRAST_LEVEL] + ([stratify] if stratify is not None else [])
-    missing = [c for c in needed if c not in columns]
-    if missing:
-        raise ValueError(
-            f"mix_contrast needs column(s) {missing}, which are missing; columns present: {columns}"
-        )
-
-    levels = pairs[CONTRAST_LEVEL]
-    dropped = pairs[C.DROP_REASON] if C.DROP_REASON in columns else [None] * len(pairs)
-    strata = pairs[stratify] if stratify is not None else [None] * len(pairs)
-    pools: dict[tuple[str, Any], list[int]] = collections.defaultdict(list)
-    for index, (level, reason, stratum) in enumerate(zip(levels, dropped, strata, strict=True)):
-        if reason is None and level in ("high", "low"):
-            pools[(level, stratum)].append(index)
-
-    wanted = dict(zip(("high", "low"), mix_counts(size, ratio_high), strict=True))
-    values = sorted({stratum for _, stratum in pools}, key=_stratum_key)
-    if stratify is None:
-        quotas = {(level, None): count for level, count in wanted.items()}
-    else:
-        weights = {v: len(pools.get(("high", v), [])) + len(pools.get(("low", v), [])) for v in values}
-        quotas = {}
-        for level, count in wanted.items():
-            if not weights:
-                quotas[(level, None)] = count  # no pool at all: reported as short below
-                continue
-            for value, quota in largest_remainder(count, weights).items():
-                quotas[(level, value)] = quota
-
-    short = {
-        cell: (q, len(pools.get(cell, []))) for cell, q in quotas.items() if q > len(pools.get(cell, []))
-    }
-    if short and not allow_short:
-        available = {level: sum(len(ix) for (lv, _), ix in pools.items() if lv == level) for level in wanted}
-        detail = "; ".join(
-            f"{level}"
-            + (f" with {stratify}={value!r}" if stratify is not None else "")
-            + f": need {q}, have {have}"
-            for (level, value), (q, have) in short.items()
-        )
-        raise MixError(
-            f"mix_contrast: size={size} at ratio_high={ratio_high} needs {wanted['high']} high and "
-            f"{wanted['low']} low contrast pairs; the pairs hold {available['high']} high and "
-            f"{available['low']} low ({detail}). Lower size, change ratio_high, or pass allow_short=True."
-        )
-
-    chosen: list[int] = []
-    for (level, value), quota in quotas.items():
-        pool = pools.get((level, value), [])
-        stratum_seed = values.index(value) if value in values else 0
-        rng = np.random.default_rng([seed, LEVELS.index(level), stratum_seed])
-        picked = rng.permutation(len(pool))[: min(quota, len(pool))]
-        chosen.extend(pool[int(p)] for p in picked)
-    mixed = pairs.select(sorted(chosen))
-    return mixed.remove_columns(C.DROP_REASON) if C.DROP_REASON in columns else mixed
-
-
-__all__ = [
-    "CHOSEN_CORRECTNESS",
-    "CONTRAST",
-    "CONTRAST_LEVEL",
-    "LEVELS",
-    "MODES",
-    "PAIR_STRATEGIES",
-    "REJECTED_CORRECTNESS",
-    "ContrastConfig",
-    "ContrastPairs",
-    "MixError",
-    "contrast_level",
-    "largest_mix_size",
-    "largest_remainder",
-    "mix_contrast",
-    "mix_counts",
-]
