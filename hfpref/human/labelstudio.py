@@ -188,7 +188,7 @@ def selected_pair_tasks(candidates: Any, *, seed: int, source: str) -> list[Pair
     Input columns: ``prompt``, ``responses``, ``pair_indices``, ``selected_for_annotation``. A pair with a
     missing (None) response is not a candidate and is not pushed.
     """
-    from hfpref.steps.margins import PAIR_INDICES, SELECTED_FOR_ANNOTATION
+    from hfpref.core.columns import PAIR_INDICES, SELECTED_FOR_ANNOTATION
 
     names = candidates.column_names if hasattr(candidates, "column_names") else None
     missing = [
@@ -230,9 +230,8 @@ def pair_tasks_from_release(
 ) -> list[PairTask]:
     """Tasks from a release folder: a pairs config, or (the default when it has them) the candidates
     with pairs selected for annotation, as an iterate round writes them."""
-    from hfpref.pipeline.recipe import CANDIDATES_CONFIG
+    from hfpref.core.columns import CANDIDATES_CONFIG, SELECTED_FOR_ANNOTATION
     from hfpref.release.writer import load_release, read_manifest
-    from hfpref.steps.margins import SELECTED_FOR_ANNOTATION
 
     manifest = read_manifest(folder)
     configs = manifest.get("configs", {})

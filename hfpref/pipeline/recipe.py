@@ -100,7 +100,7 @@ MEASURED = "measured"
 _MEASURED_PLACEHOLDER = ["(measured after the steps)"]  # stands in for the ranking while validating
 ALL_STRATEGIES = "all"
 # the release config of the annotated candidates: no strategy, maker or mix may take its name
-CANDIDATES_CONFIG = "candidates"
+CANDIDATES_CONFIG = C.CANDIDATES_CONFIG
 MAKER_SOURCES = ("candidates", "prompts")
 MIX_FUNCTION = "hfpref.steps.contrast.mix_contrast"
 _CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name under data/ and a config name
@@ -725,7 +725,7 @@ class Recipe:
             taken[spec.name] = spec.where(index)
         maker_steps = {spec.name: step for spec, step in zip(self.pairs.makers, makers, strict=True)}
         if self.pairs.mixes:
-            from hfpref.steps.contrast import CONTRAST_LEVEL
+            from hfpref.core.columns import CONTRAST_LEVEL
         for index, mix in enumerate(self.pairs.mixes):
             where = f"pairs.mixes[{index}] ({mix.name})"
             if mix.name in taken:
@@ -1203,7 +1203,8 @@ def tag_generator_delta(pairs: dict[str, Any], accuracy: list[dict[str, Any]]) -
     """Tag every pairs config that names its generators with ``GeneratorDeltaTagger``, the capabilities being
     the measured prompt-level IFEval accuracies (``accuracy``, the very numbers of the measured ranking the
     card shows); a generator without a measurement gets no delta. Configs already tagged are left as they are."""
-    from hfpref.steps.generator_delta import GENERATOR_DELTA, GeneratorDeltaTagger, capabilities_config
+    from hfpref.core.columns import GENERATOR_DELTA
+    from hfpref.steps.generator_delta import GeneratorDeltaTagger, capabilities_config
 
     table = {
         "measure": "ifeval_prompt_level",
