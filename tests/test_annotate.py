@@ -197,3 +197,10 @@ def test_unknown_annotator_is_named():
 
     with pytest.raises(UserError, match="unknown step .PairRM."):
         AnnotateSelected(annotator="PairRM")
+
+
+def test_steps_keep_their_public_paths_in_manifests():
+    # the classes live in submodules of hfpref.steps.annotate; manifests and fingerprints keep the package's path
+    assert AnnotatedPairs().describe()["step"] == "hfpref.steps.annotate.AnnotatedPairs"
+    selected = AnnotateSelected(annotator="IFEvalVerifier")
+    assert selected.describe()["step"] == "hfpref.steps.annotate.AnnotateSelected"

@@ -366,3 +366,8 @@ def test_mix_argument_errors():
         mix_contrast(POOL, ratio_high=1.5, size=4)
     with pytest.raises(ValueError, match=r"needs column\(s\) \['contrast_level'\]"):
         mix_contrast(POOL.remove_columns("contrast_level"), size=4)
+
+
+def test_step_keeps_its_public_path_in_manifests():
+    # the class lives in hfpref.steps.contrast.pairs; manifests and fingerprints keep the package's path
+    assert ContrastPairs().describe()["step"] == "hfpref.steps.contrast.ContrastPairs"

@@ -83,6 +83,7 @@ from transformers import (
 )
 
 from hfpref.core import columns as C
+from hfpref.core.columns import PAIR_COLUMNS
 from hfpref.core.step import Batch, RowError, StepConfig, row_label
 from hfpref.models.utils import ModelStep, ModelStepConfig, Prompt, common_prefix, max_length_of
 from hfpref.steps.chat_prompts import MESSAGES
@@ -99,6 +100,7 @@ from hfpref.steps.mcts_tree import (
     run_search,
     sibling_pairs,
 )
+from hfpref.steps.pair_rows import pairs_features
 from hfpref.steps.sampling import (
     ResponseSampler,
     gumbel_noise_processor,
@@ -107,7 +109,6 @@ from hfpref.steps.sampling import (
     prompt_seed,
     sampled_prompt,
 )
-from hfpref.steps.selection import PAIR_COLUMNS, pairs_features
 
 PAIR_STRATEGY = "mcts_shared_prefix"
 CHOSEN_VALUE = "chosen_value"

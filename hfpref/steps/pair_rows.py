@@ -61,7 +61,7 @@ def prompt_seed(prompt: Any) -> int:
 
 # ---- reading a candidates row ------------------------------------------------------------------------------
 def check_response_texts(texts: Sequence[Any], where: str) -> None:
-    """Raise ``RowError`` unless every response is a string or None (missing); ``where`` names step and row."""
+    """Raise ``RowError`` unless every response is a string or None (missing); ``where``: step and row."""
     for k, text in enumerate(texts):
         if text is not None and not isinstance(text, str):
             raise RowError(
@@ -134,7 +134,7 @@ def first_empty(filters: Sequence[tuple[str, Any]], n: int) -> tuple[np.ndarray,
     return eligible, None
 
 
-# ---- writing pairs rows -------------------------------------------------------------------------------------
+# ---- writing pairs rows ------------------------------------------------------------------------------------
 def finite_or_none(value: Any) -> float | None:
     """A float, or None for a value that is None, NaN or ±inf."""
     if value is None:
@@ -278,7 +278,7 @@ def pairs_features(
     return datasets.Features(features)
 
 
-# ---- drop accounting -------------------------------------------------------------------------------------------
+# ---- drop accounting ---------------------------------------------------------------------------------------
 def split_dropped(pairs: datasets.Dataset) -> tuple[datasets.Dataset, collections.Counter]:
     """The kept pairs (without ``drop_reason``) and how many rows each drop reason removed."""
     reasons = collections.Counter(r for r in pairs[C.DROP_REASON] if r is not None)

@@ -69,6 +69,10 @@ class AnnotatedPairs(PairMaker):
     (e.g. ``reward_source``, ``selection_*``, ids), while per-response and per-pair lists stay behind.
     """
 
+    # the public path, as before the split: manifests name the step by it and its fingerprint hashes it, so
+    # cached outputs and released recipes stay valid (the package re-exports the class under this path)
+    __module__ = "hfpref.steps.annotate"
+
     config_class = AnnotatedPairsConfig
     version = "2"  # 2: missing prompts and missing responses dropped
     config: AnnotatedPairsConfig

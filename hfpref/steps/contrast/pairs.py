@@ -133,6 +133,10 @@ class ContrastPairs(pair_rows.PairMaker):
     ``drop_reason``; and every other input column except per-response lists and N×N matrices.
     """
 
+    # the public path, as before the split: manifests name the step by it and its fingerprint hashes it, so
+    # cached outputs and released recipes stay valid (the package re-exports the class under this path)
+    __module__ = "hfpref.steps.contrast"
+
     config_class: ClassVar[type[StepConfig]] = ContrastConfig
     version: ClassVar[str] = "2"  # 2: missing prompts dropped, None responses never candidates
     config: ContrastConfig
@@ -225,7 +229,7 @@ class ContrastPairs(pair_rows.PairMaker):
     def _read_row(
         self, batch: Batch, i: int, where: str
     ) -> tuple[list, np.ndarray, np.ndarray | None, list | None]:
-        """Row ``i``'s responses, scores, rewards (None without the column) and generators, after checking them."""
+        """Row ``i``'s responses, scores, rewards (None without the column) and generators, checked."""
         texts = batch[C.RESPONSES][i]
         if texts is None or isinstance(texts, str) or not isinstance(texts, Sequence):
             raise RowError(f"{where} column {C.RESPONSES!r} must be a list of strings, got {texts!r:.200}")

@@ -39,18 +39,19 @@ iterative DPO, if the policy *is* its reference, every margin is exactly 0 — `
 ``margins_all_equal`` so the release card says so.
 
 Some pairs are never selected, and say why in ``pair_excluded_reason``: ``missing_prompt`` (every pair of a
-row whose prompt is missing, ``hfpref.steps.pair_rows.prompt_is_missing``: None, blank, or messages without text;
-the pair makers drop such rows, so an annotation spent on them would be lost), ``missing_response`` (either
-response is None, e.g. a failed API call: it has no log-probs, so ``ImplicitMargins`` writes None for its
-implicit reward and NaN for its margins), ``empty_response`` (either text is empty or whitespace), ``identical_responses`` (the same text twice: its margin is exactly 0, so it would
-top every smallest-margin ranking while carrying no preference), ``nan_margin`` (a non-finite margin).
+row whose prompt is missing, ``hfpref.steps.pair_rows.prompt_is_missing``: None, blank, or messages without
+text; the pair makers drop such rows, so an annotation spent on them would be lost), ``missing_response``
+(either response is None, e.g. a failed API call: it has no log-probs, so ``ImplicitMargins`` writes None
+for its implicit reward and NaN for its margins), ``empty_response`` (either text is empty or whitespace),
+``identical_responses`` (the same text twice: its margin is exactly 0, so it would top every
+smallest-margin ranking while carrying no preference), ``nan_margin`` (a non-finite margin).
 Budgets count all N(N−1)/2 pairs; excluded pairs use none of it, so a row (or corpus) with fewer eligible
 pairs than its budget has all of them selected. Unselected pairs stay in the row, flagged ``False``.
 
 The package: ``implicit`` (the formulas and ``ImplicitMargins``), ``annotation_selection``
 (``AnnotationSelector``, its budgets, ranking and summary). Every public name is importable from here (the
-registry targets are ``hfpref.steps.margins:ImplicitMargins`` and ``hfpref.steps.margins:AnnotationSelector``);
-the column names live in ``hfpref.core.columns``.
+registry targets are ``hfpref.steps.margins:ImplicitMargins`` and
+``hfpref.steps.margins:AnnotationSelector``); the column names live in ``hfpref.core.columns``.
 """
 
 from __future__ import annotations

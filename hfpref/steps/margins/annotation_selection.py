@@ -144,6 +144,10 @@ class AnnotationSelector(Step):
     then maps); called on a lone batch it raises.
     """
 
+    # the public path, as before the split: manifests name the step by it and its fingerprint hashes it, so
+    # cached outputs and released recipes stay valid (the package re-exports the class under this path)
+    __module__ = "hfpref.steps.margins"
+
     needs_whole_dataset = True  # its apply() looks at every row before mapping
     config_class = AnnotationSelectionConfig
     version = "3"  # 2: pairs with a missing response excluded (missing_response); 3: missing prompts too

@@ -76,6 +76,10 @@ class ImplicitMargins(Step):
     for a pair with a missing response).
     """
 
+    # the public path, as before the split: manifests name the step by it and its fingerprint hashes it, so
+    # cached outputs and released recipes stay valid (the package re-exports the class under this path)
+    __module__ = "hfpref.steps.margins"
+
     config_class = MarginConfig
     version = "2"  # 2: missing (None) responses get None rewards and NaN margins instead of an error
     config: MarginConfig
