@@ -39,6 +39,22 @@ def _scored(prompt, responses, selected, rewards, implicit, **extra) -> dict:
     )
 
 
+def _chat_row(content, responses, rewards, implicit, generators, key) -> dict:
+    """A one-pair conversational row, its pair selected, scored by the same reward model."""
+    prompt = [{"role": "user", "content": content}]
+    return _scored(
+        prompt,
+        responses,
+        [True],
+        rewards=rewards,
+        implicit=implicit,
+        ref_logps=[-1.0, -2.0],
+        generators=generators,
+        reward_source="rm@abc",
+        key=key,
+    )
+
+
 def test_pairs_rows_by_hand():
     rows = [
         _scored(
@@ -52,28 +68,8 @@ def test_pairs_rows_by_hand():
             reward_source="rm@abc",
             key=7,
         ),
-        _scored(
-            [{"role": "user", "content": "hi"}],
-            ["x", "y"],
-            [True],
-            rewards=[None, 1.0],  # the annotator could not score x
-            implicit=[0.0, 0.0],
-            ref_logps=[-1.0, -2.0],
-            generators=["m", "m"],
-            reward_source="rm@abc",
-            key=8,
-        ),
-        _scored(
-            [{"role": "user", "content": "yo"}],
-            ["u", "v"],
-            [True],
-            rewards=[0.2, 0.7],
-            implicit=[0.4, 0.1],
-            ref_logps=[-1.0, -2.0],
-            generators=["m", "n"],
-            reward_source="rm@abc",
-            key=9,
-        ),
+        _chat_row("hi", ["x", "y"], [None, 1.0], [0.0, 0.0], ["m", "m"], key=8),  # x could not be scored
+        _chat_row("yo", ["u", "v"], [0.2, 0.7], [0.4, 0.1], ["m", "n"], key=9),
     ]
     step = AnnotatedPairs()
     out = step({k: [r[k] for r in rows[:1]] for k in rows[0]})
@@ -201,3 +197,10 @@ def test_unknown_annotator_is_named():
 
     with pytest.raises(UserError, match="unknown step .PairRM."):
         AnnotateSelected(annotator="PairRM")
+
+
+def test_steps_keep_their_public_paths_in_manifests():
+    # the classes live in submodules of hfpref.steps.annotate; manifests and fingerprints keep the package's path
+    assert AnnotatedPairs().describe()["step"] == "hfpref.steps.annotate.AnnotatedPairs"
+    selected = AnnotateSelected(annotator="IFEvalVerifier")
+    assert selected.describe()["step"] == "hfpref.steps.annotate.AnnotateSelected"

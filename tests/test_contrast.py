@@ -305,21 +305,12 @@ def test_mix_refuses_when_a_level_is_short_naming_counts_or_takes_all_when_allow
 def test_stratified_mix_gives_both_levels_the_pools_difficulty_mix():
     # high+low pairs per difficulty: d2 = 6 + 3 = 9, d4 = 4 + 3 = 7 (16 in all)
     # size 8 → 4 high, 4 low; each split 4·9/16 = 2.25, 4·7/16 = 1.75 → floors 2, 1, the spare unit to d4
-    mixed = mix_contrast(POOL, ratio_high=0.5, size=8, stratify="difficulty")
-    assert counts(mixed, ("contrast_level", "difficulty")) == {
-        ("high", 2): 2,
-        ("high", 4): 2,
-        ("low", 2): 2,
-        ("low", 4): 2,
-    }
     # size 12 → 6 each: 3.375, 2.625 → 3, 2 + spare to d4 → 3, 3
-    mixed = mix_contrast(POOL, ratio_high=0.5, size=12, stratify="difficulty")
-    assert counts(mixed, ("contrast_level", "difficulty")) == {
-        ("high", 2): 3,
-        ("high", 4): 3,
-        ("low", 2): 3,
-        ("low", 4): 3,
-    }
+    for size, per_cell in ((8, 2), (12, 3)):
+        mixed = mix_contrast(POOL, ratio_high=0.5, size=size, stratify="difficulty")
+        assert counts(mixed, ("contrast_level", "difficulty")) == {
+            (level, difficulty): per_cell for level in ("high", "low") for difficulty in (2, 4)
+        }
     # size 14 → 7 each: 3.9375, 3.0625 → 3, 3 + spare to d2 → 4, 3; low has only 3 at d2
     with pytest.raises(MixError, match=r"low with difficulty=2: need 4, have 3"):
         mix_contrast(POOL, ratio_high=0.5, size=14, stratify="difficulty")
@@ -375,3 +366,8 @@ def test_mix_argument_errors():
         mix_contrast(POOL, ratio_high=1.5, size=4)
     with pytest.raises(ValueError, match=r"needs column\(s\) \['contrast_level'\]"):
         mix_contrast(POOL.remove_columns("contrast_level"), size=4)
+
+
+def test_step_keeps_its_public_path_in_manifests():
+    # the class lives in hfpref.steps.contrast.pairs; manifests and fingerprints keep the package's path
+    assert ContrastPairs().describe()["step"] == "hfpref.steps.contrast.ContrastPairs"

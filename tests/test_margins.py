@@ -368,3 +368,9 @@ def test_config_and_row_errors():
     }
     with pytest.raises(RowError, match=r"batch row 0 column 'pair_indices' must list the 3 pairs"):
         step(bad)
+
+
+def test_steps_keep_their_public_paths_in_manifests():
+    # the classes live in submodules of hfpref.steps.margins; manifests and fingerprints keep the package's path
+    assert ImplicitMargins().describe()["step"] == "hfpref.steps.margins.ImplicitMargins"
+    assert AnnotationSelector(fraction=0.5).describe()["step"] == "hfpref.steps.margins.AnnotationSelector"

@@ -291,6 +291,11 @@ def test_config_and_column_errors():
         PairSelector(strategy="max_margin")(
             row(key="k9", prompt="q", responses=["a", "b"], rewards=[1.0]), indices=[4]
         )
+    # a bool is no reward (every pair maker reads per-response numbers alike, steps.pair_rows.response_numbers)
+    with pytest.raises(
+        RowError, match=r"'rewards' must hold 2 numbers \(one per response\), got \[True, 0.0\]"
+    ):
+        PairSelector(strategy="max_margin")(row(prompt="q", responses=["a", "b"], rewards=[True, 0.0]))
     with pytest.raises(RowError, match=r"'responses'\[1\] must be a string or None \(missing\), got int 3"):
         PairSelector(strategy="max_margin")(row(prompt="q", responses=["a", 3], rewards=[1.0, 0.0]))
     with pytest.raises(RowError, match=r"'edit_distance_matrix' has shape \(2, 2\) for 3 responses"):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hfpref.core import columns
 from hfpref.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -21,10 +22,8 @@ if TYPE_CHECKING:
 
 Batch = dict[str, list]
 
-ROW_ERROR = "row_error"  # the RowError message of a row a step dropped (on_row_error="drop"), else None
-DROP_REASON = (
-    "drop_reason"  # same name as hfpref.core.columns.DROP_REASON (not imported: columns imports nothing)
-)
+ROW_ERROR = columns.ROW_ERROR  # the RowError message of a row a step dropped (on_row_error="drop")
+DROP_REASON = columns.DROP_REASON
 ROW_ERROR_REASON = "row_error"  # the drop_reason such a row carries
 
 # one output row of ``process_rows``: (input row or -1, the output batch it comes from, its position in

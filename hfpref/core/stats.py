@@ -1,7 +1,9 @@
-"""Plain statistics and text tables that steps, summaries and cards share.
+"""Generic statistics and plain-text tables shared by steps and the release layer.
 
-``describe_values`` gives the summary numbers of a metric column (None and non-finite values left out);
-``format_table`` lays rows out as the aligned plain-text tables the CLI prints.
+``describe_values`` summarises a list of numbers (skipping unknown and non-finite ones) for manifests and
+cards; ``format_table`` lays out the aligned text tables the CLI prints. They live in ``core`` because steps
+(``hfpref.steps.margins``, ``hfpref.steps.generator_delta``) and the release layer both use them, and steps
+must not import the release layer.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 import re
 from collections.abc import Sequence
 
+# a cell that reads as a number (or as "n/a" / "-" in a numeric column): right-aligned by ``format_table``
 _NUMERIC = re.compile(r"[-+]?[0-9.]+(e[-+]?[0-9]+)?%?|n/a|-")
 
 
@@ -18,7 +21,7 @@ def describe_values(values: Sequence[float | None]) -> dict[str, float | int] | 
     finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not finite:
         return None
-    import numpy as np
+    import numpy as np  # lazily: importing hfpref stays light
 
     array = np.asarray(finite, dtype=np.float64)
     return {
@@ -43,3 +46,6 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
             cells.append(str(cell).rjust(width) if numeric else str(cell).ljust(width))
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+__all__ = ["describe_values", "format_table"]

@@ -77,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 from hfpref.core import columns as C
+from hfpref.core.columns import RESPONSE_ANNOTATED
 from hfpref.core.step import Batch, Step, StepConfig
 from hfpref.pipeline.recipe import (
     InputSpec,
@@ -90,7 +91,7 @@ from hfpref.pipeline.recipe import (
     load_input,
     read_recipe_yaml,
 )
-from hfpref.steps.annotate import RESPONSE_ANNOTATED, AnnotatedPairs, AnnotateSelected, AnnotateSelectedConfig
+from hfpref.steps.annotate import AnnotatedPairs, AnnotateSelected, AnnotateSelectedConfig
 from hfpref.steps.chat_prompts import ChatPrompts, ChatPromptsConfig  # noqa: F401 (moved; re-exported)
 from hfpref.steps.margins import (
     AnnotationSelectionConfig,
@@ -993,7 +994,7 @@ def human_pairs(pull, candidates, strategy: str):
     """
     import datasets
 
-    from hfpref.steps.margins import IMPLICIT_REWARDS
+    from hfpref.core.columns import IMPLICIT_REWARDS
 
     names = candidates.column_names
     rows = []

@@ -254,7 +254,8 @@ def tag_generator_delta(pairs: dict[str, Any], accuracy: list[dict[str, Any]]) -
     """Tag every pairs config that names its generators with ``GeneratorDeltaTagger``, the capabilities being
     the measured prompt-level IFEval accuracies (``accuracy``, the very numbers of the measured ranking the
     card shows); a generator without a measurement gets no delta. Configs already tagged are left as they are."""
-    from hfpref.steps.generator_delta import GENERATOR_DELTA, GeneratorDeltaTagger, capabilities_config
+    from hfpref.core.columns import GENERATOR_DELTA
+    from hfpref.steps.generator_delta import GeneratorDeltaTagger, capabilities_config
 
     table = {
         "measure": "ifeval_prompt_level",

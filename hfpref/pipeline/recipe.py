@@ -237,7 +237,7 @@ class Recipe:
         mix: MixSpec, where: str, maker_steps: dict[str, Any], strategies: list[str], taken: dict[str, str]
     ) -> None:
         """Every config a mix draws from is a maker's that writes ``contrast_level``."""
-        from hfpref.steps.contrast import CONTRAST_LEVEL
+        from hfpref.core.columns import CONTRAST_LEVEL
 
         for name in mix.from_:
             if name in maker_steps:

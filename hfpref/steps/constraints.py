@@ -43,10 +43,10 @@ from hfpref.steps.constraint_arguments import (
     lm_eval_modules,
 )
 from hfpref.steps.ifeval import checker_versions, instruction_registry
-from hfpref.steps.selection import prompt_seed
+from hfpref.steps.pair_rows import prompt_seed
 
-SEED_PROMPT = "seed_prompt"
-DIFFICULTY = "difficulty"
+SEED_PROMPT = C.SEED_PROMPT
+DIFFICULTY = C.DIFFICULTY
 
 # Kinds left out of the default pool, with the reason.
 EXCLUDED_KINDS: dict[str, str] = {

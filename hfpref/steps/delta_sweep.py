@@ -41,13 +41,8 @@ from typing import Any
 import numpy as np
 
 from hfpref.core import columns as C
+from hfpref.core.columns import CHOSEN_CAPABILITY, GENERATOR_DELTA, REJECTED_CAPABILITY, SAME_SOURCE
 from hfpref.core.errors import UserError
-from hfpref.steps.generator_delta import (
-    CHOSEN_CAPABILITY,
-    GENERATOR_DELTA,
-    REJECTED_CAPABILITY,
-    SAME_SOURCE,
-)
 
 SWEEP = "sweep"
 SWEEP_LEVEL = "sweep_level"
@@ -204,32 +199,20 @@ def level_pairs(
 
     import datasets
 
-    from hfpref.steps.selection import _NOT_PASSED_THROUGH
+    from hfpref.steps.pair_rows import NOT_PASSED_THROUGH, pair_column_features
 
     subset = candidates.select(plan.rows)
     passthrough = [
         c
         for c in subset.column_names
-        if c not in _NOT_PASSED_THROUGH and c not in (C.PROMPT, C.DROP_REASON) and c not in _MATRICES.values()
+        if c not in NOT_PASSED_THROUGH and c not in (C.PROMPT, C.DROP_REASON) and c not in _MATRICES.values()
     ]
     a = None if capabilities is None else capabilities.get(plan.chosen)
     b = None if capabilities is None else capabilities.get(level.rejected)
-    string, integer, real = datasets.Value("string"), datasets.Value("int64"), datasets.Value("float64")
-    completion = (
-        datasets.List({"role": string, "content": string})
-        if isinstance(candidates.features[C.PROMPT], (datasets.List, datasets.LargeList))
-        else string
-    )
+    string, real = datasets.Value("string"), datasets.Value("float64")
     features = datasets.Features(
         {
-            C.PROMPT: candidates.features[C.PROMPT],
-            C.CHOSEN: completion,
-            C.REJECTED: completion,
-            C.CHOSEN_INDEX: integer,
-            C.REJECTED_INDEX: integer,
-            C.CHOSEN_GENERATOR: string,
-            C.REJECTED_GENERATOR: string,
-            **{c: real for c in (C.REWARD_CHOSEN, C.REWARD_REJECTED, C.REWARD_MARGIN, *_MATRICES)},
+            **pair_column_features(candidates.features[C.PROMPT], step="delta sweep"),
             C.PAIR_STRATEGY: string,
             SWEEP: string,
             SWEEP_LEVEL: string,

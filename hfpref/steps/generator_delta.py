@@ -45,10 +45,10 @@ from hfpref.steps.generator_capability import (
     measure_generator_capabilities,
 )
 
-SAME_SOURCE = "same_source"
-GENERATOR_DELTA = "generator_delta"
-CHOSEN_CAPABILITY = "chosen_capability"
-REJECTED_CAPABILITY = "rejected_capability"
+SAME_SOURCE = C.SAME_SOURCE
+GENERATOR_DELTA = C.GENERATOR_DELTA
+CHOSEN_CAPABILITY = C.CHOSEN_CAPABILITY
+REJECTED_CAPABILITY = C.REJECTED_CAPABILITY
 UNKNOWN_POLICIES = ("error", "missing")
 
 

@@ -313,17 +313,6 @@ def _same_argument(given: Any, used: Any) -> bool:
     return given == used
 
 
-def build_check(
-    registry: Mapping[str, type],
-    instruction_id: str,
-    kwargs: Mapping[str, Any] | None,
-    prompt: str,
-    where: str,
-) -> Any:
-    """One lm-eval check, built from its arguments (``None`` ones dropped) with seeded randomness."""
-    return build_flagged_check(registry, instruction_id, kwargs, prompt, where)[0]
-
-
 def build_flagged_check(
     registry: Mapping[str, type],
     instruction_id: str,

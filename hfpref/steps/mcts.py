@@ -50,6 +50,7 @@ import numpy as np
 from transformers import AutoModelForCausalLM
 
 from hfpref.core import columns as C
+from hfpref.core.columns import PAIR_COLUMNS
 from hfpref.core.step import Batch, RowError, StepConfig, row_label
 from hfpref.models.packing import common_prefix
 from hfpref.models.step import ModelStep, ModelStepConfig
@@ -76,8 +77,8 @@ from hfpref.steps.mcts_tree import (
     same_text,
     sibling_pairs,
 )
+from hfpref.steps.pair_rows import pairs_features
 from hfpref.steps.sampling import ResponseSampler, prompt_seed, sampled_prompt
-from hfpref.steps.selection import PAIR_COLUMNS, pairs_features
 
 PAIR_STRATEGY = "mcts_shared_prefix"
 CHOSEN_VALUE = "chosen_value"

@@ -49,8 +49,6 @@ from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label
 
 EDIT_DISTANCE_UNIT = C.EDIT_DISTANCE_UNIT
 
-MATRIX_COLUMNS = (C.EDIT_DISTANCE_MATRIX, C.LOGP_DIFF_MATRIX, C.REWARD_MARGIN_MATRIX, C.DCRM_MATRIX)
-
 # files that decide how a local tokenizer folder encodes text (weights and chat templates do not)
 _TOKENIZER_FILE_NAMES = {
     "special_tokens_map.json",
@@ -193,7 +191,7 @@ class PairMetrics(Step):
         return [C.RESPONSES, C.REWARDS]
 
     def output_columns(self) -> list[str]:
-        return [*MATRIX_COLUMNS, EDIT_DISTANCE_UNIT]
+        return [*C.MATRIX_COLUMNS, EDIT_DISTANCE_UNIT]
 
     # ---- tokenizer -------------------------------------------------------------------------
     def resolved_revision(self) -> str | None:

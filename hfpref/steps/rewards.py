@@ -34,8 +34,8 @@ from hfpref.steps.reward_heads import (
     head_info,
 )
 
-REWARD_OUTPUTS = "reward_outputs"
-REWARD_TRUNCATED_TOKENS = "reward_truncated_tokens"
+REWARD_OUTPUTS = columns.REWARD_OUTPUTS
+REWARD_TRUNCATED_TOKENS = columns.REWARD_TRUNCATED_TOKENS
 REWARD_OBJECTIVES = columns.REWARD_OBJECTIVES
 
 

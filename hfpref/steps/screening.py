@@ -39,7 +39,6 @@ from typing import Any
 
 from hfpref.core import columns as C
 from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label
-from hfpref.steps.pair_metrics import MATRIX_COLUMNS
 
 STALE_PROMPT = "stale_prompt"
 RUNAWAY = "runaway"
@@ -183,7 +182,7 @@ class ScreenResponses(Step):
 
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         aligned = [c for c in C.PER_RESPONSE_COLUMNS if c in batch and c != C.RESPONSE_FLAGS]
-        matrices = [c for c in MATRIX_COLUMNS if c in batch]
+        matrices = [c for c in C.MATRIX_COLUMNS if c in batch]
         out: Batch = {name: [] for name in [*aligned, *matrices, C.RESPONSE_FLAGS, C.SCREENED_OUT]}
         for i in range(len(batch[C.RESPONSES])):
             responses = list(batch[C.RESPONSES][i] or [])

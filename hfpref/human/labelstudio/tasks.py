@@ -109,7 +109,7 @@ def selected_pair_tasks(candidates: Any, *, seed: int, source: str) -> list[Pair
     Input columns: ``prompt``, ``responses``, ``pair_indices``, ``selected_for_annotation``. A pair with a
     missing (None) response is not a candidate and is not pushed.
     """
-    from hfpref.steps.margins import PAIR_INDICES, SELECTED_FOR_ANNOTATION
+    from hfpref.core.columns import PAIR_INDICES, SELECTED_FOR_ANNOTATION
 
     names = candidates.column_names if hasattr(candidates, "column_names") else None
     missing = [
@@ -151,9 +151,9 @@ def pair_tasks_from_release(
 ) -> list[PairTask]:
     """Tasks from a release folder: a pairs config, or (the default when it has them) the candidates
     with pairs selected for annotation, as an iterate round writes them."""
+    from hfpref.core.columns import SELECTED_FOR_ANNOTATION
     from hfpref.release.folder import read_manifest
     from hfpref.release.load import load_release
-    from hfpref.steps.margins import SELECTED_FOR_ANNOTATION
 
     manifest = read_manifest(folder)
     configs = manifest.get("configs", {})

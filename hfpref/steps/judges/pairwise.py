@@ -49,8 +49,8 @@ from hfpref.steps.judges.base import JudgeStep
 from hfpref.steps.judges.config import Completion, JudgeStepConfig
 from hfpref.steps.judges.parsing import find_json
 
-PAIR_INDICES = "pair_indices"  # the names hfpref.steps.margins writes (not imported: it pulls in numpy steps)
-SELECTED_FOR_ANNOTATION = "selected_for_annotation"
+PAIR_INDICES = C.PAIR_INDICES  # written by hfpref.steps.margins
+SELECTED_FOR_ANNOTATION = C.SELECTED_FOR_ANNOTATION
 PREFERENCES = "pairwise_preferences"
 VERDICTS = ("first", "second", "tie", "order_disagreement", "parse_failure", "request_failure")
 _WINNER_KEYS = ("winner", "better", "verdict", "answer")

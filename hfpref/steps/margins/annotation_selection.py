@@ -1,57 +1,13 @@
-"""DPO implicit rewards and margins of candidate responses, and margin-based selection of pairs to annotate.
+"""Which candidate pairs go to annotation, by implicit margin under a budget: ``AnnotationSelector``.
 
-The implicit reward DPO assigns a response (arXiv 2406.17312, after Rafailov et al.) is
-
-    r̂(y) = β · (log π_θ(y|x) − log π_ref(y|x))
-
-with log-probs summed over the response tokens (``policy_logps``, ``ref_logps`` from
-``hfpref.steps.logprobs.LogProbAnnotator``). With ``length_normalize`` each log-prob is first divided by its
-token count (``policy_token_counts``, ``ref_token_counts``), the paper's length-normalised variant. The
-margin of an unordered pair {i, j}, i < j, is r̂(y_i) − r̂(y_j); once the pair is labelled, the margin of
-(chosen, rejected) is exactly what TRL's ``DPOTrainer`` logs as ``rewards/margins`` for that pair.
-
-``ImplicitMargins`` writes the rewards and the margins of all N(N−1)/2 pairs of a candidates row.
-``AnnotationSelector`` then marks which pairs go to annotation under a budget (a fraction of the pairs, or
-a count), by strategy:
-
-==================  =============================================================================
-``smallest_margin``  smallest |margin| first (the paper's recommendation: the policy is least sure)
-``largest_margin``   largest |margin| first
-``random``           uniformly at random (seeded)
-==================  =============================================================================
-
-at one of two levels:
-
-* ``instance``: within each prompt, round(fraction · N(N−1)/2) pairs (or ``count`` pairs per prompt);
-  a plain per-row map.
-* ``corpus``: round(fraction · all pairs of the dataset) pairs (or ``count`` in all), ranked across the
-  whole dataset. That needs every margin at once, so it runs through ``AnnotationSelector.apply`` (or
-  ``select_for_annotation``), which ranks globally and then writes the flags with a map.
-
-Ties are broken by a seeded pseudo-random key per pair, drawn from the selection seed and a hash of the
-prompt (so it depends on neither the batch nor the row order), then by row index and pair position.
-
-All margins equal. When every eligible pair of the dataset has the same margin — in the first round of
-iterative DPO, if the policy *is* its reference, every margin is exactly 0 — ``smallest_margin`` and
-``largest_margin`` would select exactly what ``random`` selects. That is never done silently:
-``on_equal_margins="error"`` (the default) makes ``AnnotationSelector.apply`` raise ``EqualMarginsError``;
-``on_equal_margins="random"`` selects at random by the seed, knowingly, and ``selection_summary`` reports
-``margins_all_equal`` so the release card says so.
-
-Some pairs are never selected, and say why in ``pair_excluded_reason``: ``missing_prompt`` (every pair of a
-row whose prompt is missing, ``hfpref.steps.selection.prompt_is_missing``: None, blank, or messages without text;
-the pair makers drop such rows, so an annotation spent on them would be lost), ``missing_response`` (either
-response is None, e.g. a failed API call: it has no log-probs, so ``ImplicitMargins`` writes None for its
-implicit reward and NaN for its margins), ``empty_response`` (either text is empty or whitespace), ``identical_responses`` (the same text twice: its margin is exactly 0, so it would
-top every smallest-margin ranking while carrying no preference), ``nan_margin`` (a non-finite margin).
-Budgets count all N(N−1)/2 pairs; excluded pairs use none of it, so a row (or corpus) with fewer eligible
-pairs than its budget has all of them selected. Unselected pairs stay in the row, flagged ``False``.
+Strategies (smallest, largest |margin|, random), levels (instance, corpus), budgets, tie-breaks, the
+exclusion reasons and the equal-margins guard are specified in ``hfpref.steps.margins``' docstring;
+``selection_summary`` gives the counts and margin statistics the manifest and card report.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -61,28 +17,11 @@ import numpy as np
 
 from hfpref.core import columns as C
 from hfpref.core.errors import UserError
+from hfpref.core.stats import describe_values
 from hfpref.core.step import Batch, RowError, Step, StepConfig, check_columns, row_label
-from hfpref.release.summary import describe_values
-from hfpref.steps.selection import prompt_is_missing, prompt_seed
+from hfpref.steps.margins.implicit import unordered_pairs
+from hfpref.steps.pair_rows import prompt_is_missing, prompt_seed
 
-# ---- column names (candidates rows: per response, then per unordered pair i < j) ------------------------
-POLICY_TOKEN_COUNTS = "policy_token_counts"
-IMPLICIT_REWARDS = "implicit_rewards"  # list[float], one per response
-PAIR_INDICES = "pair_indices"  # list[[i, j]], i < j, in itertools.combinations order
-IMPLICIT_MARGINS = "implicit_margins"  # list[float]: r̂_i − r̂_j, aligned with pair_indices
-PAIR_EXCLUDED_REASON = "pair_excluded_reason"  # list[str | None], aligned with pair_indices
-SELECTED_FOR_ANNOTATION = "selected_for_annotation"  # list[bool], aligned with pair_indices
-SELECTION_STRATEGY = "selection_strategy"
-SELECTION_LEVEL = "selection_level"
-SELECTION_FRACTION = "selection_fraction"
-SELECTION_COUNT = "selection_count"
-# pairs rows
-IMPLICIT_MARGIN = "implicit_margin"  # r̂(chosen) − r̂(rejected): TRL's rewards/margins for the pair
-IMPLICIT_REWARD_CHOSEN = "implicit_reward_chosen"
-IMPLICIT_REWARD_REJECTED = "implicit_reward_rejected"
-
-PER_PAIR_COLUMNS = (PAIR_INDICES, IMPLICIT_MARGINS, PAIR_EXCLUDED_REASON, SELECTED_FOR_ANNOTATION)
-SELECTION_COLUMNS = (SELECTION_STRATEGY, SELECTION_LEVEL, SELECTION_FRACTION, SELECTION_COUNT)
 SELECTION_STRATEGIES = ("smallest_margin", "largest_margin", "random")
 SELECTION_LEVELS = ("instance", "corpus")
 EXCLUSION_REASONS = (
@@ -97,43 +36,6 @@ ON_EQUAL_MARGINS = ("error", "random")
 
 class EqualMarginsError(UserError):
     """Margin-based selection over margins that are all equal (it would be random selection in disguise)."""
-
-
-# ---- formulas --------------------------------------------------------------------------------------------
-
-
-def implicit_rewards(
-    policy_logps: Sequence[float],
-    ref_logps: Sequence[float],
-    beta: float,
-    *,
-    policy_token_counts: Sequence[int] | None = None,
-    ref_token_counts: Sequence[int] | None = None,
-) -> np.ndarray:
-    """r̂(y) = β·(log π_θ(y|x) − log π_ref(y|x)) per response; per-token log-probs when counts are given."""
-    policy = np.asarray(policy_logps, dtype=np.float64)
-    ref = np.asarray(ref_logps, dtype=np.float64)
-    if (policy_token_counts is None) != (ref_token_counts is None):
-        raise ValueError("length normalisation needs both policy_token_counts and ref_token_counts")
-    if policy_token_counts is not None:
-        policy = policy / np.asarray(policy_token_counts, dtype=np.float64)
-        ref = ref / np.asarray(ref_token_counts, dtype=np.float64)
-    return beta * (policy - ref)
-
-
-def unordered_pairs(n: int) -> list[tuple[int, int]]:
-    """The N(N−1)/2 pairs (i, j), i < j, in a fixed order: (0, 1), (0, 2), ..., (N−2, N−1)."""
-    return list(itertools.combinations(range(n), 2))
-
-
-def pair_margins(rewards: Sequence[float]) -> np.ndarray:
-    """r̂_i − r̂_j for every pair of ``unordered_pairs(len(rewards))``, in that order."""
-    values = np.asarray(rewards, dtype=np.float64)
-    pairs = unordered_pairs(len(values))
-    if not pairs:
-        return np.zeros(0)
-    first, second = np.array(pairs).T
-    return values[first] - values[second]
 
 
 def budget_size(available: int, fraction: float | None, count: int | None) -> int:
@@ -178,121 +80,6 @@ def exclusion_reasons(
         else:
             reasons.append(None)
     return reasons
-
-
-# ---- the margins step --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class MarginConfig(StepConfig):
-    """``beta``: DPO's β (use the β the policy was trained with; the ranking does not depend on it).
-    ``length_normalize``: divide each summed log-prob by its token count first."""
-
-    beta: float = 0.1
-    length_normalize: bool = False
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.beta, (int, float)) and self.beta > 0):
-            raise ValueError(f"MarginConfig.beta must be a positive number, got {self.beta!r}")
-
-
-class ImplicitMargins(Step):
-    """DPO implicit rewards of every response and implicit margins of every unordered pair.
-
-    Input columns: ``responses``, ``policy_logps``, ``ref_logps`` (list[float]); with ``length_normalize``
-    also ``policy_token_counts``, ``ref_token_counts`` (list[int]). A missing response (None) may have None
-    in these columns (the log-prob steps write None for it); every other response needs finite numbers.
-    Output columns: ``implicit_rewards`` (list[float], r̂ per response, None for a missing response),
-    ``pair_indices`` (list of [i, j], i < j), ``implicit_margins`` (list[float], r̂_i − r̂_j per pair, NaN
-    for a pair with a missing response).
-    """
-
-    config_class = MarginConfig
-    version = "2"  # 2: missing (None) responses get None rewards and NaN margins instead of an error
-    config: MarginConfig
-
-    def input_columns(self) -> list[str]:
-        needed = [C.RESPONSES, C.POLICY_LOGPS, C.REF_LOGPS]
-        if self.config.length_normalize:
-            needed += [POLICY_TOKEN_COUNTS, C.REF_TOKEN_COUNTS]
-        return needed
-
-    def output_columns(self) -> list[str]:
-        return [IMPLICIT_REWARDS, PAIR_INDICES, IMPLICIT_MARGINS]
-
-    def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
-        out: Batch = {name: [] for name in self.output_columns()}
-        for i, responses in enumerate(batch[C.RESPONSES]):
-            missing = [text is None for text in responses or []]
-            n = len(missing)
-            policy = self._numbers(batch, C.POLICY_LOGPS, i, missing, indices)
-            ref = self._numbers(batch, C.REF_LOGPS, i, missing, indices)
-            counts = {}
-            if self.config.length_normalize:
-                for name in (POLICY_TOKEN_COUNTS, C.REF_TOKEN_COUNTS):
-                    counts[name] = self._numbers(batch, name, i, missing, indices, positive=True)
-            rewards = implicit_rewards(
-                policy,
-                ref,
-                self.config.beta,
-                policy_token_counts=counts.get(POLICY_TOKEN_COUNTS),
-                ref_token_counts=counts.get(C.REF_TOKEN_COUNTS),
-            )
-            # a missing response's NaN reward makes its pairs' margins NaN; the reward itself is written None
-            out[IMPLICIT_REWARDS].append(
-                [None if gone else r for gone, r in zip(missing, rewards.tolist(), strict=True)]
-            )
-            out[PAIR_INDICES].append([list(p) for p in unordered_pairs(n)])
-            out[IMPLICIT_MARGINS].append(pair_margins(rewards).tolist())
-        return out
-
-    def _numbers(
-        self,
-        batch: Batch,
-        column: str,
-        i: int,
-        missing: list[bool],
-        indices: list[int] | None,
-        positive: bool = False,
-    ) -> list[float]:
-        """Row i's values, NaN for missing responses (which may hold None); finite numbers required elsewhere."""
-        values = batch[column][i]
-        n = len(missing)
-
-        def ok(value: Any, gone: bool) -> bool:
-            if gone and value is None:
-                return True
-            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            return number and (value > 0 or not positive)
-
-        if not (
-            isinstance(values, (list, tuple))
-            and len(values) == n
-            and all(ok(v, gone) for v, gone in zip(values, missing, strict=True))
-        ):
-            want = "positive numbers" if positive else "finite numbers"
-            raise RowError(
-                f"{self.name}: {row_label(batch, i, indices)} column {column!r} must hold {n} {want} "
-                f"(one per response; None only for a missing response), got {values!r}"
-            )
-        return [math.nan if v is None else v for v in values]
-
-    def output_features(self, input_features: Any) -> Any:
-        """The output columns' types, fixed up front (a batch of missing responses only holds only None)."""
-        import datasets
-
-        real = datasets.Value("float64")
-        return datasets.Features(
-            {
-                **input_features,
-                IMPLICIT_REWARDS: datasets.List(real),
-                PAIR_INDICES: datasets.List(datasets.List(datasets.Value("int64"))),
-                IMPLICIT_MARGINS: datasets.List(real),
-            }
-        )
-
-
-# ---- selection for annotation -----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -357,6 +144,10 @@ class AnnotationSelector(Step):
     then maps); called on a lone batch it raises.
     """
 
+    # the public path, as before the split: manifests name the step by it and its fingerprint hashes it, so
+    # cached outputs and released recipes stay valid (the package re-exports the class under this path)
+    __module__ = "hfpref.steps.margins"
+
     needs_whole_dataset = True  # its apply() looks at every row before mapping
     config_class = AnnotationSelectionConfig
     version = "3"  # 2: pairs with a missing response excluded (missing_response); 3: missing prompts too
@@ -367,27 +158,27 @@ class AnnotationSelector(Step):
         self._corpus_selected: dict[int, set[int]] | None = None
 
     def input_columns(self) -> list[str]:
-        return [C.PROMPT, C.RESPONSES, PAIR_INDICES, IMPLICIT_MARGINS]
+        return [C.PROMPT, C.RESPONSES, C.PAIR_INDICES, C.IMPLICIT_MARGINS]
 
     def output_columns(self) -> list[str]:
-        return [PAIR_EXCLUDED_REASON, SELECTED_FOR_ANNOTATION, *SELECTION_COLUMNS]
+        return [C.PAIR_EXCLUDED_REASON, C.SELECTED_FOR_ANNOTATION, *C.SELECTION_COLUMNS]
 
     # ---- one row ---------------------------------------------------------------------------------
     def _row(self, batch: Batch, i: int, indices: list[int] | None) -> tuple[list[str | None], np.ndarray]:
         """(exclusion reason per pair, margins) of row ``i``, after checking its shape."""
         responses = batch[C.RESPONSES][i] or []
-        margins = batch[IMPLICIT_MARGINS][i]
-        pairs = batch[PAIR_INDICES][i]
+        margins = batch[C.IMPLICIT_MARGINS][i]
+        pairs = batch[C.PAIR_INDICES][i]
         expected = [list(p) for p in unordered_pairs(len(responses))]
         if pairs is None or [list(p) for p in pairs] != expected:
             raise RowError(
-                f"{self.name}: {row_label(batch, i, indices)} column {PAIR_INDICES!r} must list the "
+                f"{self.name}: {row_label(batch, i, indices)} column {C.PAIR_INDICES!r} must list the "
                 f"{len(expected)} pairs (i, j), i < j, of {len(responses)} responses in order, got {pairs!r} "
                 "(rerun ImplicitMargins after changing responses)"
             )
         if margins is None or len(margins) != len(expected):
             raise RowError(
-                f"{self.name}: {row_label(batch, i, indices)} column {IMPLICIT_MARGINS!r} must hold "
+                f"{self.name}: {row_label(batch, i, indices)} column {C.IMPLICIT_MARGINS!r} must hold "
                 f"{len(expected)} margins, got {margins!r}"
             )
         values = np.array([np.nan if m is None else m for m in margins], dtype=np.float64)
@@ -418,12 +209,12 @@ class AnnotationSelector(Step):
             else:
                 order = self.row_order(prompt, margins, excluded)
                 chosen = set(order[: budget_size(len(margins), config.fraction, config.count)])
-            out[PAIR_EXCLUDED_REASON].append(excluded)
-            out[SELECTED_FOR_ANNOTATION].append([k in chosen for k in range(len(margins))])
-            out[SELECTION_STRATEGY].append(config.strategy)
-            out[SELECTION_LEVEL].append(config.level)
-            out[SELECTION_FRACTION].append(config.fraction)
-            out[SELECTION_COUNT].append(config.count)
+            out[C.PAIR_EXCLUDED_REASON].append(excluded)
+            out[C.SELECTED_FOR_ANNOTATION].append([k in chosen for k in range(len(margins))])
+            out[C.SELECTION_STRATEGY].append(config.strategy)
+            out[C.SELECTION_LEVEL].append(config.level)
+            out[C.SELECTION_FRACTION].append(config.fraction)
+            out[C.SELECTION_COUNT].append(config.count)
         return out
 
     # ---- the whole dataset -----------------------------------------------------------------------
@@ -524,9 +315,9 @@ def selection_summary(candidates) -> dict[str, Any]:
     selected_abs, unselected_abs, eligible_margins = [], [], set()
     pairs = eligible = rows_with = 0
     for reasons, flags, margins in zip(
-        candidates[PAIR_EXCLUDED_REASON],
-        candidates[SELECTED_FOR_ANNOTATION],
-        candidates[IMPLICIT_MARGINS],
+        candidates[C.PAIR_EXCLUDED_REASON],
+        candidates[C.SELECTED_FOR_ANNOTATION],
+        candidates[C.IMPLICIT_MARGINS],
         strict=True,
     ):
         pairs += len(flags)
@@ -543,26 +334,10 @@ def selection_summary(candidates) -> dict[str, Any]:
         "eligible": eligible,
         "excluded": dict(sorted(excluded.items())),
         "selected": len(selected_abs),
-        "rows": len(candidates[SELECTED_FOR_ANNOTATION]),
+        "rows": len(candidates[C.SELECTED_FOR_ANNOTATION]),
         "rows_with_selection": rows_with,
         "abs_margin_selected": describe_values(selected_abs),
         "abs_margin_unselected": describe_values(unselected_abs),
         # every eligible margin the same: a margin strategy selected at random (on_equal_margins: random)
         "margins_all_equal": eligible >= 2 and len(eligible_margins) == 1,
     }
-
-
-__all__ = [
-    "AnnotationSelectionConfig",
-    "AnnotationSelector",
-    "EqualMarginsError",
-    "ImplicitMargins",
-    "MarginConfig",
-    "budget_size",
-    "exclusion_reasons",
-    "implicit_rewards",
-    "pair_margins",
-    "select_for_annotation",
-    "selection_summary",
-    "unordered_pairs",
-]
