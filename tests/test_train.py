@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
@@ -110,17 +111,23 @@ def implicit_margins(policy, reference, tokenizer) -> list[float]:
     return margins
 
 
+def train_with_the_cli(
+    method: str, policy: Path, tmp_path: Path, *options: str
+) -> tuple[Path, Any, Any, Any]:
+    """Train ``policy`` with ``hfpref train METHOD`` on the tiny release; (output folder, tokenizer, the
+    untrained reference, the trained policy)."""
+    release, out = write_release(tmp_path / "release"), tmp_path / method
+    assert main(train_argv(method, release, policy, out, "--save-strategy", "no", *options)) == 0
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    reference = AutoModelForCausalLM.from_pretrained(policy).eval()
+    return out, tokenizer, reference, AutoModelForCausalLM.from_pretrained(out).eval()
+
+
 def test_cli_trains_towards_chosen_and_card_names_the_data(tiny_models, tmp_path):
-    release = write_release(tmp_path / "release")
-    out = tmp_path / "trained"
-    options = ["--max-steps", "8", "--per-device-train-batch-size", "2", "--save-strategy", "no"]
-    code = main(train_argv("dpo", release, tiny_models["policy"], out, *options))
-    assert code == 0
+    options = ["--max-steps", "8", "--per-device-train-batch-size", "2"]
+    out, tokenizer, reference, trained = train_with_the_cli("dpo", tiny_models["policy"], tmp_path, *options)
 
     # the policy moved towards the chosen responses, measured independently of TRL
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models["policy"])
-    reference = AutoModelForCausalLM.from_pretrained(tiny_models["policy"]).eval()
-    trained = AutoModelForCausalLM.from_pretrained(out).eval()
     margins = implicit_margins(trained, reference, tokenizer)
     assert implicit_margins(reference, reference, tokenizer) == [0.0] * 4
     assert sum(margins) / len(margins) > 1.0, margins
@@ -136,10 +143,10 @@ def test_cli_trains_towards_chosen_and_card_names_the_data(tiny_models, tmp_path
     text = (out / "README.md").read_text()
     header = yaml.safe_load(text.split("---")[1])
     data = header["hfpref"]["training_data"]
-    assert data["dataset"] == str(release)
+    assert data["dataset"] == str(tmp_path / "release")
     assert (data["config"], data["split"], data["rows"]) == ("best_of_n2", "train", 4)
     assert data["manifest_version"] == "0.3.1"
-    assert data["content_hash"] == content_hash(release)
+    assert data["content_hash"] == content_hash(tmp_path / "release")
     assert "hfpref" in header["tags"] and "dpo" in header["tags"]
     assert f"manifest version `0.3.1`, content hash `{data['content_hash']}`" in text
     assert header["hfpref"]["base_model_revision"] == content_hash(tiny_models["policy"])
@@ -213,17 +220,10 @@ def test_parse_dataset_spec(tmp_path):
 
 # ---- presets and best-checkpoint selection ------------------------------------------------------------
 
-VALIDATION_CARD = """---
-configs:
-- config_name: best_of_n2
-  data_files:
-  - split: train
-    path: data/best_of_n2/train-*.parquet
-  - split: validation
-    path: data/best_of_n2/validation-*.parquet
----
-# A tiny pairs release with held-out pairs
-"""
+TRAIN_FILES = "    path: data/best_of_n2/train-*.parquet\n"
+VALIDATION_CARD = CARD.replace(
+    TRAIN_FILES, TRAIN_FILES + "  - split: validation\n    path: data/best_of_n2/validation-*.parquet\n"
+)
 
 
 def write_release_with_validation(folder: Path) -> Path:

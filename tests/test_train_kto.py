@@ -5,11 +5,10 @@ from __future__ import annotations
 import datasets
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hfpref.cli.main import build_parser, main
 from hfpref.training.kto import KTO_DEFAULTS, unpaired_rows
-from tests.test_train import PAIRS, summed_logps, train_argv, write_release
+from tests.test_train import PAIRS, summed_logps, train_with_the_cli, write_release
 
 
 def test_unpaired_rows_are_trls_unpairing_shuffled():
@@ -27,16 +26,10 @@ def test_unpaired_rows_are_trls_unpairing_shuffled():
 
 
 def test_cli_kto_trains_towards_chosen_and_card_labels_defaults(tiny_models, tmp_path):
-    release = write_release(tmp_path / "release")
-    out = tmp_path / "kto"
-    options = ["--max-steps", "8", "--per-device-train-batch-size", "4", "--save-strategy", "no"]
-    code = main(train_argv("kto", release, tiny_models["policy"], out, *options))
-    assert code == 0
+    options = ["--max-steps", "8", "--per-device-train-batch-size", "4"]
+    out, tokenizer, reference, trained = train_with_the_cli("kto", tiny_models["policy"], tmp_path, *options)
 
     # log π/π_ref rose for chosen completions and fell for rejected ones, measured without TRL
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models["policy"])
-    reference = AutoModelForCausalLM.from_pretrained(tiny_models["policy"]).eval()
-    trained = AutoModelForCausalLM.from_pretrained(out).eval()
 
     def ratio(prompt: str, completion: str) -> float:
         return summed_logps(trained, tokenizer, prompt, completion) - summed_logps(

@@ -28,6 +28,11 @@ class ServerOptions:
     url: str | None = option("Label Studio server (default: $LABEL_STUDIO_URL or http://localhost:8080)")
     project: str = option("Label Studio project title", default=dataclasses.MISSING, metavar="NAME")
 
+    def client(self) -> Any:
+        from hfpref.human.labelstudio import LabelStudioClient
+
+        return LabelStudioClient(self.url)
+
 
 @dataclass(kw_only=True)
 class PushPairsArguments(ServerOptions):
@@ -69,8 +74,7 @@ def add_parser(subparsers: Any) -> None:
     actions = add_group(
         subparsers,
         "annotate",
-        dest="action",
-        metavar="ACTION",
+        "action",
         help="human preference labels through Label Studio (push pairs, pull labels)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -84,12 +88,13 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from hfpref.human.labelstudio import LabelStudioClient, pair_tasks_from_release, push_pairs
+    from hfpref.human.labelstudio import pair_tasks_from_release, push_pairs
 
     options = arguments(args, PushPairsArguments)
     tasks = pair_tasks_from_release(options.source, options.config, seed=options.seed)
-    client = LabelStudioClient(options.url)
-    result = push_pairs(client, options.project, tasks, annotators_per_pair=options.annotators_per_pair)
+    result = push_pairs(
+        options.client(), options.project, tasks, annotators_per_pair=options.annotators_per_pair
+    )
     made = "created" if result.created_project else "reused"
     print(
         f"{made} project {options.project!r} ({result.url}): {result.pushed} new pairs pushed, "
@@ -99,12 +104,10 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from hfpref.human.labelstudio import LabelStudioClient, annotation_status
+    from hfpref.human.labelstudio import annotation_status
 
     options = arguments(args, StatusArguments)
-    status = annotation_status(
-        LabelStudioClient(options.url), options.project, min_annotations=options.min_annotations
-    )
+    status = annotation_status(options.client(), options.project, min_annotations=options.min_annotations)
     finished = status["pairs"] - status["pending"]
     print(
         f"project {options.project!r} ({status['url']}): {finished} of {status['pairs']} pairs finished, "
@@ -114,14 +117,11 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    from hfpref.human.labelstudio import LabelStudioClient, pull_labels, write_labels_release
+    from hfpref.human.labelstudio import pull_labels, write_labels_release
 
     options = arguments(args, PullArguments)
     result = pull_labels(
-        LabelStudioClient(options.url),
-        options.project,
-        rule=options.rule,
-        min_annotations=options.min_annotations,
+        options.client(), options.project, rule=options.rule, min_annotations=options.min_annotations
     )
     folder = write_labels_release(
         result, options.output, name=options.name, version=options.version, overwrite=options.overwrite

@@ -61,11 +61,7 @@ class WinrateArguments:
 
 def add_parser(subparsers: Any) -> None:
     benchmarks = add_group(
-        subparsers,
-        "eval",
-        dest="benchmark",
-        metavar="BENCHMARK",
-        help="evaluate a policy: IFEval accuracy, reward-model win rate",
+        subparsers, "eval", "benchmark", help="evaluate a policy: IFEval accuracy, reward-model win rate"
     )
     add_command(
         benchmarks,

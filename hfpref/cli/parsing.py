@@ -118,10 +118,11 @@ def add_command(subparsers: Any, name: str, build: Callable[..., Any], func: Cal
     return parser
 
 
-def add_group(subparsers: Any, name: str, dest: str, metavar: str, **kwargs: Any) -> Any:
-    """Register ``name`` as a command with sub-commands (``train dpo``); returns their subparsers."""
+def add_group(subparsers: Any, name: str, sub: str, **kwargs: Any) -> Any:
+    """Register ``name`` as a command with sub-commands (``train dpo``), named ``sub`` in the parsed arguments
+    (``args.method == "dpo"``) and ``SUB`` in the help; returns their subparsers."""
     parser = subparsers.add_parser(name, **kwargs)
-    return parser.add_subparsers(dest=dest, metavar=metavar, required=True, parser_class=LazyParser)
+    return parser.add_subparsers(dest=sub, metavar=sub.upper(), required=True, parser_class=LazyParser)
 
 
 def leaf_parser(parser: argparse.ArgumentParser, path: Sequence[str]) -> argparse.ArgumentParser:

@@ -94,13 +94,7 @@ def _method(method: str) -> tuple[type, dict[str, Any]]:
 
 
 def add_parser(subparsers: Any) -> None:
-    methods = add_group(
-        subparsers,
-        "train",
-        dest="method",
-        metavar="METHOD",
-        help="train a policy on a pairs release with TRL",
-    )
+    methods = add_group(subparsers, "train", "method", help="train a policy on a pairs release with TRL")
     add_command(
         methods,
         "dpo",
