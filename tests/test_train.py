@@ -431,7 +431,7 @@ def test_earlier_flags_still_set_their_fields(capsys):
         "warmup_steps": 0.2,
         "output_dir": "o",
     }
-    assert "--epochs is deprecated; give --num_train_epochs" in capsys.readouterr().err
+    assert "--epochs is deprecated; give --num-train-epochs" in capsys.readouterr().err
 
 
 def test_train_help_lists_every_dpoconfig_field_with_the_default_that_applies(capsys):

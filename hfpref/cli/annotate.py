@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hfpref.cli.parsing import add_command, add_group, arguments, dataclass_parser, option, positional, switch
+from hfpref.cli.parsing import (
+    add_command,
+    add_group,
+    arguments,
+    dataclass_parser,
+    option,
+    positional,
+    required,
+    switch,
+)
 
 DESCRIPTION = """\
 Hand the pairs worth annotating to people in Label Studio and take their labels back as preference rows.
@@ -26,7 +34,7 @@ class ServerOptions:
     """The Label Studio server and project every action talks to."""
 
     url: str | None = option("Label Studio server (default: $LABEL_STUDIO_URL or http://localhost:8080)")
-    project: str = option("Label Studio project title", default=dataclasses.MISSING, metavar="NAME")
+    project: str = required("Label Studio project title", metavar="NAME")
 
     def client(self) -> Any:
         from hfpref.human.labelstudio import LabelStudioClient
@@ -61,9 +69,7 @@ class StatusArguments(ServerOptions):
 class PullArguments(StatusArguments):
     """How votes become labels, and the release folder they are written to."""
 
-    output: str = option(
-        "release folder to write", default=dataclasses.MISSING, metavar="FOLDER", aliases=["-o"]
-    )
+    output: str = required("release folder to write", metavar="FOLDER", aliases=["-o"])
     rule: Literal["majority", "unanimous"] = option("how votes are reduced", default="majority")
     name: str | None = option("dataset name on the card (default: the folder's name)")
     version: str = option("release version", default="0.1.0")

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hfpref.cli.parsing import add_command, add_group, arguments, dataclass_parser, option, switch
-
-REQUIRED = dataclasses.MISSING
+from hfpref.cli.parsing import add_command, add_group, arguments, dataclass_parser, option, required, switch
 
 
 @dataclass(kw_only=True)
@@ -34,7 +31,7 @@ class SamplerOptions:
 class IfevalArguments:
     """The model IFEval answers are sampled from, and where the full result goes."""
 
-    model: str = option("Hub id or local folder", default=REQUIRED)
+    model: str = required("Hub id or local folder")
     limit: int | None = option("only the first N IFEval prompts")
     max_new_tokens: int = option("tokens per response at most", default=1024)
     output: str | None = option("write the full result (with per-prompt records) here")
@@ -44,9 +41,9 @@ class IfevalArguments:
 class WinrateArguments:
     """The two policies, the reward model that judges them, and the prompts."""
 
-    model: str = option("the policy whose win rate is measured (Hub id or local folder)", default=REQUIRED)
-    baseline: str = option("e.g. the reference policy the model was trained from", default=REQUIRED)
-    reward_model: str = option("the judge: a reward model (Hub id or local folder)", default=REQUIRED)
+    model: str = required("the policy whose win rate is measured (Hub id or local folder)")
+    baseline: str = required("e.g. the reference policy the model was trained from")
+    reward_model: str = required("the judge: a reward model (Hub id or local folder)")
     reward_revision: str | None = option("revision of the reward model")
     trust_remote_code: bool = switch(
         "run the reward model's own modeling code (custom-code models such as ArmoRM); read it first"

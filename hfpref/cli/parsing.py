@@ -62,6 +62,11 @@ def option(help: str, default: Any = None, **metadata: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
+def required(help: str, **metadata: Any) -> Any:
+    """A dataclass field that is a flag the command cannot run without."""
+    return dataclasses.field(metadata={"help": help, **metadata})
+
+
 def arguments(args: argparse.Namespace, cls: type[T]) -> T:
     """The ``cls`` dataclass filled from the parsed command line (its fields' values in ``args``)."""
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init})

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from hfpref.cli.options import HubOptions, OptionError
-from hfpref.cli.parsing import add_command, arguments, dataclass_parser, option, positional
+from hfpref.cli.parsing import add_command, arguments, dataclass_parser, positional, required
 
 DESCRIPTION = """\
 Upload a release folder written by `hfpref curate` (data files, README.md card, plot, manifest) to a
@@ -25,9 +24,7 @@ class PushArguments:
 
     folder: str = positional("release folder written by hfpref curate", metavar="FOLDER")
     repo_id: str = positional("Hub dataset repo, OWNER/NAME (created if missing)", metavar="REPO_ID")
-    version: str = option(
-        "release version, e.g. 0.1.0 (tag v0.1.0)", default=dataclasses.MISSING, metavar="V"
-    )
+    version: str = required("release version, e.g. 0.1.0 (tag v0.1.0)", metavar="V")
 
     def __post_init__(self) -> None:
         if "/" not in self.repo_id:

@@ -10,26 +10,23 @@ imported only when ``train`` is the command.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hfpref.cli.parsing import add_command, add_group, arguments, option
+from hfpref.cli.parsing import add_command, add_group, arguments, option, required
 from hfpref.pipeline.preflight import check_output_folder
-
-REQUIRED = dataclasses.MISSING
 
 
 @dataclass(kw_only=True)
 class TrainDataArguments:
     """The pairs to train on and the policy to train (``--output-dir`` is the trainer config's)."""
 
-    dataset: str = option("release folder, Hub repo id, or REPO@REVISION", default=REQUIRED)
+    dataset: str = required("release folder, Hub repo id, or REPO@REVISION")
     dataset_config: str | None = option("release config: a pair strategy (e.g. best_of_n2) or sweep level")
     split: str = option("split of the release config", default="train")
-    model: str = option("policy to train (Hub id or local folder)", default=REQUIRED)
+    model: str = required("policy to train (Hub id or local folder)")
     model_revision: str | None = option("revision of --model (branch, tag or commit)")
 
     def train_kwargs(self) -> dict[str, Any]:

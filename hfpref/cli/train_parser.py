@@ -27,10 +27,10 @@ from hfpref.cli.parsing import OneLineParser
 
 # flags of earlier releases -> the trainer config field they set (each still works, with a warning)
 RENAMED_FLAGS = {
-    "--epochs": "--num_train_epochs",
-    "--lr-scheduler": "--lr_scheduler_type",
-    "--warmup-ratio": "--warmup_steps",  # transformers 5: a float below 1 is a ratio of the total steps
-    "--batch-size": "--per_device_train_batch_size",
+    "--epochs": "--num-train-epochs",
+    "--lr-scheduler": "--lr-scheduler-type",
+    "--warmup-ratio": "--warmup-steps",  # transformers 5: a float below 1 is a ratio of the total steps
+    "--batch-size": "--per-device-train-batch-size",
 }
 
 
