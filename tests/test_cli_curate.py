@@ -296,3 +296,53 @@ def test_a_folder_holding_another_release_needs_force(tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "hfpref_manifest.json").read_text())["name"] == "first"
     assert main(["curate", str(second), *out, "--force"]) == 0
     assert json.loads((tmp_path / "out" / "hfpref_manifest.json").read_text())["name"] == "second"
+
+
+# ---- the command line is generated from option dataclasses ------------------------------------------------
+
+
+def test_help_imports_neither_transformers_nor_trl_nor_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from hfpref.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])\n"
+        "print(sorted(m for m in ('transformers', 'trl', 'torch') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_curate_and_iterate_spell_the_run_options_alike():
+    from hfpref.cli.main import build_parser
+    from hfpref.cli.parsing import leaf_parser
+
+    parser = build_parser()
+    flags = {name: set(leaf_parser(parser, [name])._option_string_actions) for name in ("curate", "iterate")}
+    for flag in (
+        "--engine",
+        "--gpus",
+        "--shard-rows",
+        "--address",
+        "--concurrency",
+        "--cache-dir",
+        "--batch-size",
+    ):
+        assert all(flag in options for options in flags.values()), flag
+    assert "--no-progress" in flags["iterate"] and "--quiet" not in flags["iterate"]  # --quiet: global alias
+
+
+def test_iterate_passes_engine_options_only_when_given(tmp_path, monkeypatch, capsys):
+    from hfpref.cli import iterate
+    from hfpref.cli.options import RunOptions
+
+    assert iterate.engine_options(RunOptions()) == {}
+    assert iterate.engine_options(RunOptions(gpus=2, shard_rows=10)) == {"gpus": 2, "shard_rows": 10}
+    assert main(["iterate", str(tmp_path / "loop.yaml"), "--address", "auto"]) == 2
+    assert "--address applies to --engine ray only" in capsys.readouterr().err
+    assert main(["iterate", str(tmp_path / "loop.yaml"), "--gpus", "0"]) == 2
+    assert "--gpus must be at least 1, got 0" in capsys.readouterr().err

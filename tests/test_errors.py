@@ -549,21 +549,35 @@ def test_argparse_mistakes_are_one_line(capsys):
 # ---- item 11: train --set, local model paths, offline Hub -----------------------------------------------
 
 
-def test_train_set_unknown_field_is_refused_before_loading(tmp_path, capsys):
-    status, _, err = run_cli(
-        capsys, "train", "dpo", "--dataset", str(tmp_path), "--model", str(tmp_path), "--output-dir",
-        str(tmp_path / "o"), "--set", "betta=0.2",
-    )  # fmt: skip
+def test_train_unknown_field_is_refused_before_loading(tmp_path, capsys):
+    common = [
+        "train",
+        "dpo",
+        "--dataset",
+        str(tmp_path),
+        "--model",
+        str(tmp_path),
+        "--output-dir",
+        str(tmp_path / "o"),
+    ]
+    status, _, err = run_cli(capsys, *common, "--betta", "0.2")
     assert status == 2
-    assert (
-        one_line(err)
-        == "hfpref train dpo: error: --set 'betta=0.2': DPOConfig has no field 'betta'; did you mean beta?"
+    assert one_line(err) == (
+        "hfpref train dpo: error: unrecognized arguments: --betta 0.2; did you mean --beta? "
+        "(see hfpref train dpo --help)"
     )
-    status, _, err = run_cli(
-        capsys, "train", "dpo", "--dataset", str(tmp_path), "--model", str(tmp_path), "--output-dir",
-        str(tmp_path / "o"), "--set", "beta=lots",
-    )  # fmt: skip
-    assert status == 2 and "--set beta: expected float, got str 'lots'" in one_line(err)
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*common, "--beta", "lots"])
+    assert caught.value.code == 2
+    assert one_line(capsys.readouterr().err).startswith(
+        "hfpref train dpo: error: argument --beta: invalid float value: 'lots'"
+    )
+    # --set FIELD=VALUE of earlier releases: the same flag, with a warning
+    status, _, err = run_cli(capsys, *common, "--set", "betta=0.2")
+    warning, error = err.strip().splitlines()
+    assert warning == "hfpref train dpo: warning: --set is deprecated; give --betta 0.2"
+    assert status == 2 and "unrecognized arguments: --betta 0.2; did you mean --beta?" in error
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_local_model_folder_says_no_such_folder(tmp_path, capsys):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
@@ -11,7 +14,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hfpref.cli.main import main
+from hfpref.cli.main import build_parser, main
 from hfpref.core.errors import UserError
 from hfpref.models.hub import content_hash
 from hfpref.training.dpo import (
@@ -65,6 +68,15 @@ configs:
 """
 
 
+def train_argv(method: str, release: Path, policy: Path, out: Path, *options: str) -> list[str]:
+    """``hfpref train METHOD`` of the tiny policy on the tiny release's best_of_n2 pairs, fast on a CPU."""
+    return [
+        "train", method, "--dataset", str(release), "--dataset-config", "best_of_n2", "--model", str(policy),
+        "--output-dir", str(out), "--learning-rate", "1e-3", "--no-bf16", "--use-cpu", "--no-gradient-checkpointing",
+        *options,
+    ]  # fmt: skip
+
+
 def write_release(folder: Path, version: str = "0.3.1") -> Path:
     (folder / "data" / "best_of_n2").mkdir(parents=True)
     datasets.Dataset.from_dict(PAIRS).to_parquet(str(folder / "data/best_of_n2/train-00000-of-00001.parquet"))
@@ -99,23 +111,23 @@ def implicit_margins(policy, reference, tokenizer) -> list[float]:
     return margins
 
 
+def train_with_the_cli(
+    method: str, policy: Path, tmp_path: Path, *options: str
+) -> tuple[Path, Any, Any, Any]:
+    """Train ``policy`` with ``hfpref train METHOD`` on the tiny release; (output folder, tokenizer, the
+    untrained reference, the trained policy)."""
+    release, out = write_release(tmp_path / "release"), tmp_path / method
+    assert main(train_argv(method, release, policy, out, "--save-strategy", "no", *options)) == 0
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    reference = AutoModelForCausalLM.from_pretrained(policy).eval()
+    return out, tokenizer, reference, AutoModelForCausalLM.from_pretrained(out).eval()
+
+
 def test_cli_trains_towards_chosen_and_card_names_the_data(tiny_models, tmp_path):
-    release = write_release(tmp_path / "release")
-    out = tmp_path / "trained"
-    code = main(
-        [
-            "train", "dpo", "--dataset", str(release), "--config", "best_of_n2",
-            "--model", str(tiny_models["policy"]), "--output-dir", str(out),
-            "--learning-rate", "1e-3", "--max-steps", "8", "--batch-size", "2",
-            "--no-bf16", "--use-cpu", "--save-strategy", "no", "--set", "gradient_checkpointing=false",
-        ]
-    )  # fmt: skip
-    assert code == 0
+    options = ["--max-steps", "8", "--per-device-train-batch-size", "2"]
+    out, tokenizer, reference, trained = train_with_the_cli("dpo", tiny_models["policy"], tmp_path, *options)
 
     # the policy moved towards the chosen responses, measured independently of TRL
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models["policy"])
-    reference = AutoModelForCausalLM.from_pretrained(tiny_models["policy"]).eval()
-    trained = AutoModelForCausalLM.from_pretrained(out).eval()
     margins = implicit_margins(trained, reference, tokenizer)
     assert implicit_margins(reference, reference, tokenizer) == [0.0] * 4
     assert sum(margins) / len(margins) > 1.0, margins
@@ -131,10 +143,10 @@ def test_cli_trains_towards_chosen_and_card_names_the_data(tiny_models, tmp_path
     text = (out / "README.md").read_text()
     header = yaml.safe_load(text.split("---")[1])
     data = header["hfpref"]["training_data"]
-    assert data["dataset"] == str(release)
+    assert data["dataset"] == str(tmp_path / "release")
     assert (data["config"], data["split"], data["rows"]) == ("best_of_n2", "train", 4)
     assert data["manifest_version"] == "0.3.1"
-    assert data["content_hash"] == content_hash(release)
+    assert data["content_hash"] == content_hash(tmp_path / "release")
     assert "hfpref" in header["tags"] and "dpo" in header["tags"]
     assert f"manifest version `0.3.1`, content hash `{data['content_hash']}`" in text
     assert header["hfpref"]["base_model_revision"] == content_hash(tiny_models["policy"])
@@ -187,10 +199,13 @@ def test_training_on_a_candidates_config_names_the_pairs_configs(tiny_models, tm
         load_pairs(str(release), config="candidates")
     message = str(err.value)
     assert "config 'candidates'" in message and "['chosen', 'rejected']" in message
-    assert "columns present: ['prompt', 'responses']" in message and "--config: ['best_of_n2']" in message
-    argv = ["train", "dpo", "--dataset", str(release), "--config", "candidates"]
+    assert (
+        "columns present: ['prompt', 'responses']" in message
+        and "--dataset-config: ['best_of_n2']" in message
+    )
+    argv = ["train", "dpo", "--dataset", str(release), "--dataset-config", "candidates"]
     assert main([*argv, "--model", str(tiny_models["policy"]), "--output-dir", str(tmp_path / "out")]) == 2
-    assert "--config: ['best_of_n2']" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--dataset-config: ['best_of_n2']" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_parse_dataset_spec(tmp_path):
@@ -205,17 +220,10 @@ def test_parse_dataset_spec(tmp_path):
 
 # ---- presets and best-checkpoint selection ------------------------------------------------------------
 
-VALIDATION_CARD = """---
-configs:
-- config_name: best_of_n2
-  data_files:
-  - split: train
-    path: data/best_of_n2/train-*.parquet
-  - split: validation
-    path: data/best_of_n2/validation-*.parquet
----
-# A tiny pairs release with held-out pairs
-"""
+TRAIN_FILES = "    path: data/best_of_n2/train-*.parquet\n"
+VALIDATION_CARD = CARD.replace(
+    TRAIN_FILES, TRAIN_FILES + "  - split: validation\n    path: data/best_of_n2/validation-*.parquet\n"
+)
 
 
 def write_release_with_validation(folder: Path) -> Path:
@@ -249,15 +257,9 @@ def _final_state(out: Path) -> dict:
 def test_keeps_the_checkpoint_with_the_best_held_out_loss(tiny_models, tmp_path):
     release = write_release_with_validation(tmp_path / "release")
     out = tmp_path / "trained"
-    code = main(
-        [
-            "train", "dpo", "--dataset", str(release), "--config", "best_of_n2", "--preset", "dcrm",
-            "--eval-split", "validation", "--eval-steps", "2",
-            "--model", str(tiny_models["policy"]), "--output-dir", str(out),
-            "--learning-rate", "1e-3", "--max-steps", "8", "--batch-size", "2",
-            "--no-bf16", "--use-cpu", "--set", "gradient_checkpointing=false",
-        ]
-    )  # fmt: skip
+    options = ["--preset", "dcrm", "--eval-split", "validation", "--eval-steps", "2"]
+    options += ["--max-steps", "8", "--per-device-train-batch-size", "2"]
+    code = main(train_argv("dpo", release, tiny_models["policy"], out, *options))
     assert code == 0
     state = _final_state(out)
     evals = {e["step"]: e["eval_loss"] for e in state["log_history"] if "eval_loss" in e}
@@ -299,15 +301,9 @@ def test_keeps_the_checkpoint_with_the_best_held_out_loss(tiny_models, tmp_path)
 def test_preset_with_a_held_out_ratio_and_reward_accuracy(tiny_models, tmp_path):
     release = write_release(tmp_path / "release")
     out = tmp_path / "trained"
-    code = main(
-        [
-            "train", "dpo", "--dataset", str(release), "--config", "best_of_n2",
-            "--preset", "instruction-following", "--eval-split-ratio", "0.5", "--best-metric", "accuracy",
-            "--model", str(tiny_models["policy"]), "--output-dir", str(out),
-            "--learning-rate", "1e-3", "--max-steps", "4", "--batch-size", "2", "--eval-steps", "1",
-            "--no-bf16", "--use-cpu", "--set", "gradient_checkpointing=false",
-        ]
-    )  # fmt: skip
+    options = ["--preset", "instruction-following", "--eval-split-ratio", "0.5", "--best-metric", "accuracy"]
+    options += ["--max-steps", "4", "--per-device-train-batch-size", "2", "--eval-steps", "1"]
+    code = main(train_argv("dpo", release, tiny_models["policy"], out, *options))
     assert code == 0
     args = torch.load(out / "training_args.bin", weights_only=False)
     # the paper's batch of 32: 2 per device x 16 accumulation steps on one device
@@ -394,3 +390,56 @@ def test_held_out_options_that_cannot_work(tiny_models, tmp_path):
     with pytest.raises(TrainError, match="not both"):
         train_dpo(str(release), policy, out, eval_split_ratio=0.5, eval_split="validation", **common)
     assert not out.exists()
+
+
+# ---- the command line: every trainer config field a flag, --config FILE.yaml as in TRL ----------------------
+
+
+def test_config_file_sets_trainer_fields_and_flags_win(tmp_path, capsys):
+    config = tmp_path / "dpo.yaml"
+    config.write_text(
+        "dataset_config: best_of_n2\nbeta: 0.3\nlearning_rate: 1.0e-6\nmax_steps: 5\nenv:\n  HFPREF_TEST_VAR: set\n"
+    )
+    common = ["train", "dpo", "--dataset", "d", "--model", "m", "--output-dir", str(tmp_path / "o")]
+    args = build_parser().parse_args([*common, "--config", str(config), "--max-steps", "7", "--no-bf16"])
+    assert args.dataset_config == "best_of_n2"
+    # only the fields given (file or flag) are set: DCRM_RECIPE and TRL's defaults apply to the rest
+    assert args.trainer_fields == {
+        "beta": 0.3,
+        "learning_rate": 1e-6,
+        "max_steps": 7,
+        "bf16": False,
+        "output_dir": str(tmp_path / "o"),
+    }
+    assert os.environ.pop("HFPREF_TEST_VAR") == "set"
+    config.write_text("betta: 0.3\n")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*common, "--config", str(config)])
+    assert "--config sets what hfpref train dpo does not have: betta" in capsys.readouterr().err
+    # --config is the TRL file now; the release config of earlier releases' --config is --dataset-config
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*common, "--config", "best_of_n2"])
+    assert "the release config is --dataset-config" in capsys.readouterr().err
+
+
+def test_earlier_flags_still_set_their_fields(capsys):
+    common = ["train", "dpo", "--dataset", "d", "--model", "m", "--output-dir", "o"]
+    args = build_parser().parse_args([*common, "--epochs", "3", "--batch-size", "2", "--warmup-ratio", "0.2"])
+    assert args.trainer_fields == {
+        "num_train_epochs": 3.0,
+        "per_device_train_batch_size": 2,
+        "warmup_steps": 0.2,
+        "output_dir": "o",
+    }
+    assert "--epochs is deprecated; give --num-train-epochs" in capsys.readouterr().err
+
+
+def test_train_help_lists_every_dpoconfig_field_with_the_default_that_applies(capsys):
+    from trl import DPOConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "dpo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    fields = [f.name for f in dataclasses.fields(DPOConfig) if f.init]
+    assert all(f"--{name}" in text for name in fields)
+    assert "(hfpref default: 5e-07)" in text and "--dataset-config" in text and "--preset" in text

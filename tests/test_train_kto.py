@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import datasets
-import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hfpref.cli.main import build_parser, main
-from hfpref.cli.train import TrainOptionError
 from hfpref.training.kto import KTO_DEFAULTS, unpaired_rows
-from tests.test_train import PAIRS, summed_logps, write_release
+from tests.test_train import PAIRS, summed_logps, train_with_the_cli, write_release
 
 
 def test_unpaired_rows_are_trls_unpairing_shuffled():
@@ -29,22 +26,10 @@ def test_unpaired_rows_are_trls_unpairing_shuffled():
 
 
 def test_cli_kto_trains_towards_chosen_and_card_labels_defaults(tiny_models, tmp_path):
-    release = write_release(tmp_path / "release")
-    out = tmp_path / "kto"
-    code = main(
-        [
-            "train", "kto", "--dataset", str(release), "--config", "best_of_n2",
-            "--model", str(tiny_models["policy"]), "--output-dir", str(out),
-            "--learning-rate", "1e-3", "--max-steps", "8", "--batch-size", "4",
-            "--no-bf16", "--use-cpu", "--save-strategy", "no", "--set", "gradient_checkpointing=false",
-        ]
-    )  # fmt: skip
-    assert code == 0
+    options = ["--max-steps", "8", "--per-device-train-batch-size", "4"]
+    out, tokenizer, reference, trained = train_with_the_cli("kto", tiny_models["policy"], tmp_path, *options)
 
     # log π/π_ref rose for chosen completions and fell for rejected ones, measured without TRL
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models["policy"])
-    reference = AutoModelForCausalLM.from_pretrained(tiny_models["policy"]).eval()
-    trained = AutoModelForCausalLM.from_pretrained(out).eval()
 
     def ratio(prompt: str, completion: str) -> float:
         return summed_logps(trained, tokenizer, prompt, completion) - summed_logps(
@@ -77,7 +62,7 @@ def test_cli_kto_trains_towards_chosen_and_card_labels_defaults(tiny_models, tmp
     assert hyper["desirable_weight"]["value"] == 1.0
 
 
-def test_kto_set_checks_ktoconfig_fields(tiny_models, tmp_path):
+def test_kto_flags_are_ktoconfig_fields(tiny_models, tmp_path, capsys):
     release = write_release(tmp_path / "release")
     common = [
         "--dataset",
@@ -87,9 +72,13 @@ def test_kto_set_checks_ktoconfig_fields(tiny_models, tmp_path):
         "--output-dir",
         str(tmp_path / "o"),
     ]
-    args = build_parser().parse_args(["train", "kto", *common, "--set", "desireable_weight=2"])
-    with pytest.raises(
-        TrainOptionError, match="KTOConfig has no field 'desireable_weight'.*desirable_weight"
-    ):
-        args.func(args)
+    assert main(["train", "kto", *common, "--desireable-weight", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        "hfpref train kto: error: unrecognized arguments: --desireable-weight 2; did you mean --desirable-weight? "
+        "(see hfpref train kto --help)"
+    )
     assert not (tmp_path / "o").exists()  # refused before any model or data loaded
+    # desirable_weight, a KTOConfig field that DPOConfig lacks, is a flag of train kto
+    args = build_parser().parse_args(["train", "kto", *common, "--desirable-weight", "2"])
+    assert args.trainer_fields == {"desirable_weight": 2.0, "output_dir": str(tmp_path / "o")}

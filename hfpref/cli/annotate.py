@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from hfpref.cli.parsing import (
+    add_command,
+    add_group,
+    arguments,
+    dataclass_parser,
+    option,
+    positional,
+    required,
+    switch,
+)
 
 DESCRIPTION = """\
 Hand the pairs worth annotating to people in Label Studio and take their labels back as preference rows.
@@ -17,100 +29,108 @@ Hand the pairs worth annotating to people in Label Studio and take their labels 
 The API key is read from LABEL_STUDIO_API_KEY only; the server URL from --url or LABEL_STUDIO_URL."""
 
 
-def _server_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        default=None,
-        help="Label Studio server (default: $LABEL_STUDIO_URL or http://localhost:8080)",
+@dataclass(kw_only=True)
+class ServerOptions:
+    """The Label Studio server and project every action talks to."""
+
+    url: str | None = option("Label Studio server (default: $LABEL_STUDIO_URL or http://localhost:8080)")
+    project: str = required("Label Studio project title", metavar="NAME")
+
+    def client(self) -> Any:
+        from hfpref.human.labelstudio import LabelStudioClient
+
+        return LabelStudioClient(self.url)
+
+
+@dataclass(kw_only=True)
+class PushPairsArguments(ServerOptions):
+    """Which pairs to upload, and how annotators see them."""
+
+    source: str = positional(
+        "release folder (hfpref curate, or an iterate round's release)", metavar="SOURCE"
     )
-    parser.add_argument("--project", required=True, metavar="NAME", help="Label Studio project title")
+    to: Literal["label-studio"] = option("annotation tool", default="label-studio")
+    config: str | None = option(
+        "config of SOURCE (default: its candidates when they mark pairs selected for annotation, "
+        "else its default config)"
+    )
+    seed: int = option("seed of the order A/B each pair is shown in", default=0)
+    annotators_per_pair: int = option("how many people Label Studio asks per pair", default=1)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
+@dataclass(kw_only=True)
+class StatusArguments(ServerOptions):
+    """When a pair counts as finished."""
+
+    min_annotations: int = option("annotations a pair needs", default=1)
+
+
+@dataclass(kw_only=True)
+class PullArguments(StatusArguments):
+    """How votes become labels, and the release folder they are written to."""
+
+    output: str = required("release folder to write", metavar="FOLDER", aliases=["-o"])
+    rule: Literal["majority", "unanimous"] = option("how votes are reduced", default="majority")
+    name: str | None = option("dataset name on the card (default: the folder's name)")
+    version: str = option("release version", default="0.1.0")
+    overwrite: bool = switch("replace an existing release in FOLDER")
+
+
+def add_parser(subparsers: Any) -> None:
+    actions = add_group(
+        subparsers,
         "annotate",
+        "action",
         help="human preference labels through Label Studio (push pairs, pull labels)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-
-    push = actions.add_parser("push", help="upload pairs to a Label Studio project (idempotent)")
-    push.add_argument(
-        "source", metavar="SOURCE", help="release folder (hfpref curate, or an iterate round's release)"
-    )
-    push.add_argument("--to", default="label-studio", choices=["label-studio"], help="annotation tool")
-    push.add_argument(
-        "--config",
-        default=None,
-        help="config of SOURCE (default: its candidates when they mark pairs selected for annotation, "
-        "else its default config)",
-    )
-    push.add_argument("--seed", type=int, default=0, help="seed of the order A/B each pair is shown in")
-    push.add_argument(
-        "--annotators-per-pair",
-        type=int,
-        default=1,
-        help="how many people Label Studio asks per pair (default 1)",
-    )
-    _server_args(push)
-    push.set_defaults(func=run_push)
-
-    status = actions.add_parser("status", help="finished and pending pairs of a project")
-    _server_args(status)
-    status.add_argument("--min-annotations", type=int, default=1, help="annotations a pair needs (default 1)")
-    status.set_defaults(func=run_status)
-
-    pull = actions.add_parser("pull", help="write finished labels as a release folder")
-    _server_args(pull)
-    pull.add_argument("--output", "-o", required=True, metavar="FOLDER", help="release folder to write")
-    pull.add_argument(
-        "--rule", default="majority", choices=["majority", "unanimous"], help="how votes are reduced"
-    )
-    pull.add_argument("--min-annotations", type=int, default=1, help="annotations a pair needs (default 1)")
-    pull.add_argument("--name", default=None, help="dataset name on the card (default: the folder's name)")
-    pull.add_argument("--version", default="0.1.0", help="release version (default 0.1.0)")
-    pull.add_argument("--overwrite", action="store_true", help="replace an existing release in FOLDER")
-    pull.set_defaults(func=run_pull)
-    return parser
+    for name, arguments_class, func, text in (
+        ("push", PushPairsArguments, run_push, "upload pairs to a Label Studio project (idempotent)"),
+        ("status", StatusArguments, run_status, "finished and pending pairs of a project"),
+        ("pull", PullArguments, run_pull, "write finished labels as a release folder"),
+    ):
+        add_command(actions, name, dataclass_parser(arguments_class), func, help=text)
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from hfpref.human.labelstudio import LabelStudioClient, pair_tasks_from_release, push_pairs
+    from hfpref.human.labelstudio import pair_tasks_from_release, push_pairs
 
-    tasks = pair_tasks_from_release(args.source, args.config, seed=args.seed)
-    client = LabelStudioClient(args.url)
-    result = push_pairs(client, args.project, tasks, annotators_per_pair=args.annotators_per_pair)
+    options = arguments(args, PushPairsArguments)
+    tasks = pair_tasks_from_release(options.source, options.config, seed=options.seed)
+    result = push_pairs(
+        options.client(), options.project, tasks, annotators_per_pair=options.annotators_per_pair
+    )
     made = "created" if result.created_project else "reused"
     print(
-        f"{made} project {args.project!r} ({result.url}): {result.pushed} new pairs pushed, "
+        f"{made} project {options.project!r} ({result.url}): {result.pushed} new pairs pushed, "
         f"{result.already_there} already there"
     )
     return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from hfpref.human.labelstudio import LabelStudioClient, annotation_status
+    from hfpref.human.labelstudio import annotation_status
 
-    status = annotation_status(
-        LabelStudioClient(args.url), args.project, min_annotations=args.min_annotations
-    )
+    options = arguments(args, StatusArguments)
+    status = annotation_status(options.client(), options.project, min_annotations=options.min_annotations)
     finished = status["pairs"] - status["pending"]
     print(
-        f"project {args.project!r} ({status['url']}): {finished} of {status['pairs']} pairs finished, "
+        f"project {options.project!r} ({status['url']}): {finished} of {status['pairs']} pairs finished, "
         f"{status['pending']} pending; outcomes {status['outcomes']}"
     )
     return 0
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    from hfpref.human.labelstudio import LabelStudioClient, pull_labels, write_labels_release
+    from hfpref.human.labelstudio import pull_labels, write_labels_release
 
+    options = arguments(args, PullArguments)
     result = pull_labels(
-        LabelStudioClient(args.url), args.project, rule=args.rule, min_annotations=args.min_annotations
+        options.client(), options.project, rule=options.rule, min_annotations=options.min_annotations
     )
     folder = write_labels_release(
-        result, args.output, name=args.name, version=args.version, overwrite=args.overwrite
+        result, options.output, name=options.name, version=options.version, overwrite=options.overwrite
     )
     counts = result.counts
     rate = result.agreement["rate"]

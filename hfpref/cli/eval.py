@@ -4,64 +4,76 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from hfpref.cli.parsing import add_command, add_group, arguments, dataclass_parser, option, required, switch
+
+
+@dataclass(kw_only=True)
+class SamplerOptions:
+    """How the evaluated models generate (``hfpref.steps.sampling.SamplerConfig`` fields)."""
+
+    dtype: str = option("model dtype", default="auto")
+    device: str | None = option("default: cuda:0 when a GPU is present, else cpu")
+    backend: Literal["auto", "transformers", "vllm"] = option("generation backend", default="auto")
+    token_budget: int | None = option("padded tokens per generate call")
+
+    def sampler_options(self) -> dict[str, Any]:
+        options = {"dtype": self.dtype, "device": self.device, "backend": self.backend}
+        if self.token_budget is not None:
+            options["token_budget"] = self.token_budget
+        return options
+
+
+@dataclass(kw_only=True)
+class IfevalArguments:
+    """The model IFEval answers are sampled from, and where the full result goes."""
+
+    model: str = required("Hub id or local folder")
+    limit: int | None = option("only the first N IFEval prompts")
+    max_new_tokens: int = option("tokens per response at most", default=1024)
+    output: str | None = option("write the full result (with per-prompt records) here")
+
+
+@dataclass(kw_only=True)
+class WinrateArguments:
+    """The two policies, the reward model that judges them, and the prompts."""
+
+    model: str = required("the policy whose win rate is measured (Hub id or local folder)")
+    baseline: str = required("e.g. the reference policy the model was trained from")
+    reward_model: str = required("the judge: a reward model (Hub id or local folder)")
+    reward_revision: str | None = option("revision of the reward model")
+    trust_remote_code: bool = switch(
+        "run the reward model's own modeling code (custom-code models such as ArmoRM); read it first"
+    )
+    prompts: str | None = option("JSON/JSONL/CSV/Parquet file with a 'prompt' column, or 'default' (IFEval)")
+    limit: int | None = option("only the first N prompts")
+    max_new_tokens: int = option("tokens per response at most", default=512)
+    temperature: float = option("0 = greedy (default)", default=0.0)
+    seed: int = option("sampling seed", default=0)
+    output: str | None = option("write the full result (with per-prompt records) here")
 
 
 def add_parser(subparsers: Any) -> None:
-    evaluate = subparsers.add_parser("eval", help="evaluate a policy: IFEval accuracy, reward-model win rate")
-    benchmarks = evaluate.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-
-    ifeval = benchmarks.add_parser("ifeval", help="IFEval accuracy of greedy responses (4 numbers).")
-    ifeval.add_argument("--model", required=True, help="Hub id or local folder")
-    ifeval.add_argument("--limit", type=int, default=None, help="only the first N IFEval prompts")
-    ifeval.add_argument("--max-new-tokens", type=int, default=1024)
-    _add_sampler_options(ifeval)
-    ifeval.add_argument("--output", default=None, help="write the full result (with per-prompt records) here")
-    ifeval.set_defaults(func=run_ifeval)
-
-    winrate = benchmarks.add_parser(
-        "winrate", help="Win rate of --model over --baseline, judged by a reward model (ties count half)."
+    benchmarks = add_group(
+        subparsers, "eval", "benchmark", help="evaluate a policy: IFEval accuracy, reward-model win rate"
     )
-    winrate.add_argument("--model", required=True)
-    winrate.add_argument(
-        "--baseline", required=True, help="e.g. the reference policy the model was trained from"
+    add_command(
+        benchmarks,
+        "ifeval",
+        dataclass_parser(IfevalArguments, SamplerOptions),
+        run_ifeval,
+        help="IFEval accuracy of greedy responses (4 numbers).",
     )
-    winrate.add_argument("--reward-model", required=True)
-    winrate.add_argument("--reward-revision", default=None)
-    winrate.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the reward model's own modeling code (custom-code models such as ArmoRM); read it first",
+    add_command(
+        benchmarks,
+        "winrate",
+        dataclass_parser(WinrateArguments, SamplerOptions),
+        run_winrate,
+        help="Win rate of --model over --baseline, judged by a reward model (ties count half).",
     )
-    winrate.add_argument(
-        "--prompts",
-        default=None,
-        help="JSON/JSONL/CSV/Parquet file with a 'prompt' column, or 'default' (IFEval)",
-    )
-    winrate.add_argument("--limit", type=int, default=None)
-    winrate.add_argument("--max-new-tokens", type=int, default=512)
-    winrate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    winrate.add_argument("--seed", type=int, default=0)
-    _add_sampler_options(winrate)
-    winrate.add_argument(
-        "--output", default=None, help="write the full result (with per-prompt records) here"
-    )
-    winrate.set_defaults(func=run_winrate)
-
-
-def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--device", default=None, help="default: cuda:0 when a GPU is present, else cpu")
-    parser.add_argument("--backend", default="auto", choices=("auto", "transformers", "vllm"))
-    parser.add_argument("--token-budget", type=int, default=None, help="padded tokens per generate call")
-
-
-def _sampler_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {"dtype": args.dtype, "device": args.device, "backend": args.backend}
-    if args.token_budget is not None:
-        options["token_budget"] = args.token_budget
-    return options
 
 
 def check_sources(models: dict[str, str], prompts: str | None = None, output: str | None = None) -> None:
@@ -93,47 +105,49 @@ def check_sources(models: dict[str, str], prompts: str | None = None, output: st
         check_output_folder(target.parent if str(target.parent) else ".", "--output's folder")
 
 
-def _report(result: dict[str, Any], output: str | None) -> None:
+def _report(result: dict[str, Any], output: str | None) -> int:
     """Print the result without its per-prompt records; write all of it to ``output`` when given."""
     from hfpref.training.evaluation import write_json
 
     print(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=2, ensure_ascii=False))
     if output:
         write_json(result, output)
+    return 0
 
 
 def run_ifeval(args: argparse.Namespace) -> int:
     from hfpref.training.evaluation import evaluate_ifeval
 
-    check_sources({"--model": args.model}, output=args.output)
+    options, sampler = arguments(args, IfevalArguments), arguments(args, SamplerOptions)
+    check_sources({"--model": options.model}, output=options.output)
     result = evaluate_ifeval(
-        args.model, limit=args.limit, max_new_tokens=args.max_new_tokens, **_sampler_options(args)
+        options.model, limit=options.limit, max_new_tokens=options.max_new_tokens, **sampler.sampler_options()
     )
-    _report(result, args.output)
-    return 0
+    return _report(result, options.output)
 
 
 def run_winrate(args: argparse.Namespace) -> int:
     from hfpref.training.evaluation import win_rate
 
-    check_sources(
-        {"--model": args.model, "--baseline": args.baseline, "--reward-model": args.reward_model},
-        prompts=args.prompts,
-        output=args.output,
-    )
+    options, sampler = arguments(args, WinrateArguments), arguments(args, SamplerOptions)
+    models = {
+        "--model": options.model,
+        "--baseline": options.baseline,
+        "--reward-model": options.reward_model,
+    }
+    check_sources(models, prompts=options.prompts, output=options.output)
     result = win_rate(
-        args.model,
-        args.baseline,
-        args.reward_model,
-        prompts=args.prompts,
-        limit=args.limit,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        seed=args.seed,
-        reward_revision=args.reward_revision,
-        reward_dtype=args.dtype,
-        reward_trust_remote_code=args.trust_remote_code,
-        **_sampler_options(args),
+        options.model,
+        options.baseline,
+        options.reward_model,
+        prompts=options.prompts,
+        limit=options.limit,
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature,
+        seed=options.seed,
+        reward_revision=options.reward_revision,
+        reward_dtype=sampler.dtype,
+        reward_trust_remote_code=options.trust_remote_code,
+        **sampler.sampler_options(),
     )
-    _report(result, args.output)
-    return 0
+    return _report(result, options.output)

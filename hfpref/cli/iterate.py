@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
+
+from hfpref.cli.options import RunOptions
+from hfpref.cli.parsing import add_command, arguments, dataclass_parser, option, positional
 
 DESCRIPTION = """\
 Run rounds of iterative preference learning (arXiv 2406.17312): each round samples N responses per prompt
@@ -26,46 +30,68 @@ EPILOG = """\
 examples:
   hfpref iterate dataset_scripts/iterative_margins.yaml
   hfpref iterate my_loop.yaml --output runs/loop-a --rounds 2
+  hfpref iterate my_loop.yaml --gpus 8                      # model steps on 8 GPUs of this node
+  hfpref iterate my_loop.yaml --engine ray --address auto   # on a running Ray cluster
 """
 
 
+@dataclass(kw_only=True)
+class IterateArguments:
+    """Which loop to run, into which folder, for how many rounds (``RunOptions``: how its steps run)."""
+
+    recipe: str = positional("iterate recipe (see dataset_scripts/)", metavar="RECIPE.yaml")
+    output: str | None = option("output folder (default: output.folder)", metavar="FOLDER", aliases=["-o"])
+    rounds: int | None = option("number of rounds (default: the recipe's)")
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
+    return add_command(
+        subparsers,
         "iterate",
+        dataclass_parser(IterateArguments, RunOptions),
+        run,
         help="iterative DPO with annotation by implicit-margin selection, one release per round",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("recipe", metavar="RECIPE.yaml", help="iterate recipe (see dataset_scripts/)")
-    parser.add_argument("--output", "-o", metavar="FOLDER", help="output folder (default: output.folder)")
-    parser.add_argument("--rounds", type=int, default=None, help="number of rounds (default: the recipe's)")
-    parser.add_argument(
-        "--cache-dir", metavar="DIR", help="datasets cache of the step outputs (default: FOLDER/cache)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=64, help="rows per batch of each step (default: 64)"
-    )
-    parser.add_argument(
-        "--num-proc", type=int, default=None, help="worker processes per model step (one GPU each)"
-    )
-    parser.set_defaults(func=run)
-    return parser
+
+
+def engine_options(run_options: RunOptions) -> dict[str, Any]:
+    """The engine keywords of ``run_iterations`` the options ask for; none when all are the defaults, so a
+    plain local run needs nothing beyond the cache, batch and progress options."""
+    default = RunOptions()
+    given = {
+        name: getattr(run_options, name)
+        for name in ("gpus", "shard_rows")
+        if getattr(run_options, name) != getattr(default, name)
+    }
+    if run_options.engine != default.engine:
+        given["engine"] = run_options.build_engine()
+    return given
 
 
 def run(args: argparse.Namespace) -> int:
     from hfpref.pipeline.iterate import IterateRecipe, run_iterations
     from hfpref.pipeline.preflight import check_output_folder
 
-    recipe = IterateRecipe.from_yaml(args.recipe).with_overrides(folder=args.output, rounds=args.rounds)
-    check_output_folder(recipe.output.folder, "output.folder")  # before round 1's hours of sampling
-    results = run_iterations(
-        recipe,
-        cache_dir=args.cache_dir,
-        batch_size=args.batch_size,
-        num_proc=args.num_proc,
-        progress=not getattr(args, "no_progress", False),  # --quiet / --no-progress (hfpref.cli.main)
+    options, run_options = arguments(args, IterateArguments), arguments(args, RunOptions)
+    recipe = IterateRecipe.from_yaml(options.recipe).with_overrides(
+        folder=options.output, rounds=options.rounds
     )
+    check_output_folder(recipe.output.folder, "output.folder")  # before round 1's hours of sampling
+    engine = engine_options(run_options)
+    try:
+        results = run_iterations(
+            recipe,
+            cache_dir=run_options.cache_dir,
+            batch_size=run_options.batch_size,
+            num_proc=run_options.num_proc,
+            progress=not run_options.no_progress,
+            **engine,
+        )
+    finally:
+        if "engine" in engine:
+            engine["engine"].close()
     for result in results:
         how = "reused" if result.reused else "done"
         print(

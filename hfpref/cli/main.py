@@ -18,26 +18,18 @@ import importlib
 import json
 import sys
 import traceback
-from typing import NoReturn
 
+from hfpref.cli.parsing import EXIT_USER_ERROR, LazyParser, OneLineParser, did_you_mean, leaf_parser
 from hfpref.core.errors import UserError
 
-# Each module defines ``add_parser(subparsers)`` (which sets ``func`` on its parser) and is
-# imported lazily by name, so ``hfpref --help`` stays fast and a missing optional dependency
-# only breaks the subcommand that needs it.
+# Each module defines ``add_parser(subparsers)``, registering its subcommand (whose options are dataclasses,
+# parsed when the subcommand is used: hfpref.cli.parsing), and is imported by name, so a missing optional
+# dependency only breaks the subcommand that needs it.
 COMMAND_MODULES = ("curate", "push", "train", "eval", "iterate", "annotate")
 DEBUG_FLAG = "--debug"
 QUIET_FLAGS = ("--quiet", "--no-progress")
-EXIT_USER_ERROR = 2
 EXIT_BUG = 1
 EXIT_INTERRUPTED = 130
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (``hfpref curate: error: ...``), not usage plus error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         *QUIET_FLAGS, dest="no_progress", action="store_true", help="no progress bars (either spelling)"
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=LazyParser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"hfpref.cli.{name}")
@@ -187,14 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
-    command = " ".join(
-        part
-        for part in (args.command, getattr(args, "method", None), getattr(args, "benchmark", None))
-        if part
-    )
+    path = [getattr(args, dest, None) for dest in ("command", "method", "benchmark", "action")]
+    command = " ".join(part for part in path if part)
     if unknown:  # argparse would name the top-level program; name the command the option was given to
+        hint = did_you_mean(unknown, leaf_parser(parser, command.split()))
         print(
-            f"hfpref {command}: error: unrecognized arguments: {' '.join(unknown)} (see hfpref {command} --help)",
+            f"hfpref {command}: error: unrecognized arguments: {' '.join(unknown)}{hint} "
+            f"(see hfpref {command} --help)",
             file=sys.stderr,
         )
         return EXIT_USER_ERROR

@@ -134,25 +134,10 @@ def win_rate(
     settings and per-prompt records (both responses, both rewards, the outcome).
     ``reward_trust_remote_code`` runs a custom-code reward model's own modeling file (e.g. ArmoRM).
     """
-    from hfpref.steps.rewards import RewardAnnotator, RewardConfig, RewardModelError
-
     rows = load_prompts(prompts, limit)
     if not rows:
         raise ValueError("win rate needs at least one prompt")
-    annotator = RewardAnnotator(
-        RewardConfig(
-            model=reward_model,
-            revision=reward_revision,
-            dtype=reward_dtype,
-            trust_remote_code=reward_trust_remote_code,
-        )
-    )
-    try:
-        annotator.head()  # a custom-code judge that is not trusted fails now, before both models sample
-    except RewardModelError as err:
-        raise RewardModelError(
-            f"{err} (`hfpref eval winrate`: pass --trust-remote-code; `win_rate`: reward_trust_remote_code=True)"
-        ) from None
+    annotator = _reward_judge(reward_model, reward_revision, reward_dtype, reward_trust_remote_code)
     options = dict(n=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, **sampler_options)
     model_sampler = ResponseSampler(SamplerConfig(model=model, **options))
     baseline_sampler = ResponseSampler(SamplerConfig(model=baseline, **options))
@@ -164,18 +149,7 @@ def win_rate(
             C.RESPONSES: [[a, b] for a, b in zip(model_answers, baseline_answers, strict=True)],
         }
     )
-    records = []
-    for row, a, b, rewards in zip(rows, model_answers, baseline_answers, scored[C.REWARDS], strict=True):
-        records.append(
-            {
-                **row,
-                "response_model": a,
-                "response_baseline": b,
-                "reward_model": rewards[0],
-                "reward_baseline": rewards[1],
-                "outcome": judge(a, b, rewards[0], rewards[1]),
-            }
-        )
+    records = _records(rows, model_answers, baseline_answers, scored[C.REWARDS])
     counts = {outcome: sum(r["outcome"] == outcome for r in records) for outcome in ("win", "tie", "loss")}
     return {
         "benchmark": "winrate",
@@ -192,6 +166,43 @@ def win_rate(
         **counts,
         "records": records,
     }
+
+
+def _records(
+    rows: Sequence[Mapping[str, Any]],
+    answers: list[str],
+    baseline_answers: list[str],
+    rewards: list[list[float]],
+) -> list[dict[str, Any]]:
+    """One record per prompt: both responses, both rewards and the outcome (``judge``)."""
+    return [
+        {
+            **row,
+            "response_model": a,
+            "response_baseline": b,
+            "reward_model": pair[0],
+            "reward_baseline": pair[1],
+            "outcome": judge(a, b, pair[0], pair[1]),
+        }
+        for row, a, b, pair in zip(rows, answers, baseline_answers, rewards, strict=True)
+    ]
+
+
+def _reward_judge(model: str, revision: str | None, dtype: str, trust_remote_code: bool) -> Any:
+    """The reward model that judges the win rate, checked before any policy samples: a custom-code judge that
+    is not trusted fails now, with the flag or keyword that trusts it."""
+    from hfpref.steps.rewards import RewardAnnotator, RewardConfig, RewardModelError
+
+    annotator = RewardAnnotator(
+        RewardConfig(model=model, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code)
+    )
+    try:
+        annotator.head()
+    except RewardModelError as err:
+        raise RewardModelError(
+            f"{err} (`hfpref eval winrate`: pass --trust-remote-code; `win_rate`: reward_trust_remote_code=True)"
+        ) from None
+    return annotator
 
 
 def judge(response: str, baseline_response: str, reward: float, baseline_reward: float) -> str:

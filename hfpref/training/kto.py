@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from hfpref.models.hub import resolve_revision
-from hfpref.training.dpo import USER, Setting, card_hyperparameters, load_pairs, write_model_card
+from hfpref.training.data import load_pairs
+from hfpref.training.hyperparameters import USER, Setting, card_hyperparameters
+from hfpref.training.trainer import train_and_save, write_model_card
 
 _SILENT = "arXiv 2604.08723 (seed 001) gives no KTO hyperparameters in the summary we have"
 KTO_DEFAULTS: dict[str, Setting] = {
@@ -69,22 +71,15 @@ def train_kto(
     ``dataset``: a release folder or Hub repo id (``repo@revision``); ``config``: which pairs config (e.g. a
     sweep level); ``overrides``: ``trl.KTOConfig`` fields, which win over ``KTO_DEFAULTS``.
     """
-    from transformers import AutoTokenizer
     from trl import KTOConfig, KTOTrainer
 
     output_dir = Path(output_dir)
     pairs, source = load_pairs(dataset, config=config, split=split)
     base_revision = resolve_revision(model, model_revision)  # fails before training, not after
-    settings = dict(KTO_DEFAULTS)
-    settings.update({field: Setting(value, USER) for field, value in overrides.items()})
+    settings = {**KTO_DEFAULTS, **{field: Setting(value, USER) for field, value in overrides.items()}}
     rows = unpaired_rows(pairs, seed=overrides.get("seed", 42))
     args = KTOConfig(output_dir=str(output_dir), **{k: s.value for k, s in settings.items()})
-    if model_revision is not None:
-        args.model_init_kwargs = {**(args.model_init_kwargs or {}), "revision": model_revision}
-    tokenizer = AutoTokenizer.from_pretrained(model, revision=model_revision)
-    trainer = KTOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
-    trainer.train()
-    trainer.save_model(str(output_dir))
+    trainer = train_and_save(KTOTrainer, args, model, model_revision, rows)
     hyperparameters = card_hyperparameters(args, settings)
     for name in ("desirable_weight", "undesirable_weight"):
         hyperparameters.setdefault(name, {"value": getattr(args, name), "source": settings[name].source})
