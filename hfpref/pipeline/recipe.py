@@ -1006,6 +1006,7 @@ class Recipe:
                     if ROW_ERROR in candidates.column_names:  # rows a step dropped (on_row_error: drop)
                         rows["row_errors"] = sum(m is not None for m in candidates[ROW_ERROR])
                     step_rows.append(rows)
+                    step.unload()  # its models' memory goes to the next step (a later use loads again)
                     bar.update(1)
                 pairs: dict[str, Any] = {}
                 dropped: dict[str, Counter] = {}
