@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import gc
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from hfpref.pipeline.iterate.errors import IterateError, LabelsPendingError
 from hfpref.pipeline.iterate.rounds import build_round, checkpoint_dir, release_dir
 from hfpref.pipeline.iterate.spec import IterateRecipe, ModelRef
 from hfpref.pipeline.iterate.state import LoopState
+from hfpref.pipeline.recipe import _datasets_progress_off
 from hfpref.pipeline.resume import DEFAULT_SHARD_ROWS
 from hfpref.training.dpo import train_dpo
 
@@ -81,7 +81,7 @@ def run_iterations(
     messages: bool | None = None  # whether prompts become chat messages: decided once, when a round runs
     results = []
     try:
-        with contextlib.nullcontext() if progress else _progress_off(datasets):
+        with contextlib.nullcontext() if progress else _datasets_progress_off(datasets):
             for r in recipe.round_numbers():
                 if messages is None and not state.release_ready(r) and not state.finished(r):
                     check_input(recipe, cache)
@@ -165,14 +165,3 @@ def _free_memory() -> None:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-@contextlib.contextmanager
-def _progress_off(datasets_module) -> Iterator[None]:
-    was_enabled = datasets_module.is_progress_bar_enabled()
-    datasets_module.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            datasets_module.enable_progress_bars()

@@ -15,25 +15,20 @@ if TYPE_CHECKING:
 
 
 def iteration_record(
-    recipe: IterateRecipe,
-    r: int,
-    models: tuple[ModelRef, ModelRef],
-    candidates: Any,
-    kept: Any,
-    dropped: Mapping[str, int],
-    annotate: Any = None,
-    labels: Any = None,
+    recipe: IterateRecipe, r: int, models: tuple[ModelRef, ModelRef], result: Any, labels: Any = None
 ) -> dict[str, Any]:
     """What the manifest records about the round: models (π_r, its reference), budget, selection, annotation,
     training.
 
-    ``annotate`` is the model annotator's step (``AnnotateSelected``), or None when people labelled the pairs
-    (``labels``: what ``hfpref.human.labelstudio.label_round`` found)."""
+    ``result``: the round's ``RecipeResult``, whose last step is the model annotator's ``AnnotateSelected``;
+    or, when people labelled the pairs, ``labels`` is what ``hfpref.human.labelstudio.label_round`` found."""
     policy, reference = models
-    if annotate is None:
+    name = recipe.selection_config(r).name
+    kept, dropped, candidates = result.pairs[name], result.dropped[name], result.candidates
+    if labels is not None:
         annotation = _human_annotation(labels.pull, kept, dropped)
     else:
-        annotation = _model_annotation(annotate, candidates, kept, dropped)
+        annotation = _model_annotation(result.steps[-1], candidates, kept, dropped)
     budgets = recipe.round_budgets()
     return {
         "round": r,

@@ -102,7 +102,7 @@ def round_recipe(
         candidate_matrices=recipe.output.candidate_matrices,
     )
     pairs = PairsSpec(strategies=[], config={}, makers=makers)
-    return Recipe(input=recipe.input, steps=steps, pairs=pairs, output=output, description=description)
+    return Recipe(recipe.input, steps, pairs, output, description=description, source=recipe.source)
 
 
 def _preferences_column(recipe: IterateRecipe) -> str | None:
@@ -138,22 +138,20 @@ def build_round(
         ) from None
     for step in [*result.steps, *result.selectors.values()]:
         step.unload()  # the next round (or training) has the accelerator's memory
-    annotate = result.steps[-1] if not recipe.human_labels else None
+    extra: dict[str, Any] = {}
     labels = None
     if recipe.human_labels:
         from hfpref.pipeline.iterate.human import human_result
 
         result, labels = human_result(recipe, r, result)
-    name = recipe.selection_config(r).name
-    kept, dropped = result.pairs[name], result.dropped[name]
-    record = iteration_record(recipe, r, models, result.candidates, kept, dropped, annotate, labels)
-    extra: dict[str, Any] = {"iteration": record}
-    if annotate is not None:
-        extra["models"] = _models(result, annotate)
+    else:
+        extra["models"] = _models(result, result.steps[-1])
+    record = iteration_record(recipe, r, models, result, labels)
+    extra["iteration"] = record
     # rendered by the card template, so a later re-render (hfpref push sets the version) keeps it
     extra["extra_sections"] = [iteration_card_section(record)]
     write_release(result, release_dir(folder, r), extra=extra)
-    return len(kept)
+    return record["annotation"]["pairs_kept"]
 
 
 def _models(result: RecipeResult, annotate: Any) -> list[dict[str, Any]]:

@@ -68,6 +68,12 @@ class ModelRef:
         return self.model if self.revision is None else f"{self.model}@{self.revision}"
 
 
+def _one_of(value: Any, choices: tuple[str, ...], where: str) -> str:
+    if value not in choices:
+        raise IterateError(f"{where} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
 def _model_ref(value: Any, where: str) -> ModelRef:
     model = _as_mapping(value, where)
     _check_keys(model, ("model", "revision"), where)
@@ -93,9 +99,7 @@ def _annotation_section(value: Any) -> dict[str, Any]:
             "annotation.api_key: a recipe must not hold the Label Studio key (it is published with every "
             "release); remove the field and `export LABEL_STUDIO_API_KEY=...` instead"
         )
-    kind = annotation.get("kind", "model")
-    if kind not in ANNOTATION_KINDS:
-        raise IterateError(f"annotation.kind must be one of {list(ANNOTATION_KINDS)}, got {kind!r}")
+    kind = _one_of(annotation.get("kind", "model"), ANNOTATION_KINDS, "annotation.kind")
     allowed = _HUMAN_ANNOTATION_KEYS if kind == "label-studio" else _MODEL_ANNOTATION_KEYS
     _check_keys(annotation, allowed, f"annotation (kind {kind})")
     return annotation
@@ -128,9 +132,7 @@ def _fields(raw: Mapping[str, Any]) -> dict[str, Any]:
             "output.push_to_hub: rounds are not pushed by the loop; push each round's release "
             "folder with `hfpref push`"
         )
-    chat_format = raw.get("chat_format", "auto")
-    if chat_format not in CHAT_FORMATS:
-        raise IterateError(f"chat_format must be one of {list(CHAT_FORMATS)}, got {chat_format!r}")
+    chat_format = _one_of(raw.get("chat_format", "auto"), CHAT_FORMATS, "chat_format")
     sections = {section: _as_mapping(raw.get(section), section) for section in _SECTIONS}
     for section, values in sections.items():
         _check_reserved(section, values)
