@@ -87,7 +87,8 @@ def round_recipe(
     selection = recipe.selection_config(r)
     makers = []
     if not recipe.human_labels:
-        config = {"preferences_column": _preferences_column(recipe)}
+        column = _preferences_column(recipe)
+        config = {"preferences_column": column} if column else {}
         makers.append(MakerSpec(name=selection.name, step="AnnotatedPairs", config=config))
     description = (
         f"Round {r} of {recipe.rounds} of iterative DPO with annotation by implicit-margin selection "
