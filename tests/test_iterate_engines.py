@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,6 +18,7 @@ from hfpref.pipeline import iterate as IT
 from hfpref.pipeline.iterate import loop as LOOP
 from hfpref.pipeline.recipe import Recipe
 from tests.test_iterate import _raw
+from tests.test_resume import kill_when
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = "smallest_margin_corpus"
@@ -198,15 +197,11 @@ def test_a_round_killed_mid_step_resumes_from_its_shards_byte_identical(tiny_mod
     recipe = _one_round(tmp_path, tiny_models, "killed", prompts=6)
     log = tmp_path / "shards.log"
     proc = _iterate(recipe, tmp_path, log, sleep=0.3)
-    deadline = time.monotonic() + 120
-    # kill once the sampler is done and the log-prob step has finished two of its six shards
-    while sum(name == "LogProbAnnotator" for name, _ in _shards(log)) < 2:
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()}"
-        assert time.monotonic() < deadline, "the run never reached the log-prob step"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+
+    def two_logprob_shards() -> bool:  # the sampler is done and the log-prob step has computed two shards
+        return sum(name == "LogProbAnnotator" for name, _ in _shards(log)) >= 2
+
+    kill_when(proc, two_logprob_shards, "the log-prob step", 120)
     first = _shards(log)
     folder = Path(recipe.output.folder)
     assert not (folder / "round-1" / "release").exists()
