@@ -13,13 +13,10 @@ import yaml
 from hfpref.cli.main import main
 from hfpref.models.hub import content_hash
 from hfpref.pipeline import iterate as IT
-from hfpref.pipeline.iterate import (
-    BudgetSpec,
-    IterateError,
-    IterateRecipe,
-    largest_remainder,
-    schedule_weights,
-)
+from hfpref.pipeline.iterate import BudgetSpec, IterateError, IterateRecipe, schedule_weights
+from hfpref.pipeline.iterate import loop as LOOP
+from hfpref.steps.contrast import largest_remainder
+from hfpref.steps.margins import AnnotationSelector, selection_summary
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
 
@@ -50,7 +47,7 @@ def test_round_budgets_sum_to_the_total():
         {"count": 3},
         {"count": 2},
     ]
-    assert largest_remainder(7, [1 / 3] * 3) == [3, 2, 2]
+    assert largest_remainder(7, {0: 1 / 3, 1: 1 / 3, 2: 1 / 3}) == {0: 3, 1: 2, 2: 2}
     with pytest.raises(IterateError, match=r"round\(s\) \[1\].*more than all their pairs"):
         BudgetSpec.from_dict({"fraction": 0.8, "schedule": "decreasing"}).per_round(3)
     with pytest.raises(IterateError, match="exactly one of 'fraction'"):
@@ -168,7 +165,7 @@ def test_chat_format_text_is_accepted_for_a_policy_without_a_template(tiny_model
     recipe = IterateRecipe.from_dict(
         _raw(tmp_path, tiny_models, policy={"model": str(bare)}, chat_format="text")
     )
-    prompts, _ = IT._load_prompts(recipe, tmp_path / "cache")
+    prompts, _ = IT.load_prompts(recipe, tmp_path / "cache")
     assert all(isinstance(p, str) for p in prompts["prompt"])  # text stays text
     # the same recipe with the templated policy is refused at run time too (a recipe built without validation)
     templated = IterateRecipe.from_dict(_raw(tmp_path, tiny_models, chat_format="text"), validate=False)
@@ -195,7 +192,7 @@ def test_two_rounds_interrupted_and_resumed(tiny_models, tmp_path, monkeypatch):
     recipe_path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     recipe = IterateRecipe.from_yaml(recipe_path)
     folder = Path(recipe.output.folder)
-    real_train = IT.train_dpo
+    real_train = LOOP.train_dpo
     trained: list[str] = []
 
     def failing_in_round_2(dataset, model, output_dir, **kwargs):
@@ -204,7 +201,7 @@ def test_two_rounds_interrupted_and_resumed(tiny_models, tmp_path, monkeypatch):
         trained.append(Path(output_dir).parent.name)
         return real_train(dataset, model, output_dir, **kwargs)
 
-    monkeypatch.setattr(IT, "train_dpo", failing_in_round_2)
+    monkeypatch.setattr(LOOP, "train_dpo", failing_in_round_2)
     with pytest.raises(Interrupted):
         IT.run_iterations(recipe, progress=False)
     state = json.loads((folder / IT.STATE_FILE).read_text())
@@ -214,19 +211,19 @@ def test_two_rounds_interrupted_and_resumed(tiny_models, tmp_path, monkeypatch):
 
     # rerun through the CLI: round 1 is not recomputed, round 2 reuses its release and only trains
     selections: list[str] = []
-    real_apply = IT.AnnotationSelector.apply
+    real_apply = AnnotationSelector.apply
 
     def counting_apply(self, dataset, **kwargs):
         selections.append(self.config.name)
         return real_apply(self, dataset, **kwargs)
 
-    monkeypatch.setattr(IT.AnnotationSelector, "apply", counting_apply)
+    monkeypatch.setattr(AnnotationSelector, "apply", counting_apply)
 
     def recording(dataset, model, output_dir, **kwargs):
         trained.append(Path(output_dir).parent.name)
         return real_train(dataset, model, output_dir, **kwargs)
 
-    monkeypatch.setattr(IT, "train_dpo", recording)
+    monkeypatch.setattr(LOOP, "train_dpo", recording)
     assert main(["iterate", str(recipe_path), "--quiet"]) == 0
     assert trained == ["round-1", "round-2"] and selections == []
     assert all(p.stat().st_mtime_ns == mark for p, mark in marks.items())  # nothing rewritten
@@ -342,14 +339,14 @@ def test_round_one_with_a_reference_ranks_real_margins(tiny_models, other_policy
     assert [type(s).__name__ for s in steps[:4]] == [
         "ResponseSampler", "LogProbAnnotator", "LogProbAnnotator", "ImplicitMargins"
     ]  # fmt: skip
-    candidates, _ = IT._load_prompts(recipe, tmp_path / "cache")
+    candidates, _ = IT.load_prompts(recipe, tmp_path / "cache")
     for step in steps[:4]:
         candidates = step.apply(candidates)
     picks, summaries = {}, {}
     for strategy in ("smallest_margin", "largest_margin", "random"):
         config = dataclasses.replace(recipe.selection_config(1), strategy=strategy)
-        out = IT.AnnotationSelector(config).apply(candidates)
-        picks[strategy], summaries[strategy] = _selected(out), IT.selection_summary(out)
+        out = AnnotationSelector(config).apply(candidates)
+        picks[strategy], summaries[strategy] = _selected(out), selection_summary(out)
     assert picks["smallest_margin"] != picks["random"] != picks["largest_margin"] != picks["smallest_margin"]
     assert not any(s["margins_all_equal"] for s in summaries.values())
 
@@ -386,7 +383,7 @@ def test_equal_margins_stop_the_round_and_say_what_to_set(tiny_models, tmp_path,
     raw["selection"] = {"strategy": "smallest_margin", "level": "corpus"}
     recipe = IterateRecipe.from_dict(raw)
     trained = []
-    monkeypatch.setattr(IT, "train_dpo", lambda *args, **kwargs: trained.append(args))
+    monkeypatch.setattr(LOOP, "train_dpo", lambda *args, **kwargs: trained.append(args))
     with pytest.raises(
         IterateError, match=r"round 1: AnnotationSelector: all \d+ eligible pairs have the same"
     ) as err:
@@ -429,7 +426,9 @@ def test_a_pairwise_judge_annotates_the_round(tiny_models, tmp_path, monkeypatch
     raw["budget"] = {"fraction": 1.0, "schedule": "constant"}
     recipe = IterateRecipe.from_dict(raw)
     trained = []
-    monkeypatch.setattr(IT, "train_dpo", lambda dataset, model, output_dir, **kwargs: trained.append(dataset))
+    monkeypatch.setattr(
+        LOOP, "train_dpo", lambda dataset, model, output_dir, **kwargs: trained.append(dataset)
+    )
     [result] = IT.run_iterations(recipe, progress=False)
     assert trained == [str(result.release)]
     record = json.loads((result.release / "hfpref_manifest.json").read_text())["iteration"]

@@ -18,7 +18,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from hfpref.core.step import RowError
-from hfpref.pipeline import iterate
 from hfpref.pipeline.recipe import Recipe, step_class
 from hfpref.release.writer import build_manifest
 from hfpref.steps.chat_prompts import (
@@ -147,7 +146,7 @@ def test_prompt_forms_walk_the_steps(policy, bare_policy):
 
 
 def test_chat_prompts_is_a_registered_step():
-    assert step_class("ChatPrompts") is ChatPrompts is iterate.ChatPrompts
+    assert step_class("ChatPrompts") is ChatPrompts
     rows = datasets.Dataset.from_dict({"prompt": ["a", "b"]})
     out = ChatPrompts().apply(rows)
     assert out["prompt"] == [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]

@@ -698,7 +698,7 @@ def test_the_old_names_stay_importable_from_the_recipe_module():
     """Other modules (iterate, the CLI, the release writer) import these from hfpref.pipeline.recipe."""
     for name in (
         "Recipe", "RecipeError", "RecipeResult", "InputSpec", "StepSpec", "PairsSpec", "MakerSpec", "OutputSpec",
-        "PushSpec", "check_version", "load_input", "read_recipe_yaml", "_as_mapping", "_check_keys",
+        "PushSpec", "check_version", "load_input", "read_recipe_yaml",
         "build_config", "step_class", "CANDIDATES_CONFIG", "ALL_STRATEGIES", "DEFAULT_STRATEGIES",
         "DEFAULT_RECIPE", "default_recipe", "STEP_REGISTRY", "DEFAULT_INPUTS",
     ):  # fmt: skip

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -181,6 +182,19 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float) -> None:
+    """SIGKILL ``proc`` (started with ``stderr=PIPE``) as soon as ``ready()``; fail if it ends first or
+    ``what`` is not reached within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, f"the run never reached {what}"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+
+
 def _recipe_file(tmp_path: Path, rows: Path, log: Path, sleep: float) -> Path:
     path = tmp_path / f"recipe-{sleep}.yaml"
     recipe = {
@@ -220,14 +234,7 @@ def test_killed_run_resumes_from_finished_shards_and_equals_an_uninterrupted_run
         stderr=subprocess.PIPE,
     )
     # 6 shards of 10 rows, 2 batches each; kill once a batch of the third shard is done
-    deadline = time.monotonic() + 60
-    while not any(first >= 20 for _, _, first, _ in logged(log)):
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()}"
-        assert time.monotonic() < deadline, "the run never reached its third shard"
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    kill_when(proc, lambda: any(first >= 20 for _, _, first, _ in logged(log)), "its third shard", 60)
     first_run = logged(log)
     killed_in = max(first for _, _, first, _ in first_run) // 10 * 10  # the shard the kill landed in
     assert 20 <= killed_in < 60 and not (tmp_path / "release").exists()

@@ -101,20 +101,13 @@ from hfpref.pipeline.spec import DEFAULT_INPUTS, InputSpec, OutputSpec, PushSpec
 from hfpref.pipeline.validate import (
     CANDIDATES_CONFIG,
     RecipeError,
-    as_list,
-    as_mapping,
     build_config,
-    check_config_name,
-    check_keys,
     check_version,
     naming_the_file,
     read_recipe_yaml,
     read_section,
     step_class,
 )
-
-# the old private names of the shared checks, for importers not yet moved to hfpref.pipeline.validate
-_as_mapping, _as_list, _check_keys, _check_config_name = as_mapping, as_list, check_keys, check_config_name
 
 _TOP_LEVEL_KEYS = ("description", "input", "steps", "pairs", "output")
 
@@ -332,10 +325,6 @@ __all__ = [
     "RecipeError",
     "RecipeResult",
     "StepSpec",
-    "_as_list",
-    "_as_mapping",
-    "_check_config_name",
-    "_check_keys",
     "build_config",
     "check_version",
     "default_recipe",

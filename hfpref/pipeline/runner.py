@@ -78,7 +78,7 @@ def run_recipe(
         engine = LocalEngine(gpus=gpus, shard_rows=shard_rows)
     mapper = StepMapper(engine, batch_size, num_proc)
     plan = plan_run(recipe)
-    quiet = contextlib.nullcontext() if progress else _datasets_progress_off(datasets)
+    quiet = contextlib.nullcontext() if progress else datasets_progress_off(datasets)
     with quiet:
         candidates, input_info = recipe.load_input(cache_dir)
         check_columns(recipe, plan, candidates)
@@ -135,6 +135,7 @@ def run_steps(
         if ROW_ERROR in candidates.column_names:  # rows a step dropped (on_row_error: drop)
             rows["row_errors"] = sum(m is not None for m in candidates[ROW_ERROR])
         step_rows.append(rows)
+        step.unload()  # its models' memory goes to the next step (a later use loads again)
         bar.update(1)
     return candidates, prompts, step_rows
 
@@ -176,7 +177,7 @@ def rank_generators(recipe: Recipe, candidates: Any) -> tuple[list[str] | None, 
 
 
 @contextlib.contextmanager
-def _datasets_progress_off(datasets_module) -> Iterator[None]:
+def datasets_progress_off(datasets_module) -> Iterator[None]:
     """Silence datasets' own progress bars for a block, restoring the previous setting after."""
     was_enabled = datasets_module.is_progress_bar_enabled()
     datasets_module.disable_progress_bars()

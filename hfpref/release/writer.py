@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +158,12 @@ def write_release(
     overwrite: bool = True,
     force: bool = False,
     created_at: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the data files, plot, manifest and card of ``result`` as the release folder ``folder``.
+
+    ``extra``: manifest fields merged in before the card renders (the iterate loop's ``iteration`` record
+    and ``extra_sections``), so the manifest is written once.
 
     The release is built in a hidden folder beside ``folder`` and swapped in when complete, under the
     folder's lock (``FOLDER.lock``; a second writer fails at once): a crash or kill at any point leaves
@@ -178,7 +183,9 @@ def write_release(
         staging = staging_dir(target)
         staging.mkdir(parents=True)
         try:
-            _write_staged(result, staging, version=version, repo_id=repo_id, created_at=created_at)
+            _write_staged(
+                result, staging, version=version, repo_id=repo_id, created_at=created_at, extra=extra
+            )
             _swap_in(staging, target)
         except Exception:  # an error (not a kill): leave the old release as it was, and no staging folder
             shutil.rmtree(staging, ignore_errors=True)
@@ -188,7 +195,13 @@ def write_release(
 
 
 def _write_staged(
-    result: ReleaseContent, staging: Path, *, version: str, repo_id: str | None, created_at: str | None
+    result: ReleaseContent,
+    staging: Path,
+    *,
+    version: str,
+    repo_id: str | None,
+    created_at: str | None,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Every file of the release into the (empty) staging folder; the manifest hashes the files written."""
     written = []
@@ -203,6 +216,7 @@ def _write_staged(
     _pause(f"data: {CANDIDATES_CONFIG}")
 
     manifest = build_manifest(result, version=version, repo_id=repo_id, created_at=created_at)
+    manifest.update(extra or {})
     unit = manifest["edit_distance_unit"] or "unknown unit"
     groups = strategy_groups(manifest["configs"])
     plot_pairs_plane(

@@ -24,6 +24,8 @@ BUILTIN_STEPS: dict[str, str] = {
     "PairwiseJudge": "hfpref.steps.judges.pairwise:PairwiseJudge",
     "GeneratorDeltaTagger": "hfpref.steps.generator_delta:GeneratorDeltaTagger",
     "ScreenResponses": "hfpref.steps.screening:ScreenResponses",
+    "CopyColumns": "hfpref.steps.copy_columns:CopyColumns",
+    "AnnotatedPairs": "hfpref.steps.annotate:AnnotatedPairs",
 }
 
 for _name, _target in BUILTIN_STEPS.items():

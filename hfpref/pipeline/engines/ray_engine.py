@@ -308,7 +308,9 @@ class RayEngine:
     # ---- the engine protocol -----------------------------------------------------------------------
     def map_step(self, step: Step, dataset: Any, *, batch_size: int = 64, num_proc: int | None = None) -> Any:
         """``step`` over ``dataset`` on Ray (``num_proc`` is the local engine's and is not used here)."""
-        if len(dataset) == 0 or step.needs_whole_dataset:  # the latter ranks or inspects all rows at once
+        # a step that ranks or inspects all rows at once, or a pair maker (its outputs are not one per input
+        # row, which is how blocks come back from Ray), runs here
+        if len(dataset) == 0 or step.needs_whole_dataset or step.changes_row_count:
             return step.apply(dataset, batch_size=batch_size)
         bounds = plan_shards(len(dataset), batch_size, self.shard_rows)
         shards = {start: (stop, shard_of(dataset, start, stop)) for start, stop in bounds}

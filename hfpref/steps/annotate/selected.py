@@ -98,6 +98,15 @@ class AnnotateSelected(Step):
         """The annotator's per-pair preference column (pairwise annotators only)."""
         return self.annotator.preferences_column() if self.pairwise else None
 
+    @property
+    def uses_model(self) -> bool:  # type: ignore[override]  # the annotator's, so --gpus reaches its model
+        return bool(getattr(self.annotator, "uses_model", False))
+
+    def unload(self) -> None:
+        """Forget the annotator's model too (it is loaded by the annotator, not by this step)."""
+        super().unload()
+        self.annotator.unload()
+
     def input_columns(self) -> list[str]:
         own = [C.PROMPT, C.RESPONSES, PAIR_INDICES, SELECTED_FOR_ANNOTATION]
         return own + [c for c in self.annotator.input_columns() if c not in own]
