@@ -13,7 +13,8 @@ import yaml
 
 from hfpref.core.errors import UserError
 from hfpref.pipeline.recipe import Recipe, RecipeError
-from hfpref.release.writer import read_manifest, write_release
+from hfpref.release import read_manifest
+from hfpref.release.writer import write_release
 from hfpref.steps.delta_sweep import SweepError, level_pairs, plan_sweep, sweep_analysis
 from hfpref.steps.generator_delta import GeneratorDeltaTagger, measure_capabilities
 from hfpref.steps.judges.backends import Completion, JudgeBackend

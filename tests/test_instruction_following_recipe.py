@@ -25,7 +25,7 @@ import yaml
 from hfpref.cli.main import main
 from hfpref.core.step import Batch, Step, StepConfig
 from hfpref.pipeline import recipe as recipe_module
-from hfpref.release.writer import load_release, read_manifest
+from hfpref.release import load_release, read_manifest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
 PAPER_RECIPE = SCRIPTS / "instruction_following.yaml"

@@ -286,7 +286,7 @@ def test_two_rounds_interrupted_and_resumed(tiny_models, tmp_path, monkeypatch):
     assert first["selection"]["margins_all_equal"] and first["selection"]["on_equal_margins"] == "random"
     assert "All eligible margins were equal" in (folder / "round-1" / "release" / "README.md").read_text()
     # the round's section lives in the manifest, so re-rendering the card (as hfpref push does) keeps it
-    from hfpref.release.writer import set_release_version
+    from hfpref.release import set_release_version
 
     set_release_version(folder / "round-2" / "release", "0.2.0")
     assert "## Iterative round 2 of 2" in (folder / "round-2" / "release" / "README.md").read_text()

@@ -21,7 +21,7 @@ from hfpref.cli.main import main
 from hfpref.human import labelstudio as LS
 from hfpref.pipeline import iterate as IT
 from hfpref.pipeline.iterate import IterateError, IterateRecipe
-from hfpref.release.writer import load_release
+from hfpref.release import load_release
 from tests.test_iterate import _raw
 
 KEY = "test-key-0123456789"

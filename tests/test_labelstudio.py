@@ -26,7 +26,7 @@ from hfpref.cli.main import main
 from hfpref.core.errors import UserError
 from hfpref.human import labelstudio as LS
 from hfpref.pipeline.recipe import Recipe
-from hfpref.release.writer import load_release, read_manifest
+from hfpref.release import load_release, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "hfpref round trip"

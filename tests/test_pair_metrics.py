@@ -324,7 +324,7 @@ def test_changing_the_reference_model_does_not_change_e_delta(tiny_models, token
     from transformers import LlamaForCausalLM
 
     from hfpref.pipeline.recipe import Recipe
-    from hfpref.release.writer import build_manifest
+    from hfpref.release import build_manifest
     from tests.tiny_models import _config
 
     # a second reference model with another tokenizer (a smaller vocabulary splits words differently)

@@ -19,7 +19,7 @@ from trl import DPOConfig, DPOTrainer
 
 from hfpref.core.step import RowError
 from hfpref.pipeline.recipe import Recipe, step_class
-from hfpref.release.writer import build_manifest
+from hfpref.release import build_manifest
 from hfpref.steps.chat_prompts import (
     MESSAGES,
     TEXT,

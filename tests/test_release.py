@@ -364,7 +364,7 @@ def test_load_release_tells_apart_two_folders_with_the_same_name(tmp_path):
     """datasets 5.2 caches a folder's card configs by folder *name*; load_release must read the files."""
     import pandas as pd
 
-    from hfpref.release.writer import load_release
+    from hfpref.release import load_release
 
     card = "---\nconfigs:\n- config_name: best\n  data_files:\n  - split: train\n    path: data/best/train-*.parquet\n---\n"
     for parent, value in (("a", 1), ("b", 2)):

@@ -9,8 +9,8 @@ import datasets
 import pytest
 
 import hfpref.release.summary as summary
+from hfpref.release.manifest import pairs_digest
 from hfpref.release.summary import candidates_summary, pair_agreement
-from hfpref.release.writer import pairs_digest
 
 
 @pytest.fixture

@@ -127,7 +127,7 @@ def build_recipe(args: CurateArguments, hub: HubOptions):
 
 def run(args: argparse.Namespace) -> int:
     # errors are raised, not printed: hfpref.cli.main answers them with one line (and --debug's traceback)
-    from hfpref.release.writer import release_lock
+    from hfpref.release.folder import release_lock
 
     run_options, hub = arguments(args, RunOptions), arguments(args, HubOptions)  # option mistakes first
     try:
@@ -172,8 +172,8 @@ def _run_locked(recipe: Any, run_options: RunOptions, hub: HubOptions) -> int:
 
 def _print_summary(result: Any, folder: Any) -> None:
     """The release's numbers: rows, units, the pairs per strategy, the generator ranking, what did not run."""
+    from hfpref.release import read_manifest
     from hfpref.release.summary import candidates_text, ranking_text, summary_table
-    from hfpref.release.writer import read_manifest
 
     manifest = read_manifest(folder)
     pairs = {k: v for k, v in manifest["configs"].items() if v["kind"] == "pairs"}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hfpref.models.hub import content_hash
-from hfpref.release.writer import load_release
+from hfpref.release import load_release
 from hfpref.training.hyperparameters import TrainError
 
 logger = logging.getLogger(__name__)

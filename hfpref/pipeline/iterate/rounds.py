@@ -154,7 +154,7 @@ def build_round(
 def _models(result: RecipeResult, annotate: Any) -> list[dict[str, Any]]:
     """The release's model references, the annotator's model among them (it sits inside ``AnnotateSelected``,
     where the writer does not look)."""
-    from hfpref.release.writer import model_references
+    from hfpref.release.manifest import model_references
 
     described = [s.describe() for s in [*result.steps, *result.selectors.values()]]
     return model_references(described) + model_references([annotate.annotator.describe()])
