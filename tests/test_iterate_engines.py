@@ -148,18 +148,15 @@ def test_the_ray_engine_gives_the_same_pairs(local_round, tiny_models, tmp_path,
 
 # ---- a real `hfpref iterate` killed mid-round -----------------------------------------------------------
 
-# The child: `hfpref iterate` with 1-row shards, every computed shard logged (slowly, so the kill lands
-# mid-step), training skipped. ``shard_rows`` is forced by wrapping run_iterations, whatever the command line
-# passes.
+# The child: `hfpref iterate --shard-rows 1`, every computed shard logged (slowly, so the kill lands
+# mid-step), training skipped.
 RUNNER = """
 import json, os, sys, time
-from hfpref.pipeline import iterate
 from hfpref.pipeline import resume
 from hfpref.pipeline.iterate import loop
 from hfpref.cli.main import main
 
-run, call = iterate.run_iterations, resume.ShardRows.__call__
-iterate.run_iterations = lambda *args, **kwargs: run(*args, **{**kwargs, "shard_rows": 1})
+call = resume.ShardRows.__call__
 
 def logged(self, batch, indices):
     out = call(self, batch, indices)
@@ -182,7 +179,7 @@ def _iterate(recipe: IT.IterateRecipe, tmp_path: Path, log: Path, *, sleep: floa
     path = tmp_path / f"{Path(recipe.output.folder).name}.yaml"
     path.write_text(yaml.safe_dump(recipe.to_dict()), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO), "SHARD_LOG": str(log), "SHARD_SLEEP": str(sleep)}
-    args = ["iterate", str(path), "--batch-size", "1", "--quiet"]
+    args = ["iterate", str(path), "--batch-size", "1", "--shard-rows", "1", "--quiet"]
     return subprocess.Popen(
         [sys.executable, "-c", RUNNER, *args],
         cwd=REPO,
