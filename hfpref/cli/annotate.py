@@ -28,6 +28,10 @@ Hand the pairs worth annotating to people in Label Studio and take their labels 
 
 The API key is read from LABEL_STUDIO_API_KEY only; the server URL from --url or LABEL_STUDIO_URL."""
 
+# flags of earlier releases -> the flag they became (each still works, with a warning): the release config
+# is --dataset-config, as in ``hfpref train``, whose --config is TRL's YAML file
+RENAMED_PUSH_FLAGS = {"--config": "--dataset-config"}
+
 
 @dataclass(kw_only=True)
 class ServerOptions:
@@ -50,8 +54,8 @@ class PushPairsArguments(ServerOptions):
         "release folder (hfpref curate, or an iterate round's release)", metavar="SOURCE"
     )
     to: Literal["label-studio"] = option("annotation tool", default="label-studio")
-    config: str | None = option(
-        "config of SOURCE (default: its candidates when they mark pairs selected for annotation, "
+    dataset_config: str | None = option(
+        "release config of SOURCE (default: its candidates when they mark pairs selected for annotation, "
         "else its default config)"
     )
     seed: int = option("seed of the order A/B each pair is shown in", default=0)
@@ -85,19 +89,24 @@ def add_parser(subparsers: Any) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for name, arguments_class, func, text in (
-        ("push", PushPairsArguments, run_push, "upload pairs to a Label Studio project (idempotent)"),
-        ("status", StatusArguments, run_status, "finished and pending pairs of a project"),
-        ("pull", PullArguments, run_pull, "write finished labels as a release folder"),
+    for name, build, func, text in (
+        (
+            "push",
+            dataclass_parser(PushPairsArguments, renamed=RENAMED_PUSH_FLAGS),
+            run_push,
+            "upload pairs to a Label Studio project (idempotent)",
+        ),
+        ("status", dataclass_parser(StatusArguments), run_status, "finished and pending pairs of a project"),
+        ("pull", dataclass_parser(PullArguments), run_pull, "write finished labels as a release folder"),
     ):
-        add_command(actions, name, dataclass_parser(arguments_class), func, help=text)
+        add_command(actions, name, build, func, help=text)
 
 
 def run_push(args: argparse.Namespace) -> int:
     from hfpref.human.labelstudio import pair_tasks_from_release, push_pairs
 
     options = arguments(args, PushPairsArguments)
-    tasks = pair_tasks_from_release(options.source, options.config, seed=options.seed)
+    tasks = pair_tasks_from_release(options.source, options.dataset_config, seed=options.seed)
     result = push_pairs(
         options.client(), options.project, tasks, annotators_per_pair=options.annotators_per_pair
     )

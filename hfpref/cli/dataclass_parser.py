@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transformers import HfArgumentParser
 
-from hfpref.cli.parsing import OneLineParser
+from hfpref.cli.parsing import OneLineParser, current_flag
 
 
 class _HyphenFlagsOnly:
@@ -52,7 +54,18 @@ def add_field(parser: Any, field: dataclasses.Field) -> None:
 
 
 class DataclassParser(OneLineParser, HfArgumentParser):
-    """HfArgumentParser over hfpref's option dataclasses, with one-line errors, positionals and switches."""
+    """HfArgumentParser over hfpref's option dataclasses, with one-line errors, positionals and switches;
+    the flags of earlier releases in ``renamed`` still work, with a warning (``hfpref.cli.parsing.current_flag``)."""
+
+    def __init__(self, dataclass_types: Any, renamed: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(dataclass_types, **kwargs)
+        self.renamed = dict(renamed or {})
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        if self.renamed:
+            given = sys.argv[1:] if args is None else args
+            args = [current_flag(arg, self.renamed, self.prog) for arg in given]
+        return super().parse_known_args(args, namespace)
 
     @staticmethod
     def _parse_dataclass_field(parser: Any, field: dataclasses.Field) -> None:

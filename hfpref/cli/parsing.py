@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
 EXIT_USER_ERROR = 2
@@ -105,15 +106,28 @@ class LazyParser(OneLineParser):
         return super().format_usage() if self._build is None else self.real().format_usage()
 
 
-def dataclass_parser(*types: type) -> Callable[..., argparse.ArgumentParser]:
-    """A ``build`` for ``LazyParser``: an HfArgumentParser over these dataclasses (imported when built)."""
+def dataclass_parser(
+    *types: type, renamed: Mapping[str, str] | None = None
+) -> Callable[..., argparse.ArgumentParser]:
+    """A ``build`` for ``LazyParser``: an HfArgumentParser over these dataclasses (imported when built).
+    ``renamed`` maps flags of earlier releases to their current spelling (see ``current_flag``)."""
 
     def build(**kwargs: Any) -> argparse.ArgumentParser:
         from hfpref.cli.dataclass_parser import DataclassParser
 
-        return DataclassParser(list(types), **kwargs)
+        return DataclassParser(list(types), renamed=renamed, **kwargs)
 
     return build
+
+
+def current_flag(arg: str, renamed: Mapping[str, str], prog: str) -> str:
+    """``arg``, or the flag it became when it is a renamed flag of an earlier release (a key of ``renamed``;
+    ``--old=value`` too), which keeps working with a one-line warning on stderr naming the new flag."""
+    flag, equals, value = arg.partition("=")
+    if flag not in renamed:
+        return arg
+    print(f"{prog}: warning: {flag} is deprecated; give {renamed[flag]}", file=sys.stderr)
+    return renamed[flag] + equals + value
 
 
 def add_command(subparsers: Any, name: str, build: Callable[..., Any], func: Callable, **kwargs: Any) -> Any:
