@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from transformers import HfArgumentParser
@@ -55,18 +55,21 @@ def add_field(parser: Any, field: dataclasses.Field) -> None:
 
 class DataclassParser(OneLineParser, HfArgumentParser):
     """HfArgumentParser over hfpref's option dataclasses, with one-line errors, positionals and switches;
-    the flags of earlier releases in ``renamed`` still work, with a warning (``hfpref.cli.parsing.current_flag``)."""
+    the flags of earlier releases that a dataclass lists in its ``renamed_flags`` ClassVar still work, with a
+    warning (``hfpref.cli.parsing.current_flag``)."""
 
-    def __init__(self, dataclass_types: Any, renamed: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, dataclass_types: Sequence[type], **kwargs: Any) -> None:
         super().__init__(dataclass_types, **kwargs)
-        self.renamed = dict(renamed or {})
+        self.renamed = {
+            old: new for t in dataclass_types for old, new in getattr(t, "renamed_flags", {}).items()
+        }
+
+    @staticmethod
+    def _parse_dataclass_field(parser: Any, field: dataclasses.Field) -> None:
+        add_field(parser, field)
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
         if self.renamed:
             given = sys.argv[1:] if args is None else args
             args = [current_flag(arg, self.renamed, self.prog) for arg in given]
         return super().parse_known_args(args, namespace)
-
-    @staticmethod
-    def _parse_dataclass_field(parser: Any, field: dataclasses.Field) -> None:
-        add_field(parser, field)

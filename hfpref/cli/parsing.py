@@ -106,16 +106,15 @@ class LazyParser(OneLineParser):
         return super().format_usage() if self._build is None else self.real().format_usage()
 
 
-def dataclass_parser(
-    *types: type, renamed: Mapping[str, str] | None = None
-) -> Callable[..., argparse.ArgumentParser]:
+def dataclass_parser(*types: type) -> Callable[..., argparse.ArgumentParser]:
     """A ``build`` for ``LazyParser``: an HfArgumentParser over these dataclasses (imported when built).
-    ``renamed`` maps flags of earlier releases to their current spelling (see ``current_flag``)."""
+    A dataclass's ``renamed_flags`` ClassVar (earlier flag -> current flag) keeps its old flags working, with
+    a warning (``current_flag``)."""
 
     def build(**kwargs: Any) -> argparse.ArgumentParser:
         from hfpref.cli.dataclass_parser import DataclassParser
 
-        return DataclassParser(list(types), renamed=renamed, **kwargs)
+        return DataclassParser(list(types), **kwargs)
 
     return build
 
