@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from hfpref.cli.main import main
+from hfpref.cli.main import build_parser, main
 from hfpref.core.errors import UserError
 from hfpref.human import labelstudio as LS
 from hfpref.pipeline.recipe import Recipe
@@ -204,6 +204,16 @@ def test_missing_api_key_is_a_user_error(monkeypatch):
     monkeypatch.delenv(LS.API_KEY_ENV, raising=False)
     with pytest.raises(UserError, match=LS.API_KEY_ENV):
         LS.LabelStudioClient("http://127.0.0.1:9")
+
+
+def test_push_takes_the_release_config_as_dataset_config_and_the_old_config_flag_with_a_warning(capsys):
+    argv = ["annotate", "push", "release", "--project", "p"]
+    assert build_parser().parse_args([*argv, "--dataset-config", "max_margin"]).dataset_config == "max_margin"
+    assert capsys.readouterr().err == ""
+    for old in (["--config", "max_margin"], ["--config=max_margin"]):
+        assert build_parser().parse_args([*argv, *old]).dataset_config == "max_margin"
+        warning = "hfpref annotate push: warning: --config is deprecated; give --dataset-config\n"
+        assert capsys.readouterr().err == warning
 
 
 # ---- a real server ------------------------------------------------------------------------------------
@@ -421,7 +431,7 @@ def _tasks_by_question(server: Server, project: str) -> dict[int, dict]:
 
 def _push(server: Server, release: Path, project: str, capsys) -> str:
     assert main(["annotate", "push", str(release), "--url", server.url, "--project", project,
-                 "--config", "max_margin", "--annotators-per-pair", "2"]) == 0  # fmt: skip
+                 "--dataset-config", "max_margin", "--annotators-per-pair", "2"]) == 0  # fmt: skip
     return capsys.readouterr().out
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from hfpref.cli.parsing import (
     add_command,
@@ -28,6 +29,8 @@ Hand the pairs worth annotating to people in Label Studio and take their labels 
 
 The API key is read from LABEL_STUDIO_API_KEY only; the server URL from --url or LABEL_STUDIO_URL."""
 
+T = TypeVar("T")
+
 
 @dataclass(kw_only=True)
 class ServerOptions:
@@ -50,12 +53,16 @@ class PushPairsArguments(ServerOptions):
         "release folder (hfpref curate, or an iterate round's release)", metavar="SOURCE"
     )
     to: Literal["label-studio"] = option("annotation tool", default="label-studio")
-    config: str | None = option(
-        "config of SOURCE (default: its candidates when they mark pairs selected for annotation, "
+    dataset_config: str | None = option(
+        "release config of SOURCE (default: its candidates when they mark pairs selected for annotation, "
         "else its default config)"
     )
     seed: int = option("seed of the order A/B each pair is shown in", default=0)
     annotators_per_pair: int = option("how many people Label Studio asks per pair", default=1)
+
+    # flags of earlier releases -> the flag they became (each still works, with a warning): the release
+    # config is --dataset-config, as in ``hfpref train`` (whose --config is TRL's YAML file)
+    renamed_flags: ClassVar[dict[str, str]] = {"--config": "--dataset-config"}
 
 
 @dataclass(kw_only=True)
@@ -85,47 +92,55 @@ def add_parser(subparsers: Any) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for name, arguments_class, func, text in (
-        ("push", PushPairsArguments, run_push, "upload pairs to a Label Studio project (idempotent)"),
-        ("status", StatusArguments, run_status, "finished and pending pairs of a project"),
-        ("pull", PullArguments, run_pull, "write finished labels as a release folder"),
+    for name, arguments_class, action, text in (
+        ("push", PushPairsArguments, push, "upload pairs to a Label Studio project (idempotent)"),
+        ("status", StatusArguments, status, "finished and pending pairs of a project"),
+        ("pull", PullArguments, pull, "write finished labels as a release folder"),
     ):
-        add_command(actions, name, dataclass_parser(arguments_class), func, help=text)
+        add_command(
+            actions, name, dataclass_parser(arguments_class), _printing(arguments_class, action), help=text
+        )
 
 
-def run_push(args: argparse.Namespace) -> int:
+def _printing(arguments_class: type[T], action: Callable[[T], str]) -> Callable[[argparse.Namespace], int]:
+    """The command function of an action: ``action`` runs on the ``arguments_class`` options of the command
+    line and returns the one line the command prints."""
+
+    def run(args: argparse.Namespace) -> int:
+        print(action(arguments(args, arguments_class)))
+        return 0
+
+    return run
+
+
+def push(options: PushPairsArguments) -> str:
     from hfpref.human.labelstudio import pair_tasks_from_release, push_pairs
 
-    options = arguments(args, PushPairsArguments)
-    tasks = pair_tasks_from_release(options.source, options.config, seed=options.seed)
+    tasks = pair_tasks_from_release(options.source, options.dataset_config, seed=options.seed)
     result = push_pairs(
         options.client(), options.project, tasks, annotators_per_pair=options.annotators_per_pair
     )
     made = "created" if result.created_project else "reused"
-    print(
+    return (
         f"{made} project {options.project!r} ({result.url}): {result.pushed} new pairs pushed, "
         f"{result.already_there} already there"
     )
-    return 0
 
 
-def run_status(args: argparse.Namespace) -> int:
+def status(options: StatusArguments) -> str:
     from hfpref.human.labelstudio import annotation_status
 
-    options = arguments(args, StatusArguments)
-    status = annotation_status(options.client(), options.project, min_annotations=options.min_annotations)
-    finished = status["pairs"] - status["pending"]
-    print(
-        f"project {options.project!r} ({status['url']}): {finished} of {status['pairs']} pairs finished, "
-        f"{status['pending']} pending; outcomes {status['outcomes']}"
+    counts = annotation_status(options.client(), options.project, min_annotations=options.min_annotations)
+    finished = counts["pairs"] - counts["pending"]
+    return (
+        f"project {options.project!r} ({counts['url']}): {finished} of {counts['pairs']} pairs finished, "
+        f"{counts['pending']} pending; outcomes {counts['outcomes']}"
     )
-    return 0
 
 
-def run_pull(args: argparse.Namespace) -> int:
+def pull(options: PullArguments) -> str:
     from hfpref.human.labelstudio import pull_labels, write_labels_release
 
-    options = arguments(args, PullArguments)
     result = pull_labels(
         options.client(), options.project, rule=options.rule, min_annotations=options.min_annotations
     )
@@ -134,10 +149,9 @@ def run_pull(args: argparse.Namespace) -> int:
     )
     counts = result.counts
     rate = result.agreement["rate"]
-    print(
+    return (
         f"wrote {folder}: {counts['labelled']} labelled pairs of {counts['pairs']} pushed "
         f"({counts['pending']} pending; outcomes {counts['outcomes']}); {counts['annotations']} annotations "
         f"by {counts['annotators']} annotators, agreement "
         + (f"{100 * rate:.1f}%" if rate is not None else "n/a")
     )
-    return 0

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from transformers import HfArgumentParser
 
-from hfpref.cli.parsing import OneLineParser
+from hfpref.cli.parsing import OneLineParser, current_flag
 
 
 class _HyphenFlagsOnly:
@@ -52,8 +54,22 @@ def add_field(parser: Any, field: dataclasses.Field) -> None:
 
 
 class DataclassParser(OneLineParser, HfArgumentParser):
-    """HfArgumentParser over hfpref's option dataclasses, with one-line errors, positionals and switches."""
+    """HfArgumentParser over hfpref's option dataclasses, with one-line errors, positionals and switches;
+    the flags of earlier releases that a dataclass lists in its ``renamed_flags`` ClassVar still work, with a
+    warning (``hfpref.cli.parsing.current_flag``)."""
+
+    def __init__(self, dataclass_types: Sequence[type], **kwargs: Any) -> None:
+        super().__init__(dataclass_types, **kwargs)
+        self.renamed = {
+            old: new for t in dataclass_types for old, new in getattr(t, "renamed_flags", {}).items()
+        }
 
     @staticmethod
     def _parse_dataclass_field(parser: Any, field: dataclasses.Field) -> None:
         add_field(parser, field)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        if self.renamed:
+            given = sys.argv[1:] if args is None else args
+            args = [current_flag(arg, self.renamed, self.prog) for arg in given]
+        return super().parse_known_args(args, namespace)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
 EXIT_USER_ERROR = 2
@@ -106,7 +107,9 @@ class LazyParser(OneLineParser):
 
 
 def dataclass_parser(*types: type) -> Callable[..., argparse.ArgumentParser]:
-    """A ``build`` for ``LazyParser``: an HfArgumentParser over these dataclasses (imported when built)."""
+    """A ``build`` for ``LazyParser``: an HfArgumentParser over these dataclasses (imported when built).
+    A dataclass's ``renamed_flags`` ClassVar (earlier flag -> current flag) keeps its old flags working, with
+    a warning (``current_flag``)."""
 
     def build(**kwargs: Any) -> argparse.ArgumentParser:
         from hfpref.cli.dataclass_parser import DataclassParser
@@ -114,6 +117,16 @@ def dataclass_parser(*types: type) -> Callable[..., argparse.ArgumentParser]:
         return DataclassParser(list(types), **kwargs)
 
     return build
+
+
+def current_flag(arg: str, renamed: Mapping[str, str], prog: str) -> str:
+    """``arg``, or the flag it became when it is a renamed flag of an earlier release (a key of ``renamed``;
+    ``--old=value`` too), which keeps working with a one-line warning on stderr naming the new flag."""
+    flag, equals, value = arg.partition("=")
+    if flag not in renamed:
+        return arg
+    print(f"{prog}: warning: {flag} is deprecated; give {renamed[flag]}", file=sys.stderr)
+    return renamed[flag] + equals + value
 
 
 def add_command(subparsers: Any, name: str, build: Callable[..., Any], func: Callable, **kwargs: Any) -> Any:

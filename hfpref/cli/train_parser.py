@@ -23,7 +23,7 @@ from typing import Any
 
 from trl import TrlParser
 
-from hfpref.cli.parsing import OneLineParser
+from hfpref.cli.parsing import OneLineParser, current_flag
 
 # flags of earlier releases -> the trainer config field they set (each still works, with a warning)
 RENAMED_FLAGS = {
@@ -105,13 +105,8 @@ class TrainParser(OneLineParser, TrlParser):
                 field, _, value = next(items, "").partition("=")
                 out += [f"--{field}", value]
                 print(f"{self.prog}: warning: --set is deprecated; give --{field} {value}", file=sys.stderr)
-            elif arg in RENAMED_FLAGS:
-                out.append(RENAMED_FLAGS[arg])
-                print(
-                    f"{self.prog}: warning: {arg} is deprecated; give {RENAMED_FLAGS[arg]}", file=sys.stderr
-                )
             else:
-                out.append(arg)
+                out.append(current_flag(arg, RENAMED_FLAGS, self.prog))
         return out
 
 

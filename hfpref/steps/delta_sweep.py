@@ -47,12 +47,10 @@ from hfpref.core.errors import UserError
 SWEEP = "sweep"
 SWEEP_LEVEL = "sweep_level"
 PAIR_STRATEGY = "delta_sweep"
-LEVEL_VERSION = (
-    "1"  # bump when the pairs a level holds change: cached levels (and their judged tags) are rebuilt
-)
-SAMPLE_DELTA = (
-    "sample_delta"  # hfpref.steps.judges.quality.DELTA, spelled here so this module imports no judge
-)
+# bump when the pairs a level holds change: cached levels (and their judged tags) are rebuilt
+LEVEL_VERSION = "1"
+# hfpref.steps.judges.quality.DELTA, spelled here so this module imports no judge
+SAMPLE_DELTA = "sample_delta"
 _MATRICES = {
     C.EDIT_DISTANCE: C.EDIT_DISTANCE_MATRIX,
     C.LOGP_DIFF: C.LOGP_DIFF_MATRIX,
@@ -88,9 +86,8 @@ class SweepPlan:
     levels: list[SweepLevel]
     rows: list[int]  # candidates row positions of the drawn prompts, ascending
     common: int  # prompts with every response the sweep needs
-    excluded: dict[
-        str, int
-    ]  # reason -> rows, counted in this order: missing_prompt, missing_chosen, missing_rejected
+    # reason -> rows, counted in this order: missing_prompt, missing_chosen, missing_rejected
+    excluded: dict[str, int]
     size: int | None
     seed: int
 
@@ -121,27 +118,65 @@ def plan_sweep(
     ``size`` of them with ``seed`` (``numpy.random.default_rng(seed).choice`` without replacement; kept in
     candidates order). ``size`` None keeps every common prompt; a size above the common count is an error
     naming the count."""
-    from hfpref.steps.selection import prompt_is_missing
+    names = _level_names(name, chosen, rejected, level_names)
+    _check_generators_wrote(candidates, name, [chosen, *rejected])
+    common, excluded = _common_prompts(candidates, chosen, rejected)
+    if not common:
+        raise SweepError(
+            f"sweep {name!r}: no prompt has responses from {chosen!r} and every one of {list(rejected)} "
+            f"(rows without them: {excluded})"
+        )
+    return SweepPlan(
+        name=name,
+        chosen=chosen,
+        levels=[SweepLevel(n, r) for n, r in zip(names, rejected, strict=True)],
+        rows=_draw_rows(common, size, seed, name),
+        common=len(common),
+        excluded=excluded,
+        size=size,
+        seed=seed,
+    )
 
+
+def _level_names(
+    name: str, chosen: str, rejected: Sequence[str], level_names: Sequence[str] | None
+) -> list[str]:
+    """The config names of the levels (given, else ``level_config_name``), after checking that ``rejected``
+    lists distinct generators other than ``chosen``, one per name."""
     if not rejected:
         raise SweepError(f"sweep {name!r}: 'rejected' must list at least one generator")
     if len(set(rejected)) != len(rejected):
         raise SweepError(f"sweep {name!r}: 'rejected' names a generator twice: {list(rejected)}")
     if chosen in rejected:
         raise SweepError(f"sweep {name!r}: the chosen generator {chosen!r} is also listed as rejected")
-    names = level_names or [level_config_name(name, r) for r in rejected]
+    names = list(level_names or [level_config_name(name, r) for r in rejected])
     if len(names) != len(rejected):
         raise SweepError(f"sweep {name!r}: {len(names)} level names for {len(rejected)} rejected generators")
+    return names
+
+
+def _check_generators_wrote(candidates: Any, name: str, generators: Sequence[str]) -> None:
+    """A sweep naming a generator with no response anywhere in the candidates is an error listing those
+    present (most likely a misspelt name, which would otherwise read as "no common prompt")."""
     seen = set()
     for row in candidates.select_columns([C.GENERATORS]).iter(batch_size=1000):
-        for generators in row[C.GENERATORS]:
-            seen.update(g for g in generators or [] if g is not None)
-    unknown = [g for g in [chosen, *rejected] if g not in seen]
+        for row_generators in row[C.GENERATORS]:
+            seen.update(g for g in row_generators or [] if g is not None)
+    unknown = [g for g in generators if g not in seen]
     if unknown:
         raise SweepError(
             f"sweep {name!r}: generator(s) {unknown} wrote no response in the candidates; generators present: "
             f"{sorted(seen)}"
         )
+
+
+def _common_prompts(
+    candidates: Any, chosen: str, rejected: Sequence[str]
+) -> tuple[list[int], dict[str, int]]:
+    """(row positions of the prompts with a response of ``chosen`` and of every ``rejected`` generator,
+    rows excluded per reason); a row counts under the first reason that applies, in ``excluded``'s order."""
+    from hfpref.steps.selection import prompt_is_missing
+
     excluded = {"missing_prompt": 0, "missing_chosen": 0, "missing_rejected": 0}
     common: list[int] = []
     position = 0
@@ -158,31 +193,20 @@ def plan_sweep(
             else:
                 common.append(position)
             position += 1
-    if not common:
-        raise SweepError(
-            f"sweep {name!r}: no prompt has responses from {chosen!r} and every one of {list(rejected)} "
-            f"(rows without them: {excluded})"
-        )
+    return common, excluded
+
+
+def _draw_rows(common: list[int], size: int | None, seed: int, name: str) -> list[int]:
+    """``size`` of the ``common`` row positions drawn with ``seed``, ascending (all of them for None)."""
     if size is not None and size > len(common):
         raise SweepError(
             f"sweep {name!r}: size {size} is more than the {len(common)} prompts every level shares; "
             f"use size: null (all {len(common)}) or a smaller size"
         )
     if size is None or size == len(common):
-        rows = list(common)
-    else:
-        drawn = np.random.default_rng(seed).choice(len(common), size=size, replace=False)
-        rows = [common[k] for k in sorted(drawn.tolist())]
-    return SweepPlan(
-        name=name,
-        chosen=chosen,
-        levels=[SweepLevel(n, r) for n, r in zip(names, rejected, strict=True)],
-        rows=rows,
-        common=len(common),
-        excluded=excluded,
-        size=size,
-        seed=seed,
-    )
+        return list(common)
+    drawn = np.random.default_rng(seed).choice(len(common), size=size, replace=False)
+    return [common[k] for k in sorted(drawn.tolist())]
 
 
 def level_pairs(
@@ -194,12 +218,7 @@ def level_pairs(
     Made by ``Dataset.map`` over the drawn rows with a fingerprint of the candidates' fingerprint and the
     level (rows, generators, capabilities), so the pair-level steps after it (a judge) are cache hits on a
     rerun."""
-    import hashlib
-    import json
-
-    import datasets
-
-    from hfpref.steps.pair_rows import NOT_PASSED_THROUGH, pair_column_features
+    from hfpref.steps.pair_rows import NOT_PASSED_THROUGH
 
     subset = candidates.select(plan.rows)
     passthrough = [
@@ -209,81 +228,103 @@ def level_pairs(
     ]
     a = None if capabilities is None else capabilities.get(plan.chosen)
     b = None if capabilities is None else capabilities.get(level.rejected)
+    level_rows = _LevelRows(plan, level, a, b, passthrough, _level_features(candidates.features, passthrough))
+    return subset.map(
+        level_rows,
+        batched=True,
+        remove_columns=subset.column_names,
+        features=level_rows.features,
+        new_fingerprint=level_rows.fingerprint(getattr(candidates, "_fingerprint", None)),
+        desc=f"sweep level {level.name}",
+    )
+
+
+def _level_features(candidates_features: Any, passthrough: Sequence[str]) -> Any:
+    """A level's Arrow features: DESIGN.md's pair columns, the sweep's columns and the passthrough columns."""
+    import datasets
+
+    from hfpref.steps.pair_rows import pair_column_features
+
     string, real = datasets.Value("string"), datasets.Value("float64")
-    features = datasets.Features(
+    return datasets.Features(
         {
-            **pair_column_features(candidates.features[C.PROMPT], step="delta sweep"),
+            **pair_column_features(candidates_features[C.PROMPT], step="delta sweep"),
             C.PAIR_STRATEGY: string,
             SWEEP: string,
             SWEEP_LEVEL: string,
             SAME_SOURCE: datasets.Value("bool"),
             **{c: real for c in (CHOSEN_CAPABILITY, REJECTED_CAPABILITY, GENERATOR_DELTA)},
-            **{c: candidates.features[c] for c in passthrough},
+            **{c: candidates_features[c] for c in passthrough},
         }
     )
 
-    def build(batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {name: [] for name in features}
-        for r in range(len(batch[C.PROMPT])):
-            responses, generators = batch[C.RESPONSES][r], batch[C.GENERATORS][r]
-            i = _response_index(responses, generators, plan.chosen)
-            j = _response_index(responses, generators, level.rejected)
-            prompt = batch[C.PROMPT][r]
-            rewards = batch[C.REWARDS][r] if C.REWARDS in batch else None
-            reward_i = _finite(rewards[i]) if rewards is not None else None
-            reward_j = _finite(rewards[j]) if rewards is not None else None
-            out[C.PROMPT].append(prompt)
-            for column, k in ((C.CHOSEN, i), (C.REJECTED, j)):
-                text = responses[k]
-                out[column].append(
-                    [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
-                )
-            out[C.CHOSEN_INDEX].append(i)
-            out[C.REJECTED_INDEX].append(j)
-            out[C.CHOSEN_GENERATOR].append(plan.chosen)
-            out[C.REJECTED_GENERATOR].append(level.rejected)
-            out[C.REWARD_CHOSEN].append(reward_i)
-            out[C.REWARD_REJECTED].append(reward_j)
-            out[C.REWARD_MARGIN].append(None if reward_i is None or reward_j is None else reward_i - reward_j)
-            for column, matrix_column in _MATRICES.items():
-                matrix = batch[matrix_column][r] if matrix_column in batch else None
-                out[column].append(None if matrix is None else _finite(matrix[i][j]))
-            out[C.PAIR_STRATEGY].append(PAIR_STRATEGY)
-            out[SWEEP].append(plan.name)
-            out[SWEEP_LEVEL].append(level.name)
-            out[SAME_SOURCE].append(plan.chosen == level.rejected)
-            out[CHOSEN_CAPABILITY].append(a)
-            out[REJECTED_CAPABILITY].append(b)
-            out[GENERATOR_DELTA].append(None if a is None or b is None else a - b)
-            for column in passthrough:
-                out[column].append(batch[column][r])
-        return out
 
-    record = {
-        "version": LEVEL_VERSION,
-        "candidates": getattr(candidates, "_fingerprint", None),
-        "rows": plan.rows,
-        "sweep": plan.name,
-        "chosen": plan.chosen,
-        "level": [level.name, level.rejected],
-        "capabilities": [a, b],
-    }
-    fingerprint = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
-    return subset.map(
-        build,
-        batched=True,
-        remove_columns=subset.column_names,
-        features=features,
-        new_fingerprint=fingerprint,
-        desc=f"sweep level {level.name}",
-    )
+@dataclasses.dataclass
+class _LevelRows:
+    """The ``Dataset.map`` function of one level: a batch of drawn candidates rows -> their pairs rows."""
+
+    plan: SweepPlan
+    level: SweepLevel
+    chosen_capability: float | None
+    rejected_capability: float | None
+    passthrough: list[str]  # candidates columns copied to the pairs unchanged
+    features: Any  # the pairs' datasets.Features (_level_features)
+
+    def fingerprint(self, candidates_fingerprint: str | None) -> str:
+        """The level's cache fingerprint: what its pairs are made from, with ``LEVEL_VERSION``."""
+        import hashlib
+        import json
+
+        record = {
+            "version": LEVEL_VERSION,
+            "candidates": candidates_fingerprint,
+            "rows": self.plan.rows,
+            "sweep": self.plan.name,
+            "chosen": self.plan.chosen,
+            "level": [self.level.name, self.level.rejected],
+            "capabilities": [self.chosen_capability, self.rejected_capability],
+        }
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        rows = [self.pair(batch, r) for r in range(len(batch[C.PROMPT]))]
+        return {name: [row[name] for row in rows] for name in self.features}
+
+    def pair(self, batch: dict[str, list], r: int) -> dict[str, Any]:
+        """The pairs row of candidates row ``r``: the chosen generator's response against the level's."""
+        from hfpref.steps.pair_rows import finite_or_none, pair_sides
+
+        responses, generators, prompt = batch[C.RESPONSES][r], batch[C.GENERATORS][r], batch[C.PROMPT][r]
+        i = _response_index(responses, generators, self.plan.chosen)
+        j = _response_index(responses, generators, self.level.rejected)
+        rewards = batch[C.REWARDS][r] if C.REWARDS in batch else None
+        reward_i = finite_or_none(rewards[i]) if rewards is not None else None
+        reward_j = finite_or_none(rewards[j]) if rewards is not None else None
+        a, b = self.chosen_capability, self.rejected_capability
+        return {
+            C.PROMPT: prompt,
+            **pair_sides(responses, i, j, generators, isinstance(prompt, list)),
+            C.REWARD_CHOSEN: reward_i,
+            C.REWARD_REJECTED: reward_j,
+            C.REWARD_MARGIN: None if reward_i is None or reward_j is None else reward_i - reward_j,
+            **{column: _matrix_value(batch, matrix, r, i, j) for column, matrix in _MATRICES.items()},
+            C.PAIR_STRATEGY: PAIR_STRATEGY,
+            SWEEP: self.plan.name,
+            SWEEP_LEVEL: self.level.name,
+            SAME_SOURCE: self.plan.chosen == self.level.rejected,
+            CHOSEN_CAPABILITY: a,
+            REJECTED_CAPABILITY: b,
+            GENERATOR_DELTA: None if a is None or b is None else a - b,
+            **{column: batch[column][r] for column in self.passthrough},
+        }
 
 
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+def _matrix_value(batch: dict[str, list], column: str, r: int, i: int, j: int) -> float | None:
+    """Entry (i, j) of row ``r``'s N×N matrix in ``column``, None without the column or a finite value."""
+    from hfpref.steps.pair_rows import finite_or_none
+
+    matrix = batch[column][r] if column in batch else None
+    return None if matrix is None else finite_or_none(matrix[i][j])
 
 
 # ---- analysis ------------------------------------------------------------------------------------------
