@@ -4,8 +4,6 @@ counts, ds_fix's pairs, and how often best_of_n2 and max_margin pick the same pa
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from collections import Counter
@@ -14,37 +12,22 @@ import datasets
 import pytest
 from rapidfuzz.distance import Levenshtein
 
-from hfpref.cli.main import main
 from hfpref.pipeline.recipe import DEFAULT_STRATEGIES
+from tests.helpers import EIGHT_GENERATORS, curate_quietly
 
-EIGHT = {
-    "gpt-4-20231107",
-    "text-bison-001",
-    "qwen2.5-0.5b-instruct",
-    "qwen2.5-1.5b-instruct",
-    "qwen2.5-7b-instruct",
-    "qwen2.5-14b-instruct",
-    "qwen2.5-32b-instruct",
-    "mistral-7b-instruct-v0.3",
-}
+EIGHT = set(EIGHT_GENERATORS)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("default")
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(
-            ["curate", "--output", str(tmp / "release"), "--cache-dir", str(tmp / "cache"), "--no-progress"]
-        )
-    assert code == 0, err.getvalue()
-    folder = tmp / "release"
+    folder, stdout = curate_quietly(tmp)
 
     def load(name):
         return datasets.load_dataset(str(folder), name=name, split="train", cache_dir=str(tmp / "lc"))
 
     manifest = json.loads((folder / "hfpref_manifest.json").read_text())
-    return {"folder": folder, "stdout": out.getvalue(), "load": load, "manifest": manifest}
+    return {"folder": folder, "stdout": stdout, "load": load, "manifest": manifest}
 
 
 def _eligible(row, i, j):

@@ -1,0 +1,124 @@
+"""Builders several test modules share: the embedded generators, small test-step scaffolding, TRL's reference
+log-probs of a set of pairs, and the canned-judge plumbing of the judge tests.
+
+Kept free of heavy imports at module level (torch, trl are imported inside the functions that need them),
+so a test module that only wants a constant does not pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hfpref.pipeline.default_data import GENERATORS
+
+# the eight generators of the embedded IFEval responses, in the order a candidates row lists them; the
+# tests check this list against the packaged Parquet file itself (test_default_data)
+EIGHT_GENERATORS: list[str] = list(GENERATORS)
+
+
+class DeclaredColumns:
+    """Mixin for the tests' small steps: the input and output columns as class attributes.
+
+    Put it before ``Step`` (or ``ModelStep``) in the bases: ``class Lengths(DeclaredColumns, Step)``.
+    """
+
+    inputs: ClassVar[tuple[str, ...]] = ("responses",)
+    outputs: ClassVar[tuple[str, ...]] = ()
+
+    def input_columns(self) -> list[str]:
+        return list(self.inputs)
+
+    def output_columns(self) -> list[str]:
+        return list(self.outputs)
+
+
+def append_json_line(path: str | Path, record: Any) -> None:
+    """Append ``record`` as one JSON line (test steps log to files: they also run in other processes)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def fake_model_folder(tmp_path: Path) -> Path:
+    """A model folder without weights (a config only): its content hash is a ModelStep's revision."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def trl_reference_rows(
+    model: Any, tokenizer: Any, pairs: Sequence[dict], output_dir: Path
+) -> dict[str, dict]:
+    """TRL's ``DPOTrainer`` rows of ``pairs`` with precomputed reference log-probs, by JSON of the prompt."""
+    import datasets
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(
+        output_dir=str(output_dir),
+        bf16=False,  # TRL's default bf16 autocast moves its numbers by ~5e-4 (NOTES.md)
+        precompute_ref_log_probs=True,
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=2,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(list(pairs)),
+        processing_class=tokenizer,
+    )
+    return {json.dumps(row["prompt"]): row for row in trainer.train_dataset}
+
+
+def judge_spec(backend: str, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A judge step's config for a canned judge ``backend`` ("module:Class"), cached under ``tmp_path``."""
+    return {
+        "model": "canned-judge",
+        "backend": backend,
+        "cache_dir": str(tmp_path / "judge-cache"),
+        **overrides,
+    }
+
+
+def pair_batch(rows: Sequence[dict]) -> dict[str, list]:
+    """A batch of pair rows (prompt, chosen, rejected) as columns."""
+    return {key: [row[key] for row in rows] for key in ("prompt", "chosen", "rejected")}
+
+
+def curate_quietly(tmp: Path, *recipe: str) -> tuple[Path, str]:
+    """``hfpref curate [recipe] --output tmp/release --cache-dir tmp/cache``, its output captured; fails the test
+    (showing stderr) unless it exits 0. Returns the release folder and what the command printed."""
+    import contextlib
+    import io
+
+    from hfpref.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = [
+        "curate",
+        *recipe,
+        "--output",
+        str(tmp / "release"),
+        "--cache-dir",
+        str(tmp / "cache"),
+        "--no-progress",
+    ]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    assert code == 0, err.getvalue()
+    return tmp / "release", out.getvalue()
+
+
+def assert_ref_logps_match_trl(
+    pairs: Sequence[dict], out: dict[str, list], trl_rows: dict[str, dict]
+) -> None:
+    """Each pair's ``ref_logps`` and ``ref_token_counts`` in ``out`` equal TRL's (``trl_reference_rows``)."""
+    import pytest
+
+    for pair, logps, counts in zip(pairs, out["ref_logps"], out["ref_token_counts"], strict=True):
+        trl = trl_rows[json.dumps(pair["prompt"])]
+        assert logps == pytest.approx([trl["ref_chosen_logps"], trl["ref_rejected_logps"]], abs=1e-4)
+        assert counts == [len(trl["chosen_ids"]), len(trl["rejected_ids"])]
