@@ -7,11 +7,13 @@ so a test module that only wants a constant does not pay for them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from hfpref.core.step import StepConfig
 from hfpref.pipeline.default_data import GENERATORS
 
 # the eight generators of the embedded IFEval responses, in the order a candidates row lists them; the
@@ -122,3 +124,21 @@ def assert_ref_logps_match_trl(
         trl = trl_rows[json.dumps(pair["prompt"])]
         assert logps == pytest.approx([trl["ref_chosen_logps"], trl["ref_rejected_logps"]], abs=1e-4)
         assert counts == [len(trl["chosen_ids"]), len(trl["rejected_ids"])]
+
+
+@dataclasses.dataclass
+class LoggedModelConfig(StepConfig):
+    """Config of a test model step without weights that logs where it ran."""
+
+    model: str = ""  # a folder: its content hash is the model revision
+    revision: str | None = None
+    log: str = ""
+
+
+def candidate_rows(score_column: str, rows: Sequence[tuple[list[str], list[str], list[float]]]) -> list[dict]:
+    """Hand-built candidates rows from (responses, generators, scores) triples: row i gets key i, prompt
+    ``p{i}`` and its scores under ``score_column``."""
+    return [
+        {"key": k, "prompt": f"p{k}", "responses": responses, "generators": generators, score_column: scores}
+        for k, (responses, generators, scores) in enumerate(rows)
+    ]

@@ -12,6 +12,7 @@ import yaml
 from hfpref.core.step import Step, StepConfig
 from hfpref.pipeline import recipe as R
 from hfpref.pipeline.recipe import InputSpec, Recipe, RecipeError
+from tests.helpers import DeclaredColumns, candidate_rows
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
 
@@ -24,17 +25,12 @@ class CopyConfig(StepConfig):
     scale: float = 1.0
 
 
-class CopyScores(Step):
+class CopyScores(DeclaredColumns, Step):
     """rewards = scores * scale; counts its batches."""
 
     config_class = CopyConfig
     calls = 0
-
-    def input_columns(self):
-        return ["scores"]
-
-    def output_columns(self):
-        return ["rewards"]
+    inputs, outputs = ("scores",), ("rewards",)
 
     def process(self, batch, rank, indices):
         type(self).calls += 1
@@ -46,18 +42,13 @@ class FlakyConfig(StepConfig):
     pass
 
 
-class Flaky(Step):
+class Flaky(DeclaredColumns, Step):
     """Adds n_responses; raises while ``fail`` is set (a crash in a later step)."""
 
     config_class = FlakyConfig
     calls = 0
     fail = False
-
-    def input_columns(self):
-        return ["responses"]
-
-    def output_columns(self):
-        return ["n_responses"]
+    outputs = ("n_responses",)
 
     def process(self, batch, rank, indices):
         type(self).calls += 1
@@ -66,24 +57,15 @@ class Flaky(Step):
         return {"n_responses": [len(r) for r in batch["responses"]]}
 
 
-ROWS = [
-    {
-        "key": 0,
-        "prompt": "p0",
-        "responses": ["a", "b c", "d e f"],
-        "generators": ["g1", "g2", "g1"],
-        "scores": [0.1, 0.9, 0.5],
-    },
-    {"key": 1, "prompt": "p1", "responses": ["x", "y"], "generators": ["g1", "g2"], "scores": [0.7, 0.2]},
-    {"key": 2, "prompt": "p2", "responses": ["only one"], "generators": ["g2"], "scores": [1.0]},
-    {
-        "key": 3,
-        "prompt": "p3",
-        "responses": ["same", "other"],
-        "generators": ["g1", "g2"],
-        "scores": [0.4, 0.4],
-    },
-]
+ROWS = candidate_rows(
+    "scores",
+    [
+        (["a", "b c", "d e f"], ["g1", "g2", "g1"], [0.1, 0.9, 0.5]),
+        (["x", "y"], ["g1", "g2"], [0.7, 0.2]),
+        (["only one"], ["g2"], [1.0]),
+        (["same", "other"], ["g1", "g2"], [0.4, 0.4]),
+    ],
+)
 
 
 @pytest.fixture

@@ -15,32 +15,18 @@ import yaml
 from hfpref.pipeline.recipe import Recipe
 from hfpref.release import writer as REL
 from hfpref.release.summary import describe_values, stronger_generator_share, summary_table
+from tests.helpers import candidate_rows
 
 # hand-built candidates: rewards given, so only PairMetrics (word-level) and selection run
-ROWS = [
-    {
-        "key": 0,
-        "prompt": "p0",
-        "responses": ["a b", "a c d", "x"],
-        "generators": ["g1", "g2", "g2"],
-        "rewards": [1.0, 0.0, 0.5],
-    },
-    {
-        "key": 1,
-        "prompt": "p1",
-        "responses": ["one two", "one"],
-        "generators": ["g2", "g1"],
-        "rewards": [1.0, 0.0],
-    },
-    {"key": 2, "prompt": "p2", "responses": ["solo"], "generators": ["g1"], "rewards": [1.0]},
-    {
-        "key": 3,
-        "prompt": "p3",
-        "responses": ["s t", "s u"],
-        "generators": ["g1", "g2"],
-        "rewards": [0.5, 0.5],
-    },
-]
+ROWS = candidate_rows(
+    "rewards",
+    [
+        (["a b", "a c d", "x"], ["g1", "g2", "g2"], [1.0, 0.0, 0.5]),
+        (["one two", "one"], ["g2", "g1"], [1.0, 0.0]),
+        (["solo"], ["g1"], [1.0]),
+        (["s t", "s u"], ["g1", "g2"], [0.5, 0.5]),
+    ],
+)
 STRATEGIES = ["max_margin", "best_of_n2", "ds_fix"]
 
 

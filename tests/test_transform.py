@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hfpref.core.step import MissingColumnError, Step, StepConfig
+from tests.helpers import DeclaredColumns
 
 
 @dataclasses.dataclass
@@ -17,17 +18,12 @@ class ScaleConfig(StepConfig):
     factor: float = 2.0
 
 
-class ScaleRewards(Step):
+class ScaleRewards(DeclaredColumns, Step):
     """Multiplies every reward by a factor; counts how often its 'model' is loaded."""
 
     config_class = ScaleConfig
     loads = 0
-
-    def input_columns(self) -> list[str]:
-        return ["rewards"]
-
-    def output_columns(self) -> list[str]:
-        return ["scaled"]
+    inputs, outputs = ("rewards",), ("scaled",)
 
     def load(self, rank):
         type(self).loads += 1
