@@ -52,27 +52,22 @@ def test_pairs_rows_by_hand():
             reward_source="rm@abc",
             key=7,
         ),
-        _scored(
-            [{"role": "user", "content": "hi"}],
-            ["x", "y"],
-            [True],
-            rewards=[None, 1.0],  # the annotator could not score x
-            implicit=[0.0, 0.0],
-            ref_logps=[-1.0, -2.0],
-            generators=["m", "m"],
-            reward_source="rm@abc",
-            key=8,
-        ),
-        _scored(
-            [{"role": "user", "content": "yo"}],
-            ["u", "v"],
-            [True],
-            rewards=[0.2, 0.7],
-            implicit=[0.4, 0.1],
-            ref_logps=[-1.0, -2.0],
-            generators=["m", "n"],
-            reward_source="rm@abc",
-            key=9,
+        *(  # two conversational rows, their one pair selected
+            _scored(
+                [{"role": "user", "content": said}],
+                responses,
+                [True],
+                rewards=rewards,
+                implicit=implicit,
+                ref_logps=[-1.0, -2.0],
+                generators=generators,
+                reward_source="rm@abc",
+                key=key,
+            )
+            for said, responses, rewards, implicit, generators, key in [
+                ("hi", ["x", "y"], [None, 1.0], [0.0, 0.0], ["m", "m"], 8),  # the annotator could not score x
+                ("yo", ["u", "v"], [0.2, 0.7], [0.4, 0.1], ["m", "n"], 9),
+            ]
         ),
     ]
     step = AnnotatedPairs()

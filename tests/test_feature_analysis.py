@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import ClassVar
@@ -20,6 +21,8 @@ from hfpref.steps.judges.features import (
     pair_fractions,
 )
 from hfpref.steps.judges.parsing import FeatureVerdict
+from tests.helpers import judge_spec
+from tests.helpers import pair_batch as _batch
 
 FAKE = f"{__name__}:CannedFeatureJudge"
 
@@ -75,12 +78,7 @@ def canned():
     yield CannedFeatureJudge
 
 
-def _judge(tmp_path, **overrides) -> dict:
-    return {"model": "canned-judge", "backend": FAKE, "cache_dir": str(tmp_path / "judge-cache"), **overrides}
-
-
-def _batch(rows) -> dict[str, list]:
-    return {key: [row[key] for row in rows] for key in ("prompt", "chosen", "rejected")}
+_judge = functools.partial(judge_spec, FAKE)  # _judge(tmp_path, **overrides): the canned judge's config
 
 
 def test_feature_lists_are_the_papers():

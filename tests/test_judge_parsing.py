@@ -160,48 +160,56 @@ def test_normalize_feature():
     assert normalize_feature('"Tone"') == "tone"
 
 
-def test_parse_feature_differences_our_format():
-    reply = (
-        '{"differences": ['
-        '{"feature": "Correctness", "justification": "A gets 4, B gets 5.", "better": "A"},'
-        '{"feature": "verbosity", "justification": "B rambles.", "better": "A"},'
-        '{"feature": "tone", "justification": "B is chattier.", "better": "neither"}]}'
-    )
-    assert parse_feature_differences(reply, 3) == [
-        FeatureVerdict("correctness", "A", "A gets 4, B gets 5."),
-        FeatureVerdict("verbosity", "A", "B rambles."),
-        FeatureVerdict("tone", None, "B is chattier."),
-    ]
+BARE_LIST_REPLY = (
+    '[{"feature": "tone", "better": "neither"}, {"feature": "Tone", "better": "A"}, '
+    '{"feature": "honesty", "better": "B"}, {"feature": "creativity", "better": "A"}, '
+    '{"feature": "humor", "better": "neither"}]'
+)
 
 
-def test_parse_feature_differences_keyed_by_feature_like_the_paper():
-    reply = (
-        'Answer:\n{"helpfulness": {"justification": "y2 answers the question.", "better response": "y2"}, '
-        '"humor": {"justification": "y1 jokes.", "better response": "Not applicable"}}'
-    )
-    assert parse_feature_differences(reply, 3) == [
-        FeatureVerdict("helpfulness", "B", "y2 answers the question."),
-        FeatureVerdict("humor", None, "y1 jokes."),
-    ]
-
-
-def test_parse_feature_differences_bare_list_dedupes_and_keeps_first_k():
-    reply = (
-        '[{"feature": "tone", "better": "neither"}, {"feature": "Tone", "better": "A"}, '
-        '{"feature": "honesty", "better": "B"}, {"feature": "creativity", "better": "A"}, '
-        '{"feature": "humor", "better": "neither"}]'
-    )
-    assert parse_feature_differences(reply, 3) == [
-        FeatureVerdict("tone", None),
-        FeatureVerdict("honesty", "B"),
-        FeatureVerdict("creativity", "A"),
-    ]
-    assert parse_feature_differences(reply, 1) == [FeatureVerdict("tone", None)]
-
-
-def test_parse_feature_differences_keeps_proposed_features():
-    reply = '{"differences": [{"feature": "use of emoji", "better": "neither"}]}'
-    assert parse_feature_differences(reply, 3) == [FeatureVerdict("use of emoji", None)]
+@pytest.mark.parametrize(
+    ("reply", "k", "expected"),
+    [
+        pytest.param(
+            '{"differences": ['
+            '{"feature": "Correctness", "justification": "A gets 4, B gets 5.", "better": "A"},'
+            '{"feature": "verbosity", "justification": "B rambles.", "better": "A"},'
+            '{"feature": "tone", "justification": "B is chattier.", "better": "neither"}]}',
+            3,
+            [
+                FeatureVerdict("correctness", "A", "A gets 4, B gets 5."),
+                FeatureVerdict("verbosity", "A", "B rambles."),
+                FeatureVerdict("tone", None, "B is chattier."),
+            ],
+            id="our-format",
+        ),
+        pytest.param(
+            'Answer:\n{"helpfulness": {"justification": "y2 answers the question.", "better response": "y2"}, '
+            '"humor": {"justification": "y1 jokes.", "better response": "Not applicable"}}',
+            3,
+            [
+                FeatureVerdict("helpfulness", "B", "y2 answers the question."),
+                FeatureVerdict("humor", None, "y1 jokes."),
+            ],
+            id="keyed-by-feature-like-the-paper",
+        ),
+        pytest.param(
+            BARE_LIST_REPLY,
+            3,
+            [FeatureVerdict("tone", None), FeatureVerdict("honesty", "B"), FeatureVerdict("creativity", "A")],
+            id="bare-list-dedupes-keeps-first-k",
+        ),
+        pytest.param(BARE_LIST_REPLY, 1, [FeatureVerdict("tone", None)], id="bare-list-first-1"),
+        pytest.param(
+            '{"differences": [{"feature": "use of emoji", "better": "neither"}]}',
+            3,
+            [FeatureVerdict("use of emoji", None)],
+            id="keeps-proposed-features",
+        ),
+    ],
+)
+def test_parse_feature_differences(reply, k, expected):
+    assert parse_feature_differences(reply, k) == expected
 
 
 @pytest.mark.parametrize(

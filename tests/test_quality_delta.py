@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 import re
 from typing import ClassVar
@@ -14,6 +15,8 @@ from hfpref.core.step import MissingColumnError, RowError
 from hfpref.steps.judges.backends import Completion, JudgeBackend, JudgeRequestError
 from hfpref.steps.judges.parsing import parse_failure_summary
 from hfpref.steps.judges.quality import QualityJudge, filter_by_sample_delta
+from tests.helpers import judge_spec
+from tests.helpers import pair_batch as _batch
 
 FAKE = f"{__name__}:CannedQualityJudge"
 
@@ -89,12 +92,7 @@ def canned():
     yield CannedQualityJudge
 
 
-def _judge(tmp_path, **overrides) -> dict:
-    return {"model": "canned-judge", "backend": FAKE, "cache_dir": str(tmp_path / "judge-cache"), **overrides}
-
-
-def _batch(rows) -> dict[str, list]:
-    return {key: [row[key] for row in rows] for key in ("prompt", "chosen", "rejected")}
+_judge = functools.partial(judge_spec, FAKE)  # _judge(tmp_path, **overrides): the canned judge's config
 
 
 def _pairs(rows) -> datasets.Dataset:
