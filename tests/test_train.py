@@ -205,17 +205,11 @@ def test_parse_dataset_spec(tmp_path):
 
 # ---- presets and best-checkpoint selection ------------------------------------------------------------
 
-VALIDATION_CARD = """---
-configs:
-- config_name: best_of_n2
-  data_files:
-  - split: train
-    path: data/best_of_n2/train-*.parquet
-  - split: validation
-    path: data/best_of_n2/validation-*.parquet
----
-# A tiny pairs release with held-out pairs
-"""
+# CARD with a validation split after the train split
+VALIDATION_CARD = CARD.replace(
+    "---\n#",
+    "  - split: validation\n    path: data/best_of_n2/validation-*.parquet\n---\n#",
+).replace("# A tiny pairs release", "# A tiny pairs release with held-out pairs")
 
 
 def write_release_with_validation(folder: Path) -> Path:
