@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hfpref.core.step import StepConfig
+from hfpref.core.step import Step, StepConfig
 from hfpref.pipeline.default_data import GENERATORS
 
 # the eight generators of the embedded IFEval responses, in the order a candidates row lists them; the
@@ -142,3 +142,22 @@ def candidate_rows(score_column: str, rows: Sequence[tuple[list[str], list[str],
         {"key": k, "prompt": f"p{k}", "responses": responses, "generators": generators, score_column: scores}
         for k, (responses, generators, scores) in enumerate(rows)
     ]
+
+
+@dataclasses.dataclass
+class FactorConfig(StepConfig):
+    factor: float = 1.0
+
+
+class ScaleList(DeclaredColumns, Step):
+    """A test step: each value of the list column ``inputs[0]`` times ``factor``, as ``outputs[0]``; counts the
+    batches it computes in the class attribute ``calls`` (a cache hit computes none)."""
+
+    config_class = FactorConfig
+    config: FactorConfig
+    calls = 0
+
+    def process(self, batch, rank, indices):
+        type(self).calls += 1
+        (source,), (target,) = self.inputs, self.outputs
+        return {target: [[value * self.config.factor for value in row] for row in batch[source]]}

@@ -12,7 +12,7 @@ import yaml
 from hfpref.core.step import Step, StepConfig
 from hfpref.pipeline import recipe as R
 from hfpref.pipeline.recipe import InputSpec, Recipe, RecipeError
-from tests.helpers import DeclaredColumns, candidate_rows
+from tests.helpers import DeclaredColumns, ScaleList, candidate_rows
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
 
@@ -20,21 +20,10 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
 # ---- tiny steps for the cache tests (registered per test through monkeypatch) ------------------------
 
 
-@dataclasses.dataclass
-class CopyConfig(StepConfig):
-    scale: float = 1.0
+class CopyScores(ScaleList):
+    """rewards = scores * factor; counts its batches."""
 
-
-class CopyScores(DeclaredColumns, Step):
-    """rewards = scores * scale; counts its batches."""
-
-    config_class = CopyConfig
-    calls = 0
     inputs, outputs = ("scores",), ("rewards",)
-
-    def process(self, batch, rank, indices):
-        type(self).calls += 1
-        return {"rewards": [[s * self.config.scale for s in row] for row in batch["scores"]]}
 
 
 @dataclasses.dataclass
@@ -87,7 +76,7 @@ def _recipe(rows_file: Path, **pairs) -> Recipe:
     return Recipe.from_dict(
         {
             "input": {"path": str(rows_file)},
-            "steps": [{"step": "CopyScores", "config": {"scale": 2.0}}, {"step": "Flaky"}],
+            "steps": [{"step": "CopyScores", "config": {"factor": 2.0}}, {"step": "Flaky"}],
             "pairs": {"strategies": ["max_margin"], **pairs},
             "output": {"name": "test", "version": "1.2.3"},
         }
@@ -136,7 +125,7 @@ def test_changed_config_reruns_only_from_that_step(registry, rows_file, tmp_path
     changed = Recipe.from_dict(
         {
             **_recipe(rows_file).to_dict(),
-            "steps": [{"step": "CopyScores", "config": {"scale": 3.0}}, {"step": "Flaky"}],
+            "steps": [{"step": "CopyScores", "config": {"factor": 3.0}}, {"step": "Flaky"}],
         }
     )
     result = changed.run(cache_dir=cache, progress=False)
