@@ -135,12 +135,13 @@ class LoggedModelConfig(StepConfig):
     log: str = ""
 
 
-def candidate_rows(score_column: str, rows: Sequence[tuple[list[str], list[str], list[float]]]) -> list[dict]:
-    """Hand-built candidates rows from (responses, generators, scores) triples: row i gets key i, prompt
-    ``p{i}`` and its scores under ``score_column``."""
+def candidate_rows(**columns: list) -> list[dict]:
+    """Hand-built candidates rows from columns given by name (one value per row, e.g. ``responses=``,
+    ``generators=``, ``rewards=``): row i starts with key i and prompt ``p{i}``, then the columns in order."""
+    (n,) = {len(values) for values in columns.values()}
     return [
-        {"key": k, "prompt": f"p{k}", "responses": responses, "generators": generators, score_column: scores}
-        for k, (responses, generators, scores) in enumerate(rows)
+        {"key": i, "prompt": f"p{i}", **{name: values[i] for name, values in columns.items()}}
+        for i in range(n)
     ]
 
 

@@ -47,13 +47,9 @@ class Flaky(DeclaredColumns, Step):
 
 
 ROWS = candidate_rows(
-    "scores",
-    [
-        (["a", "b c", "d e f"], ["g1", "g2", "g1"], [0.1, 0.9, 0.5]),
-        (["x", "y"], ["g1", "g2"], [0.7, 0.2]),
-        (["only one"], ["g2"], [1.0]),
-        (["same", "other"], ["g1", "g2"], [0.4, 0.4]),
-    ],
+    responses=[["a", "b c", "d e f"], ["x", "y"], ["only one"], ["same", "other"]],
+    generators=[["g1", "g2", "g1"], ["g1", "g2"], ["g2"], ["g1", "g2"]],
+    scores=[[0.1, 0.9, 0.5], [0.7, 0.2], [1.0], [0.4, 0.4]],
 )
 
 
