@@ -3,8 +3,8 @@
 Per step, the rows not yet in the ``datasets`` cache go to Ray as Arrow blocks (``ray.data.from_arrow``);
 a model step (``hfpref.models.utils.ModelStep``) runs in an actor pool, ``map_batches`` with a callable
 class, ``num_gpus`` per actor and a fixed ``concurrency``, so each actor loads its model once; a pure-CPU
-step runs as Ray tasks. Pair selection runs every uncached strategy's ``PairSelector`` in one pass of tasks,
-each row's output pickled per strategy, so the driver replays a strategy without decoding the others'.
+step runs as Ray tasks. Pair selection runs every uncached strategy's ``PairSelector`` in one pass of tasks;
+the driver decodes each row's outputs once and replays every strategy from them.
 
 Resumability. Steps and pair selectors run in the resumable shards of ``hfpref.pipeline.resume``: a shard
 is written to the cache as soon as Ray has returned all its rows (in order: ``preserve_order``) and its
@@ -288,30 +288,28 @@ class RayEngine(Engine):
         actors: bool,
         batch_size: int,
     ) -> dict[tuple[Any, int], Any]:
-        """Run the ``pending`` shards on Ray; as each shard's rows are all back, replay every step's output
-        over it through ``Step.apply`` (cached), then drop its rows. Returns ``{(key, shard start): output}``."""
+        """Run the ``pending`` shards on Ray; as each shard's rows are all back, decode them (once, whatever
+        the number of steps), replay every step's output over the shard through ``Step.apply`` (cached), and
+        drop them. Returns ``{(key, shard start): output}``."""
         done: dict[tuple[Any, int], Any] = {}
         if not pending:
             return done
-        keyed = list(steps) != [None]
-        collected: dict[int, Any] = {}
+        collected: dict[int, bytes] = {}
         queue = list(pending)
         ranges = [(start, shards[start][0]) for start in pending]
         for rows, payloads in self._outputs(dataset, ranges, fn, name, actors=actors, batch_size=batch_size):
-            # a keyed row is {key: pickled dict}: decoded once here, each key's dict when it is replayed
-            collected.update(zip(rows, map(pickle.loads, payloads) if keyed else payloads, strict=True))
+            collected.update(zip(rows, payloads, strict=True))
             while queue and all(row in collected for row in range(queue[0], shards[queue[0]][0])):
                 start = queue.pop(0)  # every row of the next shard is back: cache it now
                 stop, shard = shards[start]
+                decoded = {row: pickle.loads(collected.pop(row)) for row in range(start, stop)}
                 for key, step in steps.items():
                     done[key, start] = step.apply(
                         shard,
                         batch_size=batch_size,
-                        function=Replay(collected, start, key),
+                        function=Replay(decoded, start, key),
                         desc=f"{step.name} (ray)" if key is None else f"pairs: {key} (ray)",
                     )
-                for row in range(start, stop):
-                    del collected[row]
         if queue:
             raise RuntimeError(f"{name}: Ray returned no output for rows from {queue[0]}")
         return done

@@ -87,9 +87,10 @@ def error_block(row: int, error: Exception) -> Any:
 
 
 class AllSelectors:
-    """Every pair strategy's selector over one batch: ``{strategy: [its output row dict, pickled, ...]}``.
+    """Every pair strategy's selector over one batch: ``{strategy: [its output row dict, ...]}``.
 
-    Pickled per strategy so that the driver, replaying one strategy, decodes only that strategy's rows.
+    A row's dicts travel in one pickle, so the texts the strategies share (the prompt, the responses they
+    pick) are sent and held once.
     """
 
     def __init__(self, selectors: dict[str, Step]) -> None:
@@ -99,18 +100,15 @@ class AllSelectors:
         out: Batch = {}
         for strategy, selector in self.selectors.items():
             columns = selector(batch, indices=indices)
-            out[strategy] = [
-                pickle.dumps({c: v[i] for c, v in columns.items()}, protocol=pickle.HIGHEST_PROTOCOL)
-                for i in range(len(indices))
-            ]
+            out[strategy] = [{c: v[i] for c, v in columns.items()} for i in range(len(indices))]
         return out
 
 
 class Replay:
     """A map function for ``Step.apply`` that returns outputs computed on Ray, by dataset row.
 
-    ``outputs`` maps row index to its pickled ``{column: value}``, or with ``key``, to an ``AllSelectors``
-    row (``{strategy: pickled dict}``) of which ``key`` picks one strategy's; ``start`` is the shard's
+    ``outputs`` maps row index to its decoded ``{column: value}``, or with ``key``, to an ``AllSelectors``
+    row (``{strategy: {column: value}}``) of which ``key`` picks one strategy's; ``start`` is the shard's
     first row.
     """
 
@@ -120,10 +118,9 @@ class Replay:
         self.key = key
 
     def __call__(self, batch: Batch, indices: list[int]) -> Batch:
-        if self.key is None:
-            rows = [pickle.loads(self.outputs[self.start + i]) for i in indices]
-        else:
-            rows = [pickle.loads(self.outputs[self.start + i][self.key]) for i in indices]
+        rows = [self.outputs[self.start + i] for i in indices]
+        if self.key is not None:
+            rows = [row[self.key] for row in rows]
         return {column: [row[column] for row in rows] for column in rows[0]} if rows else {}
 
 
