@@ -17,7 +17,6 @@ Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_default.py [--output resul
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -27,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import StageClock, emit_report  # noqa: E402
 
 
 def _cli(cache: Path, output: Path) -> tuple[float, float]:
@@ -62,52 +64,34 @@ def _stages(cache: Path, output: Path) -> dict[str, dict[str, float]]:
     from hfpref.pipeline.recipe import Recipe, default_recipe
     from hfpref.release.writer import write_release
 
-    times: dict[str, float] = {}
-    cpu: dict[str, float] = {}
+    clock = StageClock()
 
     class TimedEngine(LocalEngine):
         def map_step(self, step, dataset, **kwargs):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            out = super().map_step(step, dataset, **kwargs)
-            times[f"step:{step.name}"] = time.perf_counter() - start
-            cpu[f"step:{step.name}"] = time.process_time() - start_cpu
-            return out
+            with clock.stage(f"step:{step.name}"):
+                return super().map_step(step, dataset, **kwargs)
 
         def select_pairs(self, selectors, candidates, **kwargs):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            yield from super().select_pairs(selectors, candidates, **kwargs)
-            times["pairs (all strategies)"] = time.perf_counter() - start
-            cpu["pairs (all strategies)"] = time.process_time() - start_cpu
+            with clock.stage("pairs (all strategies)"):
+                yield from super().select_pairs(selectors, candidates, **kwargs)
 
     class TimedRecipe(Recipe):
         def load_input(self, cache_dir=None):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            out = super().load_input(cache_dir)
-            times["load input"] = time.perf_counter() - start
-            cpu["load input"] = time.process_time() - start_cpu
-            return out
+            with clock.stage("load input"):
+                return super().load_input(cache_dir)
 
     recipe = TimedRecipe(**{f: getattr(default_recipe(), f) for f in ("input", "steps", "pairs", "output")})
-    start, start_cpu = time.perf_counter(), time.process_time()
-    result = recipe.run(cache_dir=cache, progress=False, engine=TimedEngine())
-    run_s, run_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    total = StageClock()  # the whole run, listed after the stages inside it
+    with total.stage("run total (load + steps + ranking + pairs)"):
+        result = recipe.run(cache_dir=cache, progress=False, engine=TimedEngine())
     # the measured ranking runs inside Recipe.run between the steps and the pairs; time it on its own
     from hfpref.steps.capabilities import generator_accuracy
 
-    start, start_cpu = time.perf_counter(), time.process_time()
-    generator_accuracy(result.candidates)
-    times["measured ranking"] = time.perf_counter() - start
-    cpu["measured ranking"] = time.process_time() - start_cpu
-    start, start_cpu = time.perf_counter(), time.process_time()
-    write_release(result, output)
-    times["write release"] = time.perf_counter() - start
-    cpu["write release"] = time.process_time() - start_cpu
-    times["run total (load + steps + ranking + pairs)"] = run_s
-    cpu["run total (load + steps + ranking + pairs)"] = run_cpu
-    return {
-        stage: {"wall": round(wall, 3), "cpu": round(cpu.get(stage, float("nan")), 3)}
-        for stage, wall in times.items()
-    }
+    with clock.stage("measured ranking"):
+        generator_accuracy(result.candidates)
+    with clock.stage("write release"):
+        write_release(result, output)
+    return {**clock.report(), **total.report()}
 
 
 def main() -> None:
@@ -129,10 +113,7 @@ def main() -> None:
         "cli_warm_cpu_s": round(warm_cpu, 2),
         "stages_s": stages,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    emit_report(result, args.output)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import contextlib
 import copy
 import ctypes
 import gc
-import json
 import math
 import platform
 import statistics
@@ -49,45 +48,33 @@ import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import emit_report, model_sizes  # noqa: E402
 from hfpref.steps.logprobs import ResponseLogProbs  # noqa: E402
 
 H100_BF16_DENSE_FLOPS = 989e12
 
+
+def _qwen2(**size: int) -> Qwen2Config:
+    """A Qwen2 config with the given sizes and everything else as Qwen2-0.5B/1.5B have it."""
+    return Qwen2Config(
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        **size,
+    )
+
+
 SHAPES = {
     "cpu-50m": lambda: LlamaConfig(
         vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1408,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=4,
         max_position_embeddings=4096,
         tie_word_embeddings=False,
+        **model_sizes(512, 1408, 8, 8, 4),
     ),
-    "qwen2-0.5b": lambda: Qwen2Config(
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        rope_theta=1e6,
-        tie_word_embeddings=True,
-        use_sliding_window=False,
-    ),
-    "qwen2-1.5b": lambda: Qwen2Config(
-        vocab_size=151936,
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        rope_theta=1e6,
-        tie_word_embeddings=True,
-        use_sliding_window=False,
-    ),
+    "qwen2-0.5b": lambda: _qwen2(**model_sizes(896, 4864, 24, 14, 2)),
+    "qwen2-1.5b": lambda: _qwen2(**model_sizes(1536, 8960, 28, 12, 2)),
 }
 
 Groups = list[list[tuple[list[int], int]]]
@@ -447,10 +434,7 @@ def main() -> None:
     report["targets"] = targets(report, device)
     if "d" in methods:
         report["targets_compiled"] = targets(report, device, ours="d")
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    emit_report(report, args.output)
 
 
 def targets(report: dict, device: torch.device, ours: str = "c") -> dict[str, object]:

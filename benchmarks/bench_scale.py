@@ -56,6 +56,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import emit_report  # noqa: E402
+
 BASE_PROMPTS = 541
 MODES = {
     "single": [],
@@ -337,11 +341,7 @@ def main() -> None:
     }
 
     def dump() -> str:
-        text = json.dumps(result, indent=2, default=str)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(text + "\n", encoding="utf-8")
-        return text
+        return emit_report(result, args.out, echo=False)
 
     for prompts in sizes:
         with tempfile.TemporaryDirectory(prefix=f"bench-scale-{prompts}-") as tmp:

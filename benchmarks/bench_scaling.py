@@ -37,7 +37,6 @@ import gc
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,32 +49,15 @@ sys.path.insert(0, str(REPO))
 
 import datasets  # noqa: E402
 
+from benchmarks.common import emit_report, interleaved, machine, model_sizes  # noqa: E402
 from hfpref.pipeline.default_data import load_ifeval_candidates  # noqa: E402
 from hfpref.pipeline.engines.local import LocalEngine  # noqa: E402
 from hfpref.pipeline.recipe import DEFAULT_RECIPE, Recipe  # noqa: E402
 
 SHAPES = {  # random-weight Llamas for the GPU comparison (the tiny test tokenizer's vocabulary)
-    "tiny": dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    ),
-    "llama-300m": dict(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-    ),
-    "llama-1b": dict(
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-    ),
+    "tiny": model_sizes(32, 64, 2, 4, 2),
+    "llama-300m": model_sizes(1024, 4096, 24, 16, 8),
+    "llama-1b": model_sizes(2048, 8192, 16, 32, 8),
 }
 
 
@@ -156,13 +138,7 @@ def cpu_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     }
     ray_warmup_s, _ = run(engines["ray_2"])  # starts the cluster's worker processes
     local_warmup_s, _ = run(engines["local"])  # imports what the steps load (lm-eval, NLTK data) here too
-    seconds: dict[str, list[float]] = {name: [] for name in engines}
-    results: dict[str, Any] = {}
-    names = list(engines)
-    for repeat in range(args.repeats):
-        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-            elapsed, results[name] = run(engines[name])
-            seconds[name].append(elapsed)
+    seconds, results = interleaved(engines, args.repeats, run)
     ray.shutdown()
 
     median = {name: statistics.median(values) for name, values in seconds.items()}
@@ -229,13 +205,7 @@ def gpu_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     if args.gpus > 1:
         runs["local_gpus"] = LocalEngine(gpus=args.gpus)
     timed(None)  # warm-up: CUDA context, kernels, the model files in the page cache
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    logps: dict[str, Any] = {}
-    names = list(runs)
-    for repeat in range(args.repeats):
-        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-            elapsed, logps[name] = timed(runs[name])
-            seconds[name].append(elapsed)
+    seconds, logps = interleaved(runs, args.repeats, timed)
     ray.shutdown()
     median = {name: statistics.median(values) for name, values in seconds.items()}
     return {
@@ -285,15 +255,8 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
         report = (gpu_benchmark if args.device == "cuda" else cpu_benchmark)(args, Path(tmp))
-    report["machine"] = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    report["machine"] = machine()
+    emit_report(report, args.output)
 
 
 if __name__ == "__main__":

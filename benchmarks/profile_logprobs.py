@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_logprobs import H100_BF16_DENSE_FLOPS, SHAPES, make_workload, useful_flops  # noqa: E402
 
+from benchmarks.common import emit_report  # noqa: E402
 from hfpref.models.packing import SequenceQuery  # noqa: E402
 from hfpref.steps.logprobs import ResponseLogProbs  # noqa: E402
 
@@ -111,10 +112,7 @@ def main() -> None:
     print(profiler.key_averages().table(sort_by=sort, row_limit=25), file=sys.stderr)
 
     result = {"shape": args.shape, "device": str(device), "useful_flops": flops, "variants": variants}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    emit_report(result, args.output)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,7 @@ candidates rows. The eight-generator default is tested in tests/test_default_rel
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
@@ -18,6 +16,7 @@ import yaml
 
 from hfpref.cli.main import main
 from hfpref.pipeline.recipe import DEFAULT_STRATEGIES, Recipe
+from tests.helpers import curate_quietly
 
 TWO_GENERATORS = Path(__file__).resolve().parents[1] / "dataset_scripts" / "ifeval_two_generators.yaml"
 
@@ -28,25 +27,11 @@ REWARD_LABELLED = [s for s in DEFAULT_STRATEGIES if s != "ds_fix"]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("curate")
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(
-            [
-                "curate",
-                str(TWO_GENERATORS),
-                "--output",
-                str(tmp / "release"),
-                "--cache-dir",
-                str(tmp / "cache"),
-                "--no-progress",
-            ]
-        )
-    assert code == 0, err.getvalue()
-    folder = tmp / "release"
+    folder, stdout = curate_quietly(tmp, str(TWO_GENERATORS))
     candidates = datasets.load_dataset(
         str(folder), name="candidates", split="train", cache_dir=str(tmp / "lc")
     )
-    return {"tmp": tmp, "folder": folder, "stdout": out.getvalue(), "candidates": candidates}
+    return {"tmp": tmp, "folder": folder, "stdout": stdout, "candidates": candidates}
 
 
 def _pairs(run, name):

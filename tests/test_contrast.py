@@ -302,24 +302,32 @@ def test_mix_refuses_when_a_level_is_short_naming_counts_or_takes_all_when_allow
     assert counts(short) == {("high",): 8, ("low",): 6}
 
 
-def test_stratified_mix_gives_both_levels_the_pools_difficulty_mix():
-    # high+low pairs per difficulty: d2 = 6 + 3 = 9, d4 = 4 + 3 = 7 (16 in all)
-    # size 8 → 4 high, 4 low; each split 4·9/16 = 2.25, 4·7/16 = 1.75 → floors 2, 1, the spare unit to d4
-    # size 12 → 6 each: 3.375, 2.625 → 3, 2 + spare to d4 → 3, 3
-    for size, per_cell in ((8, 2), (12, 3)):
-        mixed = mix_contrast(POOL, ratio_high=0.5, size=size, stratify="difficulty")
-        assert counts(mixed, ("contrast_level", "difficulty")) == {
-            (level, difficulty): per_cell for level in ("high", "low") for difficulty in (2, 4)
-        }
-    # size 14 → 7 each: 3.9375, 3.0625 → 3, 3 + spare to d2 → 4, 3; low has only 3 at d2
-    with pytest.raises(MixError, match=r"low with difficulty=2: need 4, have 3"):
-        mix_contrast(POOL, ratio_high=0.5, size=14, stratify="difficulty")
-    short = mix_contrast(POOL, ratio_high=0.5, size=14, stratify="difficulty", allow_short=True)
-    assert counts(short, ("contrast_level", "difficulty")) == {
-        ("high", 2): 4,
-        ("high", 4): 3,
-        ("low", 2): 3,
-        ("low", 4): 3,
+# high+low pairs per difficulty: d2 = 6 + 3 = 9, d4 = 4 + 3 = 7 (16 in all)
+@pytest.mark.parametrize(
+    ("size", "high_2", "high_4", "low_2", "low_4", "refused"),
+    [
+        # size 8 → 4 high, 4 low; each split 4·9/16 = 2.25, 4·7/16 = 1.75 → floors 2, 1, the spare unit to d4
+        (8, 2, 2, 2, 2, None),
+        # size 12 → 6 each: 3.375, 2.625 → 3, 2 + spare to d4 → 3, 3
+        (12, 3, 3, 3, 3, None),
+        # size 14 → 7 each: 3.9375, 3.0625 → 3, 3 + spare to d2 → 4, 3; low has only 3 at d2: refused,
+        # or short when allowed
+        (14, 4, 3, 3, 3, r"low with difficulty=2: need 4, have 3"),
+    ],
+)
+def test_stratified_mix_gives_both_levels_the_pools_difficulty_mix(
+    size, high_2, high_4, low_2, low_4, refused
+):
+    if refused is not None:
+        with pytest.raises(MixError, match=refused):
+            mix_contrast(POOL, ratio_high=0.5, size=size, stratify="difficulty")
+    options = {"allow_short": True} if refused is not None else {}
+    mixed = mix_contrast(POOL, ratio_high=0.5, size=size, stratify="difficulty", **options)
+    assert counts(mixed, ("contrast_level", "difficulty")) == {
+        ("high", 2): high_2,
+        ("high", 4): high_4,
+        ("low", 2): low_2,
+        ("low", 4): low_4,
     }
 
 

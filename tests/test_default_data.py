@@ -13,18 +13,9 @@ import pytest
 
 from hfpref.pipeline import default_data
 from hfpref.pipeline.recipe import DEFAULT_INPUTS, InputSpec, RecipeError
+from tests.helpers import EIGHT_GENERATORS as EIGHT
 
 DATA = Path(__file__).resolve().parents[1] / "hfpref" / "data" / "ifeval"
-EIGHT = [
-    "gpt-4-20231107",
-    "text-bison-001",
-    "qwen2.5-0.5b-instruct",
-    "qwen2.5-1.5b-instruct",
-    "qwen2.5-7b-instruct",
-    "qwen2.5-14b-instruct",
-    "qwen2.5-32b-instruct",
-    "mistral-7b-instruct-v0.3",
-]
 
 
 def _prompts() -> list[dict]:
@@ -75,6 +66,7 @@ def test_files_hold_what_the_provenance_says():
     table = pq.read_table(DATA / "responses.parquet")
     assert table.column_names == ["key", "generator", "prompt_seen", "response"]
     assert Counter(table.column("generator").to_pylist()) == {g: 540 if g == EIGHT[0] else 541 for g in EIGHT}
+    assert len(EIGHT) == 8 and list(dict.fromkeys(table.column("generator").to_pylist())) == EIGHT
     assert pq.ParquetFile(DATA / "responses.parquet").metadata.row_group(0).column(3).compression == "ZSTD"
     qwen_small = [r for r in table.to_pylist() if r["generator"] == "qwen2.5-0.5b-instruct"]
     assert (

@@ -13,25 +13,15 @@ import pytest
 from rapidfuzz.distance import Levenshtein
 
 from hfpref.pipeline.recipe import DEFAULT_STRATEGIES
-from tests.cli_run import run_cli
+from tests.helpers import EIGHT_GENERATORS, curate_quietly
 
-# the default input's generators: IFEval's own two, five Qwen2.5 sizes and Mistral
-EIGHT = {
-    "gpt-4-20231107",
-    "text-bison-001",
-    *(f"qwen2.5-{size}-instruct" for size in ("0.5b", "1.5b", "7b", "14b", "32b")),
-    "mistral-7b-instruct-v0.3",
-}
+EIGHT = set(EIGHT_GENERATORS)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("default")
-    code, stdout, stderr = run_cli(
-        ["curate", "--output", str(tmp / "release"), "--cache-dir", str(tmp / "cache"), "--no-progress"]
-    )
-    assert code == 0, stderr
-    folder = tmp / "release"
+    folder, stdout = curate_quietly(tmp)
 
     def load(name):
         return datasets.load_dataset(str(folder), name=name, split="train", cache_dir=str(tmp / "lc"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import ClassVar
@@ -20,7 +21,7 @@ from hfpref.steps.judges.features import (
     pair_fractions,
 )
 from hfpref.steps.judges.parsing import FeatureVerdict
-from tests.canned_judge import judge_config, pair_batch
+from tests.helpers import judge_spec, pair_batch
 
 FAKE = f"{__name__}:CannedFeatureJudge"
 
@@ -76,8 +77,7 @@ def canned():
     yield CannedFeatureJudge
 
 
-def _judge(tmp_path, **overrides) -> dict:
-    return judge_config(FAKE, tmp_path, **overrides)
+_judge = functools.partial(judge_spec, FAKE)  # _judge(tmp_path, **overrides): the canned judge's config
 
 
 def test_feature_lists_are_the_papers():

@@ -85,51 +85,40 @@ def test_normalize_key():
     assert normalize_key("clarity") == "clarity"
 
 
-def test_parse_quality_well_formed_reply():
-    reply = (
-        '{"rationale": "Right answer, one skipped step.", "correctness": 9, "logical_soundness": 6, '
-        '"clarity": 8, "completeness": 7}'
-    )
+@pytest.mark.parametrize(
+    ("reply", "scores", "overall"),
+    [
+        pytest.param(
+            '{"rationale": "Right answer, one skipped step.", "correctness": 9, "logical_soundness": 6, '
+            '"clarity": 8, "completeness": 7}',
+            (9.0, 6.0, 8.0, 7.0),
+            (9 + 6 + 8 + 7) / 4,
+            id="well-formed",
+        ),
+        pytest.param(
+            "Here you go:\n```json\n"
+            '{"scores": {"Correctness": {"score": 3}, "Logical soundness": "4/10", "CLARITY": 5, "completeness": 6}}'
+            "\n```",
+            (3.0, 4.0, 5.0, 6.0),
+            4.5,
+            id="nested-scores-loose-keys",
+        ),
+        pytest.param(  # 12 off scale, "good" unreadable, completeness missing: the readable one kept
+            '{"correctness": 8, "logical_soundness": 12, "clarity": "good"}',
+            (8.0, None, None, None),
+            None,
+            id="partial-no-overall",
+        ),
+    ],
+)
+def test_parse_quality_reads_each_dimension(reply, scores, overall):
     verdict = parse_quality(reply, DIMS, 1, 10)
-    assert verdict.scores == {
-        "correctness": 9.0,
-        "logical_soundness": 6.0,
-        "clarity": 8.0,
-        "completeness": 7.0,
-    }
-    assert verdict.complete
-    assert verdict.overall == pytest.approx((9 + 6 + 8 + 7) / 4)
-
-
-def test_parse_quality_accepts_nested_scores_and_loose_keys():
-    reply = (
-        "Here you go:\n```json\n"
-        '{"scores": {"Correctness": {"score": 3}, "Logical soundness": "4/10", "CLARITY": 5, "completeness": 6}}'
-        "\n```"
-    )
-    verdict = parse_quality(reply, DIMS, 1, 10)
-    assert verdict.scores == {
-        "correctness": 3.0,
-        "logical_soundness": 4.0,
-        "clarity": 5.0,
-        "completeness": 6.0,
-    }
-    assert verdict.overall == pytest.approx(4.5)
-
-
-def test_parse_quality_partial_reply_keeps_readable_dimensions_and_no_overall():
-    reply = (
-        '{"correctness": 8, "logical_soundness": 12, "clarity": "good"}'  # 12 off scale, completeness missing
-    )
-    verdict = parse_quality(reply, DIMS, 1, 10)
-    assert verdict.scores == {
-        "correctness": 8.0,
-        "logical_soundness": None,
-        "clarity": None,
-        "completeness": None,
-    }
-    assert not verdict.complete
-    assert verdict.overall is None
+    assert verdict.scores == dict(zip(DIMS, scores, strict=True))
+    assert verdict.complete == (overall is not None)
+    if overall is None:
+        assert verdict.overall is None
+    else:
+        assert verdict.overall == pytest.approx(overall)
 
 
 @pytest.mark.parametrize("reply", [None, "", "I would rate it highly.", "[1, 2, 3]", "�\x1f��  3�v�ĺt"])
@@ -171,48 +160,56 @@ def test_normalize_feature():
     assert normalize_feature('"Tone"') == "tone"
 
 
-def test_parse_feature_differences_our_format():
-    reply = (
-        '{"differences": ['
-        '{"feature": "Correctness", "justification": "A gets 4, B gets 5.", "better": "A"},'
-        '{"feature": "verbosity", "justification": "B rambles.", "better": "A"},'
-        '{"feature": "tone", "justification": "B is chattier.", "better": "neither"}]}'
-    )
-    assert parse_feature_differences(reply, 3) == [
-        FeatureVerdict("correctness", "A", "A gets 4, B gets 5."),
-        FeatureVerdict("verbosity", "A", "B rambles."),
-        FeatureVerdict("tone", None, "B is chattier."),
-    ]
+BARE_LIST_REPLY = (
+    '[{"feature": "tone", "better": "neither"}, {"feature": "Tone", "better": "A"}, '
+    '{"feature": "honesty", "better": "B"}, {"feature": "creativity", "better": "A"}, '
+    '{"feature": "humor", "better": "neither"}]'
+)
 
 
-def test_parse_feature_differences_keyed_by_feature_like_the_paper():
-    reply = (
-        'Answer:\n{"helpfulness": {"justification": "y2 answers the question.", "better response": "y2"}, '
-        '"humor": {"justification": "y1 jokes.", "better response": "Not applicable"}}'
-    )
-    assert parse_feature_differences(reply, 3) == [
-        FeatureVerdict("helpfulness", "B", "y2 answers the question."),
-        FeatureVerdict("humor", None, "y1 jokes."),
-    ]
-
-
-def test_parse_feature_differences_bare_list_dedupes_and_keeps_first_k():
-    reply = (
-        '[{"feature": "tone", "better": "neither"}, {"feature": "Tone", "better": "A"}, '
-        '{"feature": "honesty", "better": "B"}, {"feature": "creativity", "better": "A"}, '
-        '{"feature": "humor", "better": "neither"}]'
-    )
-    assert parse_feature_differences(reply, 3) == [
-        FeatureVerdict("tone", None),
-        FeatureVerdict("honesty", "B"),
-        FeatureVerdict("creativity", "A"),
-    ]
-    assert parse_feature_differences(reply, 1) == [FeatureVerdict("tone", None)]
-
-
-def test_parse_feature_differences_keeps_proposed_features():
-    reply = '{"differences": [{"feature": "use of emoji", "better": "neither"}]}'
-    assert parse_feature_differences(reply, 3) == [FeatureVerdict("use of emoji", None)]
+@pytest.mark.parametrize(
+    ("reply", "k", "expected"),
+    [
+        pytest.param(
+            '{"differences": ['
+            '{"feature": "Correctness", "justification": "A gets 4, B gets 5.", "better": "A"},'
+            '{"feature": "verbosity", "justification": "B rambles.", "better": "A"},'
+            '{"feature": "tone", "justification": "B is chattier.", "better": "neither"}]}',
+            3,
+            [
+                FeatureVerdict("correctness", "A", "A gets 4, B gets 5."),
+                FeatureVerdict("verbosity", "A", "B rambles."),
+                FeatureVerdict("tone", None, "B is chattier."),
+            ],
+            id="our-format",
+        ),
+        pytest.param(
+            'Answer:\n{"helpfulness": {"justification": "y2 answers the question.", "better response": "y2"}, '
+            '"humor": {"justification": "y1 jokes.", "better response": "Not applicable"}}',
+            3,
+            [
+                FeatureVerdict("helpfulness", "B", "y2 answers the question."),
+                FeatureVerdict("humor", None, "y1 jokes."),
+            ],
+            id="keyed-by-feature-like-the-paper",
+        ),
+        pytest.param(
+            BARE_LIST_REPLY,
+            3,
+            [FeatureVerdict("tone", None), FeatureVerdict("honesty", "B"), FeatureVerdict("creativity", "A")],
+            id="bare-list-dedupes-keeps-first-k",
+        ),
+        pytest.param(BARE_LIST_REPLY, 1, [FeatureVerdict("tone", None)], id="bare-list-first-1"),
+        pytest.param(
+            '{"differences": [{"feature": "use of emoji", "better": "neither"}]}',
+            3,
+            [FeatureVerdict("use of emoji", None)],
+            id="keeps-proposed-features",
+        ),
+    ],
+)
+def test_parse_feature_differences(reply, k, expected):
+    assert parse_feature_differences(reply, k) == expected
 
 
 @pytest.mark.parametrize(

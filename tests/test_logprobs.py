@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import random
 import shutil
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import DPOConfig, DPOTrainer
 
 from hfpref.core.step import MissingColumnError, RowError
 from hfpref.models import attention
@@ -21,6 +19,7 @@ from hfpref.models.hub import content_hash, resolve_revision
 from hfpref.models.loading import parse_dtype, select_device
 from hfpref.models.packing import SequenceQuery, pack_segments, plan_padded_batches, split_group
 from hfpref.steps.logprobs import LogProbAnnotator, LogProbConfig, ResponseLogProbs, tokenize_responses
+from tests.helpers import assert_ref_logps_match_trl, trl_reference_rows
 
 STANDARD_PAIRS = [
     {
@@ -126,28 +125,14 @@ def expected(policy):
 @pytest.mark.parametrize("pairs", [STANDARD_PAIRS, CONVERSATIONAL_PAIRS], ids=["standard", "conversational"])
 def test_ref_logps_equal_trl_dpo_trainer_precomputed(policy, pairs, tmp_path):
     path, model, tokenizer = policy
-    args = DPOConfig(
-        output_dir=str(tmp_path),
-        bf16=False,  # TRL's default bf16 autocast moves its numbers by ~5e-4 (NOTES.md)
-        precompute_ref_log_probs=True,
-        use_cpu=True,
-        report_to=[],
-        per_device_train_batch_size=2,
-    )
-    trainer = DPOTrainer(
-        model=model, args=args, train_dataset=datasets.Dataset.from_list(pairs), processing_class=tokenizer
-    )
-    trl_rows = {json.dumps(row["prompt"]): row for row in trainer.train_dataset}
+    trl_rows = trl_reference_rows(model, tokenizer, pairs, tmp_path)
 
     def text(completion):
         return completion if isinstance(completion, str) else completion[0]["content"]
 
     rows = [{"prompt": p["prompt"], "responses": [text(p["chosen"]), text(p["rejected"])]} for p in pairs]
     out = LogProbAnnotator(model=path, packing="tree", token_budget=64)(_batch(rows))
-    for pair, logps, counts in zip(pairs, out["ref_logps"], out["ref_token_counts"], strict=True):
-        trl = trl_rows[json.dumps(pair["prompt"])]
-        assert logps == pytest.approx([trl["ref_chosen_logps"], trl["ref_rejected_logps"]], abs=1e-4)
-        assert counts == [len(trl["chosen_ids"]), len(trl["rejected_ids"])]
+    assert_ref_logps_match_trl(pairs, out, trl_rows)
 
 
 # ---- exactness of packing and batching ------------------------------------------------------------

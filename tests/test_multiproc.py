@@ -23,30 +23,19 @@ from hfpref.pipeline import recipe as R
 from hfpref.pipeline.engines import EngineError, is_model_step
 from hfpref.pipeline.engines.local import LocalEngine
 from hfpref.pipeline.recipe import Recipe
+from tests.helpers import DeclaredColumns, LoggedModelConfig, append_json_line, fake_model_folder
 
 
-@dataclasses.dataclass
-class RecorderConfig(StepConfig):
-    model: str = ""  # a folder: its content hash is the model revision
-    revision: str | None = None
-    log: str = ""
-
-
-class RankRecorder(ModelStep):
+class RankRecorder(DeclaredColumns, ModelStep):
     """A model step without weights: logs each load (pid, rank, device) and batch (pid, rank, first row).
 
     Output ``lengths`` (the responses' lengths) does not depend on the rank, so runs on 1 and k
     workers must agree.
     """
 
-    config_class = RecorderConfig
-    config: RecorderConfig
-
-    def input_columns(self):
-        return ["responses"]
-
-    def output_columns(self):
-        return ["lengths"]
+    config_class = LoggedModelConfig
+    config: LoggedModelConfig
+    outputs = ("lengths",)
 
     def load(self, rank):
         _log(self.config.log, "load", rank, str(select_device(None, rank)), id(self))
@@ -63,17 +52,12 @@ class CpuConfig(StepConfig):
     log: str = ""
 
 
-class CpuRecorder(Step):
+class CpuRecorder(DeclaredColumns, Step):
     """A pure-CPU step (rewards = minus the response lengths) that logs where it ran."""
 
     config_class = CpuConfig
     config: CpuConfig
-
-    def input_columns(self):
-        return ["responses"]
-
-    def output_columns(self):
-        return ["rewards"]
+    outputs = ("rewards",)
 
     def process(self, batch, rank, indices):
         _log(self.config.log, "cpu", rank, "-", indices[0])
@@ -81,8 +65,7 @@ class CpuRecorder(Step):
 
 
 def _log(path: str, event: str, rank, device: str, value) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps([event, os.getpid(), rank, device, value]) + "\n")
+    append_json_line(path, [event, os.getpid(), rank, device, value])
 
 
 def events(path: Path, kind: str) -> list[tuple]:
@@ -99,10 +82,7 @@ def two_gpus(monkeypatch):
 
 @pytest.fixture
 def model_dir(tmp_path) -> Path:
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    return folder
+    return fake_model_folder(tmp_path)
 
 
 def candidates(n: int) -> datasets.Dataset:

@@ -15,7 +15,6 @@ import datasets
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import DPOConfig, DPOTrainer
 
 from hfpref.core.step import RowError
 from hfpref.pipeline.recipe import Recipe, step_class
@@ -30,6 +29,7 @@ from hfpref.steps.chat_prompts import (
 )
 from hfpref.steps.logprobs import LogProbAnnotator
 from hfpref.steps.sampling import ResponseSampler
+from tests.helpers import assert_ref_logps_match_trl, trl_reference_rows
 from tests.tiny_models import CHAT_TEMPLATE
 
 PROMPTS = ["Write a short poem about the sea.", "List the planets.", "Explain why the sky is blue."]
@@ -44,8 +44,14 @@ def policy(tiny_models) -> str:
 @pytest.fixture(scope="module")
 def bare_policy(tiny_models, tmp_path_factory) -> str:
     """The tiny policy without its chat template (same weights and vocabulary)."""
-    folder = tmp_path_factory.mktemp("bare") / "tiny-llama-no-template"
-    shutil.copytree(tiny_models["policy"], folder)
+    return _without_template(
+        tiny_models["policy"], tmp_path_factory.mktemp("bare") / "tiny-llama-no-template"
+    )
+
+
+def _without_template(model, folder) -> str:
+    """A copy of ``model`` in ``folder`` without its chat template file (same weights and vocabulary)."""
+    shutil.copytree(model, folder)
     (folder / "chat_template.jinja").unlink()
     assert AutoTokenizer.from_pretrained(folder).chat_template is None
     return str(folder)
@@ -71,26 +77,9 @@ def test_sampled_response_is_scored_in_the_conversation_it_was_sampled_in(policy
         for prompt, responses in zip(sampled["prompt"], sampled["responses"], strict=True)
     ]
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
-    args = DPOConfig(
-        output_dir=str(tmp_path),
-        bf16=False,  # TRL's default bf16 autocast moves its numbers by ~5e-4 (NOTES.md)
-        precompute_ref_log_probs=True,
-        use_cpu=True,
-        report_to=[],
-        per_device_train_batch_size=2,
-    )
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(pairs),
-        processing_class=AutoTokenizer.from_pretrained(policy),
-    )
-    trl_rows = {json.dumps(row["prompt"]): row for row in trainer.train_dataset}
+    trl_rows = trl_reference_rows(model, AutoTokenizer.from_pretrained(policy), pairs, tmp_path)
     assert len(trl_rows) == len(PROMPTS)
-    for pair, logps, counts in zip(pairs, out["ref_logps"], out["ref_token_counts"], strict=True):
-        trl = trl_rows[json.dumps(pair["prompt"])]
-        assert logps == pytest.approx([trl["ref_chosen_logps"], trl["ref_rejected_logps"]], abs=1e-4)
-        assert counts == [len(trl["chosen_ids"]), len(trl["rejected_ids"])]
+    assert_ref_logps_match_trl(pairs, out, trl_rows)
 
     # the old behaviour, scoring the raw string, is another context and gives other numbers
     raw = LogProbAnnotator(model=policy)({"prompt": PROMPTS, "responses": sampled["responses"]})
@@ -174,29 +163,34 @@ def _recipe(tmp_path, steps: list[dict]) -> Recipe:
 def test_recipe_sampling_with_a_template_and_scoring_without_fails_before_sampling(
     policy, bare_policy, tmp_path, monkeypatch
 ):
+    _assert_refused_before_sampling("LogProbAnnotator", bare_policy, policy, tmp_path, monkeypatch)
+
+
+def _assert_refused_before_sampling(scorer: str, bare_model: str, policy: str, tmp_path, monkeypatch) -> None:
+    """A recipe sampling through the policy's template, then scoring with ``scorer`` on a model without one,
+    fails in preflight, naming the scorer, before any response is sampled."""
+
     def no_sampling(self, rank):
-        raise AssertionError("the recipe sampled before finding that its scorer cannot take the prompts")
+        raise AssertionError(f"the recipe sampled before finding that {scorer} cannot take the prompts")
 
     monkeypatch.setattr(ResponseSampler, "load", no_sampling)
     recipe = _recipe(
         tmp_path,
         [
             {"step": "ResponseSampler", "config": {"model": policy, "n": 2, "max_new_tokens": 4}},
-            {"step": "LogProbAnnotator", "config": {"model": bare_policy}},
+            {"step": scorer, "config": {"model": bare_model}},
         ],
     )
-    with pytest.raises(PromptFormError, match=r"steps\[1\] \(LogProbAnnotator\): .*no chat template"):
+    with pytest.raises(PromptFormError, match=rf"steps\[1\] \({scorer}\): .*no chat template"):
         recipe.run(cache_dir=tmp_path / "cache", progress=False)
 
 
 @pytest.fixture(scope="module")
 def bare_reward(tiny_models, tmp_path_factory) -> str:
     """The tiny reward model without its chat template (same weights and vocabulary)."""
-    folder = tmp_path_factory.mktemp("bare-rm") / "tiny-llama-rm-no-template"
-    shutil.copytree(tiny_models["reward"], folder)
-    (folder / "chat_template.jinja").unlink()
-    assert AutoTokenizer.from_pretrained(folder).chat_template is None
-    return str(folder)
+    return _without_template(
+        tiny_models["reward"], tmp_path_factory.mktemp("bare-rm") / "tiny-llama-rm-no-template"
+    )
 
 
 def test_a_reward_model_without_a_template_is_refused_messages_before_sampling(
@@ -209,22 +203,7 @@ def test_a_reward_model_without_a_template_is_refused_messages_before_sampling(
     assert templated.prompt_form_after(MESSAGES) == MESSAGES
     with pytest.raises(PromptFormError, match=r"reward model .*no chat template"):
         bare.prompt_form_after(MESSAGES)
-
-    def no_sampling(self, rank):
-        raise AssertionError(
-            "the recipe sampled before finding that its reward model cannot take the prompts"
-        )
-
-    monkeypatch.setattr(ResponseSampler, "load", no_sampling)
-    recipe = _recipe(
-        tmp_path,
-        [
-            {"step": "ResponseSampler", "config": {"model": policy, "n": 2, "max_new_tokens": 4}},
-            {"step": "RewardAnnotator", "config": {"model": bare_reward}},
-        ],
-    )
-    with pytest.raises(PromptFormError, match=r"steps\[1\] \(RewardAnnotator\): .*no chat template"):
-        recipe.run(cache_dir=tmp_path / "cache", progress=False)
+    _assert_refused_before_sampling("RewardAnnotator", bare_reward, policy, tmp_path, monkeypatch)
 
 
 def test_recipe_release_records_the_template_and_keeps_pairs_conversational(tiny_models, policy, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 import re
 from typing import ClassVar
@@ -14,7 +15,7 @@ from hfpref.core.step import MissingColumnError, RowError
 from hfpref.steps.judges.backends import Completion, JudgeBackend, JudgeRequestError
 from hfpref.steps.judges.parsing import parse_failure_summary
 from hfpref.steps.judges.quality import QualityJudge, filter_by_sample_delta
-from tests.canned_judge import judge_config, pair_batch
+from tests.helpers import judge_spec, pair_batch
 
 FAKE = f"{__name__}:CannedQualityJudge"
 
@@ -90,8 +91,7 @@ def canned():
     yield CannedQualityJudge
 
 
-def _judge(tmp_path, **overrides) -> dict:
-    return judge_config(FAKE, tmp_path, **overrides)
+_judge = functools.partial(judge_spec, FAKE)  # _judge(tmp_path, **overrides): the canned judge's config
 
 
 def _pairs(rows) -> datasets.Dataset:

@@ -4,7 +4,6 @@ finished shards, whichever engine wrote them, are not recomputed."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -16,13 +15,14 @@ import pytest
 from datasets import Dataset
 
 from hfpref.cli.main import main
-from hfpref.core.step import RowError, StepConfig, to_python
+from hfpref.core.step import RowError, to_python
 from hfpref.models.step import ModelStep
 from hfpref.pipeline import recipe as R
 from hfpref.pipeline.default_data import load_ifeval_candidates
 from hfpref.pipeline.engines import EngineError
 from hfpref.pipeline.recipe import DEFAULT_RECIPE, Recipe
 from hfpref.steps.selection import PairSelector
+from tests.helpers import DeclaredColumns, LoggedModelConfig, append_json_line, fake_model_folder
 from tests.test_resume import logged, ray_actor, rows_file
 
 ray = pytest.importorskip("ray")
@@ -115,24 +115,12 @@ def test_release_equals_the_single_process_engine_row_by_row(cluster, tmp_path, 
 # ---- where steps run, and resuming across engines -----------------------------------------------------
 
 
-@dataclasses.dataclass
-class WhereConfig(StepConfig):
-    model: str = ""  # a folder: its content hash is the model revision
-    revision: str | None = None
-    log: str = ""
-
-
-class WhereModel(ModelStep):
+class WhereModel(DeclaredColumns, ModelStep):
     """A model step without weights: logs each load and batch with the Ray actor it ran in."""
 
-    config_class = WhereConfig
-    config: WhereConfig
-
-    def input_columns(self):
-        return ["responses"]
-
-    def output_columns(self):
-        return ["words"]
+    config_class = LoggedModelConfig
+    config: LoggedModelConfig
+    outputs = ("words",)
 
     def load(self, rank):
         _log(self.config.log, "load", None)
@@ -145,8 +133,7 @@ class WhereModel(ModelStep):
 
 
 def _log(path: str, event: str, indices) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps([event, os.getpid(), ray_actor(), indices]) + "\n")
+    append_json_line(path, [event, os.getpid(), ray_actor(), indices])
 
 
 def test_actors_for_model_steps_tasks_for_cpu_steps_and_resume_from_local_shards(
@@ -155,9 +142,7 @@ def test_actors_for_model_steps_tasks_for_cpu_steps_and_resume_from_local_shards
     # the pure-CPU step lives in a module that does not import torch, so Ray task workers start fast
     monkeypatch.setitem(R.STEP_REGISTRY, "CountedLengths", "tests.test_resume:CountedLengths")
     monkeypatch.setitem(R.STEP_REGISTRY, "WhereModel", "tests.test_ray_engine:WhereModel")
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    model = fake_model_folder(tmp_path)
     rows = rows_file(tmp_path, n=48)
     cpu_log, model_log = tmp_path / "cpu-log", tmp_path / "model-log"
     recipe = Recipe.from_dict(

@@ -12,6 +12,7 @@ import yaml
 from hfpref.core.step import Step, StepConfig
 from hfpref.pipeline import recipe as R
 from hfpref.pipeline.recipe import InputSpec, Recipe, RecipeError
+from tests.helpers import DeclaredColumns, ScaleList, candidate_rows
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
 
@@ -19,26 +20,10 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"
 # ---- tiny steps for the cache tests (registered per test through monkeypatch) ------------------------
 
 
-@dataclasses.dataclass
-class CopyConfig(StepConfig):
-    scale: float = 1.0
+class CopyScores(ScaleList):
+    """rewards = scores * factor; counts its batches."""
 
-
-class CopyScores(Step):
-    """rewards = scores * scale; counts its batches."""
-
-    config_class = CopyConfig
-    calls = 0
-
-    def input_columns(self):
-        return ["scores"]
-
-    def output_columns(self):
-        return ["rewards"]
-
-    def process(self, batch, rank, indices):
-        type(self).calls += 1
-        return {"rewards": [[s * self.config.scale for s in row] for row in batch["scores"]]}
+    inputs, outputs = ("scores",), ("rewards",)
 
 
 @dataclasses.dataclass
@@ -46,18 +31,13 @@ class FlakyConfig(StepConfig):
     pass
 
 
-class Flaky(Step):
+class Flaky(DeclaredColumns, Step):
     """Adds n_responses; raises while ``fail`` is set (a crash in a later step)."""
 
     config_class = FlakyConfig
     calls = 0
     fail = False
-
-    def input_columns(self):
-        return ["responses"]
-
-    def output_columns(self):
-        return ["n_responses"]
+    outputs = ("n_responses",)
 
     def process(self, batch, rank, indices):
         type(self).calls += 1
@@ -66,24 +46,11 @@ class Flaky(Step):
         return {"n_responses": [len(r) for r in batch["responses"]]}
 
 
-ROWS = [
-    {
-        "key": 0,
-        "prompt": "p0",
-        "responses": ["a", "b c", "d e f"],
-        "generators": ["g1", "g2", "g1"],
-        "scores": [0.1, 0.9, 0.5],
-    },
-    {"key": 1, "prompt": "p1", "responses": ["x", "y"], "generators": ["g1", "g2"], "scores": [0.7, 0.2]},
-    {"key": 2, "prompt": "p2", "responses": ["only one"], "generators": ["g2"], "scores": [1.0]},
-    {
-        "key": 3,
-        "prompt": "p3",
-        "responses": ["same", "other"],
-        "generators": ["g1", "g2"],
-        "scores": [0.4, 0.4],
-    },
-]
+ROWS = candidate_rows(
+    responses=[["a", "b c", "d e f"], ["x", "y"], ["only one"], ["same", "other"]],
+    generators=[["g1", "g2", "g1"], ["g1", "g2"], ["g2"], ["g1", "g2"]],
+    scores=[[0.1, 0.9, 0.5], [0.7, 0.2], [1.0], [0.4, 0.4]],
+)
 
 
 @pytest.fixture
@@ -105,7 +72,7 @@ def _recipe(rows_file: Path, **pairs) -> Recipe:
     return Recipe.from_dict(
         {
             "input": {"path": str(rows_file)},
-            "steps": [{"step": "CopyScores", "config": {"scale": 2.0}}, {"step": "Flaky"}],
+            "steps": [{"step": "CopyScores", "config": {"factor": 2.0}}, {"step": "Flaky"}],
             "pairs": {"strategies": ["max_margin"], **pairs},
             "output": {"name": "test", "version": "1.2.3"},
         }
@@ -154,7 +121,7 @@ def test_changed_config_reruns_only_from_that_step(registry, rows_file, tmp_path
     changed = Recipe.from_dict(
         {
             **_recipe(rows_file).to_dict(),
-            "steps": [{"step": "CopyScores", "config": {"scale": 3.0}}, {"step": "Flaky"}],
+            "steps": [{"step": "CopyScores", "config": {"factor": 3.0}}, {"step": "Flaky"}],
         }
     )
     result = changed.run(cache_dir=cache, progress=False)

@@ -17,19 +17,14 @@ import yaml
 from hfpref.pipeline.recipe import Recipe
 from hfpref.release import writer as REL
 from hfpref.release.summary import describe_values, stronger_generator_share, summary_table
+from tests.helpers import candidate_rows
 
 # hand-built candidates: rewards given, so only PairMetrics (word-level) and selection run
-ROWS = [
-    {"key": key, "prompt": f"p{key}", "responses": responses, "generators": generators, "rewards": rewards}
-    for key, (responses, generators, rewards) in enumerate(
-        [
-            (["a b", "a c d", "x"], ["g1", "g2", "g2"], [1.0, 0.0, 0.5]),
-            (["one two", "one"], ["g2", "g1"], [1.0, 0.0]),
-            (["solo"], ["g1"], [1.0]),
-            (["s t", "s u"], ["g1", "g2"], [0.5, 0.5]),
-        ]
-    )
-]
+ROWS = candidate_rows(
+    responses=[["a b", "a c d", "x"], ["one two", "one"], ["solo"], ["s t", "s u"]],
+    generators=[["g1", "g2", "g2"], ["g2", "g1"], ["g1"], ["g1", "g2"]],
+    rewards=[[1.0, 0.0, 0.5], [1.0, 0.0], [1.0], [0.5, 0.5]],
+)
 STRATEGIES = ["max_margin", "best_of_n2", "ds_fix"]
 
 

@@ -22,6 +22,7 @@ from hfpref.core.step import Step, StepConfig
 from hfpref.pipeline import recipe as R
 from hfpref.pipeline.engines.local import map_step
 from hfpref.pipeline.resume import is_cached, plan_shards, shard_of
+from tests.helpers import DeclaredColumns, append_json_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,17 +37,12 @@ class CountedConfig(StepConfig):
     fail_from_row: int | None = None  # raise on a batch holding this row or a later one
 
 
-class CountedLengths(Step):
+class CountedLengths(DeclaredColumns, Step):
     """rewards = the responses' lengths in characters; logs each batch it computes."""
 
     config_class = CountedConfig
     config: CountedConfig
-
-    def input_columns(self):
-        return ["responses"]
-
-    def output_columns(self):
-        return ["rewards"]
+    outputs = ("rewards",)
 
     def process(self, batch, rank, indices):
         cfg = self.config
@@ -57,8 +53,7 @@ class CountedLengths(Step):
         ):
             raise RuntimeError(f"simulated crash at rows {indices[0]}..{indices[-1]}")
         time.sleep(cfg.sleep)
-        with open(cfg.log, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps([os.getpid(), rank, ray_actor(), indices[0], len(indices)]) + "\n")
+        append_json_line(cfg.log, [os.getpid(), rank, ray_actor(), indices[0], len(indices)])
         return {"rewards": [[float(len(r)) for r in responses] for responses in batch["responses"]]}
 
 

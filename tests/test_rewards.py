@@ -85,8 +85,7 @@ def test_batched_equals_one_at_a_time(reward_path, attn, packing, budget):
     step = RewardAnnotator(model=reward_path, attn_implementation=attn, packing=packing, token_budget=budget)
     out = step(_batch(ROWS))
     assert step.resources(None).scorer.runner.mode == packing
-    for rewards, native in zip(out["rewards"], want, strict=True):
-        assert rewards == pytest.approx([n[0] for n in native], abs=1e-5)
+    _assert_first_head(out["rewards"], want)
     assert out["reward_source"] == [f"{reward_path}@{content_hash(reward_path)}"] * len(ROWS)
     assert step.output_columns() == ["rewards", "reward_source"]
 
@@ -99,22 +98,28 @@ def test_results_do_not_depend_on_input_order(reward_path):
         assert a == pytest.approx(b, abs=1e-5)
 
 
-def _reward_model_copy(tiny_models, folder, chat_template: str | None):
-    """A copy of the tiny reward model in ``folder`` whose tokenizer has ``chat_template`` (None: none);
-    returns that tokenizer, reloaded from the folder."""
-    shutil.copytree(tiny_models["reward"], folder)
+def _copy_with_template(model, folder, template: str | None):
+    """Copy ``model`` to ``folder`` with ``template`` as its chat template (None: none, no template file);
+    returns the copy's tokenizer, read back from the folder."""
+    shutil.copytree(model, folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = chat_template
+    tokenizer.chat_template = template
     tokenizer.save_pretrained(folder)
-    if chat_template is None:
+    if template is None:
         (folder / "chat_template.jinja").unlink(missing_ok=True)
     return AutoTokenizer.from_pretrained(folder)
+
+
+def _assert_first_head(rewards: list[list[float]], native: list[list[list[float]]]) -> None:
+    """The annotator's rewards equal the native model's first output, response by response."""
+    for row_rewards, row_native in zip(rewards, native, strict=True):
+        assert row_rewards == pytest.approx([n[0] for n in row_native], abs=1e-5)
 
 
 def test_uses_the_reward_models_own_template(tiny_models, tmp_path):
     """An RM whose template differs from the policy's is scored on its own rendering, never the policy's."""
     rm = tmp_path / "rm-other-template"
-    tokenizer = _reward_model_copy(tiny_models, rm, OTHER_TEMPLATE)
+    tokenizer = _copy_with_template(tiny_models["reward"], rm, OTHER_TEMPLATE)
     policy_tokenizer = AutoTokenizer.from_pretrained(tiny_models["policy"])
     row = ROWS[1]
     ours = conversation_ids(tokenizer, row["prompt"], row["responses"][0])
@@ -128,20 +133,17 @@ def test_uses_the_reward_models_own_template(tiny_models, tmp_path):
     assert ours != conversation_ids(policy_tokenizer, row["prompt"], row["responses"][0])
     want = _native_scores(str(rm), ROWS, _render_with_template(tokenizer))
     out = RewardAnnotator(model=str(rm))(_batch(ROWS))
-    for rewards, native in zip(out["rewards"], want, strict=True):
-        assert rewards == pytest.approx([n[0] for n in native], abs=1e-5)
+    _assert_first_head(out["rewards"], want)
 
 
 def test_without_chat_template_scores_prompt_plus_response_text(tiny_models, tmp_path):
     rm = tmp_path / "rm-no-template"
-    tokenizer = _reward_model_copy(tiny_models, rm, None)
+    tokenizer = _copy_with_template(tiny_models["reward"], rm, None)
     assert not tokenizer.chat_template
     rows = [ROWS[0], ROWS[2]]
     want = _native_scores(str(rm), rows, lambda p, r: tokenizer(p + r)["input_ids"])
     step = RewardAnnotator(model=str(rm))
-    out = step(_batch(rows))
-    for rewards, native in zip(out["rewards"], want, strict=True):
-        assert rewards == pytest.approx([n[0] for n in native], abs=1e-5)
+    _assert_first_head(step(_batch(rows))["rewards"], want)
     with pytest.raises(RowError, match="row 4 response 0.*no chat template"):
         step(_batch([ROWS[1]]), indices=[4])
 

@@ -9,33 +9,29 @@ import datasets
 import numpy as np
 import pytest
 
-from hfpref.core.step import MissingColumnError, Step, StepConfig
+from hfpref.core.step import MissingColumnError
+from tests.helpers import FactorConfig, ScaleList
 
 
 @dataclasses.dataclass
-class ScaleConfig(StepConfig):
+class ScaleConfig(FactorConfig):
     factor: float = 2.0
 
 
-class ScaleRewards(Step):
+class ScaleRewards(ScaleList):
     """Multiplies every reward by a factor; counts how often its 'model' is loaded."""
 
     config_class = ScaleConfig
     loads = 0
-
-    def input_columns(self) -> list[str]:
-        return ["rewards"]
-
-    def output_columns(self) -> list[str]:
-        return ["scaled"]
+    inputs, outputs = ("rewards",), ("scaled",)
 
     def load(self, rank):
         type(self).loads += 1
         return {"weights": np.ones(10)}
 
     def process(self, batch, rank, indices):
-        self.resources(rank)
-        return {"scaled": [[r * self.config.factor for r in row] for row in batch["rewards"]]}
+        self.resources(rank)  # loads the 'model' once per worker
+        return super().process(batch, rank, indices)
 
 
 def _candidates(tmp_path) -> datasets.Dataset:

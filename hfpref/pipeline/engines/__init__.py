@@ -9,8 +9,9 @@
 
 An engine offers ``map_step(step, dataset, batch_size=, num_proc=)`` (the step's output over a
 ``datasets.Dataset``, cached and resumable), ``select_pairs(selectors, candidates, batch_size=, num_proc=)``
-(yields ``(strategy, pairs with drop_reason)``) and ``close()``. Both engines return the same rows,
-written to the same ``datasets`` cache under the same fingerprints.
+(yields ``(strategy, pairs with drop_reason)``) and ``close()``; ``select_pairs`` and ``close`` come from
+``hfpref.pipeline.engines.base.Engine``, an engine saying only where the selectors run. Both engines return
+the same rows, written to the same ``datasets`` cache under the same fingerprints.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 
 from hfpref.core.step import Step, make_fork_safe
 from hfpref.pipeline.engines import EngineError, is_model_step
+from hfpref.pipeline.engines.base import Engine
 from hfpref.pipeline.resume import (
     DEFAULT_SHARD_ROWS,
     ShardRows,
@@ -29,7 +30,7 @@ from hfpref.pipeline.resume import (
 )
 
 
-class LocalEngine:
+class LocalEngine(Engine):
     """Runs recipe steps with ``datasets`` on this machine.
 
     ``gpus``: worker processes (one per GPU, rank = GPU index) for model steps, whatever ``num_proc``
@@ -62,41 +63,29 @@ class LocalEngine:
             shard_rows=self.shard_rows,
         )
 
-    def select_pairs(
-        self,
-        selectors: dict[str, Step],
-        candidates: Any,
-        *,
-        batch_size: int = 64,
-        num_proc: int | None = None,
-    ) -> Iterator[tuple[str, Any]]:
-        """(strategy, pairs with ``drop_reason``) for each selector, in order.
-
-        With ``num_proc=k`` the selectors not yet cached run first in k worker processes, one selector per
-        task (each writes its own cache file, the one a run in this process would write); they are then
-        read back here, so the pairs and their fingerprints are the same whatever ``num_proc``.
-        """
+    def run_selectors(
+        self, selectors: dict[str, Step], candidates: Any, *, batch_size: int, num_proc: int | None
+    ) -> dict[str, Any]:
+        """With ``num_proc=k``, the selectors not yet cached run first in k worker processes, one selector per
+        task (each writes its own cache file, the one a run in this process would write), and are read back
+        from the cache; so the pairs and their fingerprints are the same whatever ``num_proc``. Otherwise
+        (or with at most one selector to run) they run here."""
         workers = max(1, num_proc or 1)
-        todo: set[str] = set()
-        if workers > 1 and can_resume(candidates):
-            todo = {s for s, sel in selectors.items() if not is_cached(sel, candidates)}
-            if len(todo) > 1:
-                run_selectors_in_workers(
-                    [selectors[s] for s in selectors if s in todo], candidates, workers, batch_size
-                )
-            else:
-                todo = set()
-        for strategy, selector in selectors.items():
-            function = cached_only(selector, 0) if strategy in todo else None
-            yield (
-                strategy,
-                selector.apply(
-                    candidates, batch_size=batch_size, function=function, desc=f"pairs: {strategy}"
-                ),
+        if workers == 1 or not can_resume(candidates):
+            return {}
+        todo = [s for s, selector in selectors.items() if not is_cached(selector, candidates)]
+        if len(todo) < 2:
+            return {}
+        run_selectors_in_workers([selectors[s] for s in todo], candidates, workers, batch_size)
+        return {
+            strategy: selectors[strategy].apply(
+                candidates,
+                batch_size=batch_size,
+                function=cached_only(selectors[strategy], 0),
+                desc=f"pairs: {strategy}",
             )
-
-    def close(self) -> None:
-        """Nothing to release (the workers of a step end with it)."""
+            for strategy in todo
+        }
 
 
 def map_step(

@@ -3,21 +3,14 @@
 Per step, the rows not yet in the ``datasets`` cache go to Ray as Arrow blocks (``ray.data.from_arrow``);
 a model step (``hfpref.models.step.ModelStep``) runs in an actor pool, ``map_batches`` with a callable
 class, ``num_gpus`` per actor and a fixed ``concurrency``, so each actor loads its model once; a pure-CPU
-step runs as Ray tasks. Pair selection runs every strategy's ``PairSelector`` in one pass of tasks.
+step runs as Ray tasks. Pair selection runs every uncached strategy's ``PairSelector`` in one pass of tasks;
+the driver decodes each row's outputs once and replays every strategy from them.
 
-Exactness. Each Ray batch is decoded by ``datasets``' own Python formatter with the dataset's features,
-so a step sees exactly the values ``Dataset.map`` gives it (Ray's numpy batches would not: ``Json``
-columns arrive as undecoded strings, integers in structs with nulls as floats). The step's outputs
-travel back pickled, one row at a time, and are written by ``Dataset.map`` replaying them
-(``Step.apply(..., function=...)``): encoded, typed and cached exactly as the local engine writes
-them, under the same fingerprints (Arrow's type inference on Ray's side would vary from batch to
-batch, e.g. an all-None batch). Blocks hold whole batches of the local engine's batch size, so even a
-model step batches the same rows together as it does locally.
-
-Resumability. Steps run in the resumable shards of ``hfpref.pipeline.resume``: a shard is written to the
-cache as soon as Ray has returned all its rows (in order: ``preserve_order``), so a rerun after a
-crash or a kill sends only the unfinished shards to Ray. The caches are the local engine's, so a run
-may also be finished by the other engine.
+Resumability. Steps and pair selectors run in the resumable shards of ``hfpref.pipeline.resume``: a shard
+is written to the cache as soon as Ray has returned all its rows (in order: ``preserve_order``) and its
+rows are then dropped from the driver, so a rerun after a crash or a kill sends only the unfinished shards
+to Ray, and the driver holds at most the rows of the shards still in flight. The caches are the local
+engine's, so a run may also be finished by the other engine.
 
 The input is read on the driver (from the Hub, a Parquet or JSON file, or the embedded data) as a
 ``datasets.Dataset``, as the local engine reads it, and the release folder is written on the driver.
@@ -29,12 +22,21 @@ from __future__ import annotations
 import contextlib
 import math
 import pickle
-import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from hfpref.core.step import Batch, Step
 from hfpref.pipeline.engines import EngineError, is_model_step
+from hfpref.pipeline.engines.base import Engine
+from hfpref.pipeline.engines.ray_rows import (
+    ERROR_COLUMN,
+    OUTPUT_COLUMN,
+    ROW_COLUMN,
+    AllSelectors,
+    RayBatches,
+    Replay,
+    int64_array,
+)
 from hfpref.pipeline.resume import (
     DEFAULT_SHARD_ROWS,
     ShardRows,
@@ -45,106 +47,10 @@ from hfpref.pipeline.resume import (
     shard_of,
 )
 
-ROW_COLUMN = "_hfpref_row"  # dataset row index of each Ray row: the key outputs are matched back by
-OUTPUT_COLUMN = "_hfpref_output"  # one pickled {column: value} dict per row
-ERROR_COLUMN = "_hfpref_error"  # in a block whose step raised: the exception, pickled
 BLOCKS_PER_WORKER = 4  # enough blocks for every actor or task slot to stay busy
 
 
-class RayBatches:
-    """A Ray Data ``map_batches`` function: decode a pyarrow batch as ``Dataset.map`` would, run ``fn``.
-
-    ``fn(batch, indices)`` returns columns with one value per row (a step: ``ShardRows(step, 0)``);
-    the result is the rows' dataset indices and their output dicts, pickled. Passed as a class (with
-    ``fn_constructor_kwargs``) it runs in actors, each keeping ``fn``'s loaded model; as an instance,
-    in tasks.
-    """
-
-    def __init__(self, fn: Callable[[Batch, list[int]], Batch], features: Any, name: str) -> None:
-        self.fn = fn
-        self.features = features
-        self.name = name
-
-    def __call__(self, table: Any) -> Any:
-        import pyarrow as pa
-        from datasets.formatting import PythonFormatter
-
-        rows = table.column(ROW_COLUMN).to_pylist()
-        batch = PythonFormatter(features=self.features).format_batch(table.drop_columns([ROW_COLUMN]))
-        try:
-            out = self.fn(dict(batch), rows)
-        except Exception as error:  # sent back as it is: Ray would wrap it, and both engines raise the same
-            return error_block(rows[0], error)
-        for column, values in out.items():
-            if len(values) != len(rows):
-                raise ValueError(
-                    f"{self.name} returned {len(values)} values of column {column!r} for {len(rows)} rows; "
-                    "the Ray engine matches outputs to input rows one to one"
-                )
-        payloads = [
-            pickle.dumps(
-                {column: values[i] for column, values in out.items()}, protocol=pickle.HIGHEST_PROTOCOL
-            )
-            for i in range(len(rows))
-        ]
-        return pa.table(
-            {ROW_COLUMN: pa.array(rows, pa.int64()), OUTPUT_COLUMN: pa.array(payloads, pa.binary())}
-        )
-
-
-def error_block(row: int, error: Exception) -> Any:
-    """A one-row output block carrying ``error`` (pickled, with the worker's traceback as a note)."""
-    import pyarrow as pa
-
-    if hasattr(error, "add_note"):
-        error.add_note("(raised in a Ray worker)\n" + "".join(traceback.format_exception(error)))
-    try:
-        payload = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # an exception that cannot be pickled travels as Ray's own error
-        raise error from None
-    return pa.table(
-        {
-            ROW_COLUMN: pa.array([row], pa.int64()),
-            OUTPUT_COLUMN: pa.array([b""], pa.binary()),
-            ERROR_COLUMN: pa.array([payload], pa.binary()),
-        }
-    )
-
-
-class AllSelectors:
-    """Every pair strategy's selector over one batch: ``{strategy: [its output row dict, ...]}``."""
-
-    def __init__(self, selectors: dict[str, Step]) -> None:
-        self.selectors = selectors
-
-    def __call__(self, batch: Batch, indices: list[int]) -> Batch:
-        out: Batch = {}
-        for strategy, selector in self.selectors.items():
-            columns = selector(batch, indices=indices)
-            out[strategy] = [{c: v[i] for c, v in columns.items()} for i in range(len(indices))]
-        return out
-
-
-class Replay:
-    """A map function for ``Step.apply`` that returns outputs computed on Ray, by dataset row.
-
-    ``outputs`` maps row index to pickled ``{column: value}`` (``key`` picks one strategy's dict
-    out of an ``AllSelectors`` row); ``start`` is the shard's first row.
-    """
-
-    def __init__(self, outputs: dict[int, bytes], start: int, key: str | None = None) -> None:
-        self.outputs = outputs
-        self.start = start
-        self.key = key
-
-    def __call__(self, batch: Batch, indices: list[int]) -> Batch:
-        rows = [pickle.loads(self.outputs[self.start + i]) for i in indices]
-        if self.key is not None:
-            rows = [row[self.key] for row in rows]
-        return {column: [row[column] for row in rows] for column in rows[0]} if rows else {}
-
-
-class RayEngine:
+class RayEngine(Engine):
     """Runs recipe steps on a Ray cluster (``address``: None starts a local one; "auto" joins a running one).
 
     ``gpus``: GPUs a model step uses, one actor per GPU (default: every GPU of the cluster, or one
@@ -279,7 +185,7 @@ class RayEngine:
             for first in range(start, stop, block_rows):
                 last = min(first + block_rows, stop)
                 table = arrow[first:last]
-                blocks.append(table.append_column(ROW_COLUMN, _int64(range(first, last))))
+                blocks.append(table.append_column(ROW_COLUMN, int64_array(range(first, last))))
         with self._data_context():
             source = ray.data.from_arrow(blocks)
             if actors:
@@ -312,83 +218,103 @@ class RayEngine:
         # row, which is how blocks come back from Ray), runs here
         if len(dataset) == 0 or step.needs_whole_dataset or step.changes_row_count:
             return step.apply(dataset, batch_size=batch_size)
+        outputs = self._sharded(
+            {None: step},
+            dataset,
+            ShardRows(step, 0),
+            step.name,
+            actors=is_model_step(step),
+            batch_size=batch_size,
+        )
+        return outputs[None]
+
+    def run_selectors(
+        self, selectors: dict[str, Step], candidates: Any, *, batch_size: int, num_proc: int | None
+    ) -> dict[str, Any]:
+        """The selectors not yet cached run in one pass of Ray tasks, in resumable shards as ``map_step``
+        runs a step; each is then read back from its cached shards (``num_proc`` is not used here)."""
+        todo = {s: sel for s, sel in selectors.items() if not is_cached(sel, candidates)}
+        if len(candidates) == 0 or not todo:
+            return {}
+        return self._sharded(
+            todo, candidates, AllSelectors(todo), "PairSelector", actors=False, batch_size=batch_size
+        )
+
+    # ---- resumable shards ----------------------------------------------------------------------------
+    def _sharded(
+        self,
+        steps: dict[Any, Step],
+        dataset: Any,
+        fn: Callable[[Batch, list[int]], Batch],
+        name: str,
+        *,
+        actors: bool,
+        batch_size: int,
+    ) -> dict[Any, Any]:
+        """Each of ``steps`` over ``dataset``, by resumable shards: the shards not cached for all of them
+        run on Ray through ``fn`` (for one step, under key None, its columns; for several, one column
+        per key: ``AllSelectors``), each written to the cache as soon as its rows are back."""
         bounds = plan_shards(len(dataset), batch_size, self.shard_rows)
         shards = {start: (stop, shard_of(dataset, start, stop)) for start, stop in bounds}
-        done: dict[int, Any] = {}
-        pending = [start for start, (_, shard) in shards.items() if not is_cached(step, shard)]
-        if pending:
-            collected: dict[int, bytes] = {}
-            queue = list(pending)
-            outputs = self._outputs(
+        pending = [
+            start
+            for start, (_, shard) in shards.items()
+            if not all(is_cached(step, shard) for step in steps.values())
+        ]
+        done = self._replayed(steps, dataset, shards, pending, fn, name, actors=actors, batch_size=batch_size)
+        return {
+            key: join_shards(
+                step,
                 dataset,
-                [(start, shards[start][0]) for start in pending],
-                ShardRows(step, 0),
-                step.name,
-                actors=is_model_step(step),
-                batch_size=batch_size,
+                [
+                    done[key, start]
+                    if (key, start) in done
+                    else step.apply(
+                        shard, batch_size=batch_size, function=cached_only(step, start), desc=step.name
+                    )
+                    for start, (_, shard) in shards.items()
+                ],
             )
-            for rows, payloads in outputs:
-                collected.update(zip(rows, payloads, strict=True))
-                while queue and all(row in collected for row in range(queue[0], shards[queue[0]][0])):
-                    start = queue.pop(0)  # every row of the next shard is back: cache it now
-                    stop, shard = shards[start]
-                    done[start] = step.apply(
+            for key, step in steps.items()
+        }
+
+    def _replayed(
+        self,
+        steps: dict[Any, Step],
+        dataset: Any,
+        shards: dict[int, tuple[int, Any]],
+        pending: list[int],
+        fn: Callable[[Batch, list[int]], Batch],
+        name: str,
+        *,
+        actors: bool,
+        batch_size: int,
+    ) -> dict[tuple[Any, int], Any]:
+        """Run the ``pending`` shards on Ray; as each shard's rows are all back, decode them (once, whatever
+        the number of steps), replay every step's output over the shard through ``Step.apply`` (cached), and
+        drop them. Returns ``{(key, shard start): output}``."""
+        done: dict[tuple[Any, int], Any] = {}
+        if not pending:
+            return done
+        collected: dict[int, bytes] = {}
+        queue = list(pending)
+        ranges = [(start, shards[start][0]) for start in pending]
+        for rows, payloads in self._outputs(dataset, ranges, fn, name, actors=actors, batch_size=batch_size):
+            collected.update(zip(rows, payloads, strict=True))
+            while queue and all(row in collected for row in range(queue[0], shards[queue[0]][0])):
+                start = queue.pop(0)  # every row of the next shard is back: cache it now
+                stop, shard = shards[start]
+                decoded = {row: pickle.loads(collected.pop(row)) for row in range(start, stop)}
+                for key, step in steps.items():
+                    done[key, start] = step.apply(
                         shard,
                         batch_size=batch_size,
-                        function=Replay(collected, start),
-                        desc=f"{step.name} (ray)",
+                        function=Replay(decoded, start, key),
+                        desc=f"{step.name} (ray)" if key is None else f"pairs: {key} (ray)",
                     )
-                    for row in range(start, stop):
-                        del collected[row]
-            if queue:
-                raise RuntimeError(f"{step.name}: Ray returned no output for rows from {queue[0]}")
-        results = [
-            done[start]
-            if start in done
-            else step.apply(shard, batch_size=batch_size, function=cached_only(step, start), desc=step.name)
-            for start, (_, shard) in shards.items()
-        ]
-        return join_shards(step, dataset, results)
-
-    def select_pairs(
-        self,
-        selectors: dict[str, Step],
-        candidates: Any,
-        *,
-        batch_size: int = 64,
-        num_proc: int | None = None,
-    ) -> Iterator[tuple[str, Any]]:
-        """(strategy, pairs with ``drop_reason``) per selector; the uncached ones in one pass of Ray tasks
-        (``num_proc`` is the local engine's and is not used here)."""
-        if len(candidates) == 0:
-            yield from ((s, sel.apply(candidates, batch_size=batch_size)) for s, sel in selectors.items())
-            return
-        todo = {s: sel for s, sel in selectors.items() if not is_cached(sel, candidates)}
-        collected: dict[int, bytes] = {}
-        if todo:
-            for rows, payloads in self._outputs(
-                candidates,
-                [(0, len(candidates))],
-                AllSelectors(todo),
-                "PairSelector",
-                actors=False,
-                batch_size=batch_size,
-            ):
-                collected.update(zip(rows, payloads, strict=True))
-        for strategy, selector in selectors.items():
-            function = Replay(collected, 0, key=strategy) if strategy in todo else cached_only(selector, 0)
-            yield (
-                strategy,
-                selector.apply(
-                    candidates, batch_size=batch_size, function=function, desc=f"pairs: {strategy} (ray)"
-                ),
-            )
-
-
-def _int64(values: range) -> Any:
-    import pyarrow as pa
-
-    return pa.array(values, pa.int64())
+        if queue:
+            raise RuntimeError(f"{name}: Ray returned no output for rows from {queue[0]}")
+        return done
 
 
 __all__ = ["RayBatches", "RayEngine", "Replay"]
