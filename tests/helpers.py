@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -176,3 +180,23 @@ def judge_spec(backend: str, tmp_path: Path, **overrides: Any) -> dict[str, Any]
         "cache_dir": str(tmp_path / "judge-cache"),
         **overrides,
     }
+
+
+# ---- killing a real run -----------------------------------------------------------------------------------
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """SIGKILL ``proc`` (started with ``stderr=PIPE``) as soon as ``ready()``; fail if it ends first or
+    ``what`` is not reached within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            err = proc.stderr.read()
+            raise AssertionError(
+                f"the run ended before {what}: {err.decode() if isinstance(err, bytes) else err}"
+            )
+        assert time.monotonic() < deadline, f"the run never reached {what}"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()

@@ -68,23 +68,10 @@ def test_pairs_rows_by_hand():
             reward_source="rm@abc",
             key=7,
         ),
-        *(  # two conversational rows, their one pair selected
-            _scored(
-                [{"role": "user", "content": said}],
-                responses,
-                [True],
-                rewards=rewards,
-                implicit=implicit,
-                ref_logps=[-1.0, -2.0],
-                generators=generators,
-                reward_source="rm@abc",
-                key=key,
-            )
-            for said, responses, rewards, implicit, generators, key in [
-                ("hi", ["x", "y"], [None, 1.0], [0.0, 0.0], ["m", "m"], 8),  # the annotator could not score x
-                ("yo", ["u", "v"], [0.2, 0.7], [0.4, 0.1], ["m", "n"], 9),
-            ]
-        ),
+        _chat_row(
+            "hi", ["x", "y"], [None, 1.0], [0.0, 0.0], ["m", "m"], key=8
+        ),  # the annotator could not score x
+        _chat_row("yo", ["u", "v"], [0.2, 0.7], [0.4, 0.1], ["m", "n"], key=9),
     ]
     step = AnnotatedPairs()
     out = step({k: [r[k] for r in rows[:1]] for k in rows[0]})

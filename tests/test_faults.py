@@ -24,6 +24,7 @@ import pytest
 
 from hfpref.cli.main import main
 from hfpref.release import writer as REL
+from tests.helpers import kill_when
 from tests.test_release import make_small_release
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,17 +121,6 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while not ready():
-        assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()[1]}"
-        assert time.monotonic() < deadline, f"never reached {what}"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-
-
 def _staged_files(folder: Path) -> int:
     staging = REL.staging_dir(folder)
     return sum(1 for p in staging.rglob("*") if p.is_file()) if staging.exists() else 0
@@ -161,7 +151,7 @@ def test_killed_runs_leave_a_consistent_folder_and_a_rerun_equals_an_uninterrupt
     if folder.exists():  # a random kill may have come after the swap
         shutil.rmtree(folder)
     proc = _curate(work, recipe, pause=0.3)
-    _kill_when(proc, lambda: _staged_files(folder) >= 2, "two staged files")
+    kill_when(proc, lambda: _staged_files(folder) >= 2, "two staged files")
     assert not folder.exists(), "a killed writer must not leave a half-written release folder"
 
     # 3. a finished release of other rows, then SIGKILL inside the writer replacing it: the old one stays whole
@@ -171,7 +161,7 @@ def test_killed_runs_leave_a_consistent_folder_and_a_rerun_equals_an_uninterrupt
     assert code == 0, err
     before = snapshot(folder)
     proc = _curate(work, recipe, pause=0.3)
-    _kill_when(proc, lambda: _staged_files(folder) >= 3, "three staged files")
+    kill_when(proc, lambda: _staged_files(folder) >= 3, "three staged files")
     assert_consistent(folder)
     assert snapshot(folder) == before, "the old release is intact until the new one is swapped in"
 

@@ -17,8 +17,8 @@ import yaml
 from hfpref.pipeline import iterate as IT
 from hfpref.pipeline.iterate import loop as LOOP
 from hfpref.pipeline.recipe import Recipe
+from tests.helpers import kill_when
 from tests.test_iterate import _raw
-from tests.test_resume import kill_when
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = "smallest_margin_corpus"

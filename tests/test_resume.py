@@ -6,11 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -22,7 +20,7 @@ from hfpref.core.step import Step, StepConfig
 from hfpref.pipeline import recipe as R
 from hfpref.pipeline.engines.local import map_step
 from hfpref.pipeline.resume import is_cached, plan_shards, shard_of
-from tests.helpers import DeclaredColumns, append_json_line
+from tests.helpers import DeclaredColumns, append_json_line, kill_when
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,19 +173,6 @@ from hfpref.cli.main import main
 recipe.register_step("CountedLengths", "tests.test_resume:CountedLengths")
 sys.exit(main(sys.argv[1:]))
 """
-
-
-def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float) -> None:
-    """SIGKILL ``proc`` (started with ``stderr=PIPE``) as soon as ``ready()``; fail if it ends first or
-    ``what`` is not reached within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()}"
-        assert time.monotonic() < deadline, f"the run never reached {what}"
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
 
 
 def _recipe_file(tmp_path: Path, rows: Path, log: Path, sleep: float) -> Path:
