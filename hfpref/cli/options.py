@@ -101,7 +101,7 @@ class HubOptions:
     )
 
     def push(self, folder: Any, repo_id: str, version: str) -> dict[str, Any]:
-        """Push the release in ``folder`` to ``repo_id`` as ``version`` (``hfpref.release.writer.push_release``)."""
+        """Push the release in ``folder`` to ``repo_id`` as ``version`` (``hfpref.release.push.push_release``)."""
         from hfpref.release import push_release
 
         return push_release(
