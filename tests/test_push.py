@@ -13,7 +13,9 @@ import filelock
 import pytest
 
 from hfpref.cli.main import main
-from hfpref.release import writer as REL
+from hfpref.release import ReleaseError, read_manifest
+from hfpref.release.folder import ReleaseLockedError
+from hfpref.release.push import ReleaseExistsError, push_release
 from tests.test_release import make_small_release
 
 
@@ -47,7 +49,7 @@ def folder(tmp_path):
 
 def test_push_new_version(folder):
     api = _api()
-    info = REL.push_release(folder, "me/tiny", "0.4.0", api=api)
+    info = push_release(folder, "me/tiny", "0.4.0", api=api)
     api.create_repo.assert_called_once_with("me/tiny", repo_type="dataset", private=False, exist_ok=True)
     api.list_repo_refs.assert_called_once_with("me/tiny", repo_type="dataset")
     api.create_branch.assert_called_once_with(
@@ -89,8 +91,8 @@ def test_push_new_version(folder):
 def test_existing_tag_is_refused_before_anything_changes(folder):
     before = (folder / "hfpref_manifest.json").read_text()
     api = _api(tags=["v0.4.0"])
-    with pytest.raises(REL.ReleaseExistsError, match=r"already has the tag v0.4.0"):
-        REL.push_release(folder, "me/tiny", "0.4.0", api=api)
+    with pytest.raises(ReleaseExistsError, match=r"already has the tag v0.4.0"):
+        push_release(folder, "me/tiny", "0.4.0", api=api)
     api.upload_folder.assert_not_called()
     api.create_tag.assert_not_called()
     api.create_branch.assert_not_called()
@@ -99,7 +101,7 @@ def test_existing_tag_is_refused_before_anything_changes(folder):
 
 def test_force_moves_the_tag(folder):
     api = _api(tags=["v0.4.0"], branches=["main", "release-v0.4.0"])
-    REL.push_release(folder, "me/tiny", "0.4.0", api=api, force=True)
+    push_release(folder, "me/tiny", "0.4.0", api=api, force=True)
     api.create_branch.assert_not_called()  # the branch exists already
     api.delete_tag.assert_called_once_with("me/tiny", tag="v0.4.0", repo_type="dataset")
     assert api.create_tag.call_args.kwargs["tag"] == "v0.4.0"
@@ -107,7 +109,7 @@ def test_force_moves_the_tag(folder):
 
 def test_explicit_revision_and_private(folder):
     api = _api()
-    REL.push_release(folder, "me/tiny", "1.0.0", api=api, revision="main", private=True)
+    push_release(folder, "me/tiny", "1.0.0", api=api, revision="main", private=True)
     api.create_branch.assert_not_called()
     assert api.upload_folder.call_args.kwargs["revision"] == "main"
     assert api.create_repo.call_args.kwargs["private"] is True
@@ -117,22 +119,22 @@ def test_a_release_whose_files_differ_from_its_manifest_is_not_pushed(folder):
     data = folder / "data/max_margin/train-00000-of-00001.parquet"
     data.write_bytes(data.read_bytes() + b"\0")  # e.g. edited by hand after curate
     api = _api()
-    with pytest.raises(REL.ReleaseError, match="max_margin/train-00000-of-00001.parquet: its bytes differ"):
-        REL.push_release(folder, "me/tiny", "1.0.0", api=api)
+    with pytest.raises(ReleaseError, match="max_margin/train-00000-of-00001.parquet: its bytes differ"):
+        push_release(folder, "me/tiny", "1.0.0", api=api)
     api.upload_folder.assert_not_called()
-    assert REL.read_manifest(folder)["version"] == "0.3.0", "nothing rewritten"
+    assert read_manifest(folder)["version"] == "0.3.0", "nothing rewritten"
 
 
 def test_a_folder_locked_by_a_curate_run_is_not_pushed(folder):
     held = filelock.FileLock(str(folder.parent / "release.lock"))  # held as another process would
     message = f"{folder} is being written by another hfpref run"
-    with held, pytest.raises(REL.ReleaseLockedError, match=message):
-        REL.push_release(folder, "me/tiny", "1.0.0", api=_api())
+    with held, pytest.raises(ReleaseLockedError, match=message):
+        push_release(folder, "me/tiny", "1.0.0", api=_api())
 
 
 def test_not_a_release_folder(tmp_path):
-    with pytest.raises(REL.ReleaseError, match="hfpref_manifest.json is missing"):
-        REL.push_release(tmp_path, "me/tiny", "0.1.0", api=_api())
+    with pytest.raises(ReleaseError, match="hfpref_manifest.json is missing"):
+        push_release(tmp_path, "me/tiny", "0.1.0", api=_api())
 
 
 def test_cli_push(folder, monkeypatch, capsys):
@@ -170,13 +172,13 @@ def test_real_push_round_trip(tmp_path):  # pragma: no cover - needs the network
     )
     result, folder = make_small_release(tmp_path)
     try:
-        info = REL.push_release(folder, repo_id, "0.0.1", private=True, token=os.environ["HF_TOKEN"])
+        info = push_release(folder, repo_id, "0.0.1", private=True, token=os.environ["HF_TOKEN"])
         loaded = datasets.load_dataset(
             repo_id, name="max_margin", revision=info["tag"], split="train", token=os.environ["HF_TOKEN"]
         )
         assert loaded.to_list() == result.pairs["max_margin"].to_list()
-        with pytest.raises(REL.ReleaseExistsError):
-            REL.push_release(folder, repo_id, "0.0.1", token=os.environ["HF_TOKEN"])
+        with pytest.raises(ReleaseExistsError):
+            push_release(folder, repo_id, "0.0.1", token=os.environ["HF_TOKEN"])
     finally:
         if not os.environ.get("HFPREF_TEST_REPO"):
             api.delete_repo(repo_id, repo_type="dataset", missing_ok=True)

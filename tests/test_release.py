@@ -15,8 +15,11 @@ import pytest
 import yaml
 
 from hfpref.pipeline.recipe import Recipe
-from hfpref.release import writer as REL
+from hfpref.release import ReleaseError, load_release, read_manifest, set_release_version
+from hfpref.release.manifest import MATRIX_COLUMNS, model_references
+from hfpref.release.plots import PLOT_FILE
 from hfpref.release.summary import describe_values, stronger_generator_share, summary_table
+from hfpref.release.writer import write_release
 from tests.helpers import candidate_rows
 
 # hand-built candidates: rewards given, so only PairMetrics (word-level) and selection run
@@ -60,7 +63,7 @@ def make_small_release(
         }
     )
     result = recipe.run(cache_dir=tmp_path / "cache", progress=False)
-    folder = REL.write_release(result, tmp_path / folder_name, **write)
+    folder = write_release(result, tmp_path / folder_name, **write)
     return result, folder
 
 
@@ -81,8 +84,8 @@ def test_write_release_reads_its_result_by_shape(small, tmp_path):
         ranking_source=result.ranking_source,
         edit_distance_unit=result.edit_distance_unit,
     )
-    REL.write_release(plain, tmp_path / "plain", created_at="2026-01-01T00:00:00+00:00")
-    assert REL.read_manifest(tmp_path / "plain") == REL.read_manifest(folder)
+    write_release(plain, tmp_path / "plain", created_at="2026-01-01T00:00:00+00:00")
+    assert read_manifest(tmp_path / "plain") == read_manifest(folder)
     assert (tmp_path / "plain" / "README.md").read_text() == (folder / "README.md").read_text()
 
 
@@ -97,7 +100,7 @@ def test_layout(small):
     for name in [*STRATEGIES, "candidates"]:
         assert (folder / f"data/{name}/train-00000-of-00001.parquet").is_file()
     assert (folder / "README.md").is_file() and (folder / "hfpref_manifest.json").is_file()
-    assert (folder / REL.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (folder / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
@@ -114,7 +117,7 @@ def test_default_config_and_candidates(small):
     candidates = datasets.load_dataset(
         str(folder), name="candidates", split="train", cache_dir=str(tmp / "load-cache")
     )
-    expected = result.candidates.remove_columns(list(REL.MATRIX_COLUMNS))
+    expected = result.candidates.remove_columns(list(MATRIX_COLUMNS))
     assert candidates.to_list() == expected.to_list()
 
 
@@ -176,7 +179,7 @@ def test_manifest_counts_stats_and_steps(small):
 def test_card_states_what_a_reader_needs(small):
     _, folder, _ = small
     card = (folder / "README.md").read_text(encoding="utf-8")
-    assert f"]({REL.PLOT_FILE})" in card
+    assert f"]({PLOT_FILE})" in card
     assert "n/a — no reference model" in card and "**word-level**" in card
     assert 'load_dataset("path/to/this/folder", name="max_margin"' in card
     assert "None, so there is no model commit to report" in card
@@ -188,7 +191,7 @@ def test_card_states_what_a_reader_needs(small):
 
 def test_rewrite_is_deterministic_except_the_timestamp(small, tmp_path):
     result, folder, _ = small
-    again = REL.write_release(result, tmp_path / "again", created_at="2027-05-05T00:00:00+00:00")
+    again = write_release(result, tmp_path / "again", created_at="2027-05-05T00:00:00+00:00")
     first = json.loads((folder / "hfpref_manifest.json").read_text())
     second = json.loads((again / "hfpref_manifest.json").read_text())
     assert first.pop("created_at") != second.pop("created_at")
@@ -196,12 +199,12 @@ def test_rewrite_is_deterministic_except_the_timestamp(small, tmp_path):
     for name in [*STRATEGIES, "candidates"]:
         path = f"data/{name}/train-00000-of-00001.parquet"
         assert (folder / path).read_bytes() == (again / path).read_bytes()
-    assert (folder / REL.PLOT_FILE).read_bytes() == (again / REL.PLOT_FILE).read_bytes()
+    assert (folder / PLOT_FILE).read_bytes() == (again / PLOT_FILE).read_bytes()
 
 
 def test_with_reference_logps_the_card_reports_p_delta(tmp_path):
     result, folder = make_small_release(tmp_path, logps=True)
-    manifest = REL.read_manifest(folder)
+    manifest = read_manifest(folder)
     assert manifest["has_logp"] is True
     # max_margin p0: chosen index 0 (logp -1), rejected index 1 (logp -3) -> p_Δ 2; p1 the same -> 2
     assert manifest["configs"]["max_margin"]["stats"]["logp_diff"]["mean"] == pytest.approx(2.0)
@@ -210,8 +213,8 @@ def test_with_reference_logps_the_card_reports_p_delta(tmp_path):
 
 def test_version_and_repo_rewritten_into_card_and_manifest(tmp_path):
     _, folder = make_small_release(tmp_path)
-    REL.set_release_version(folder, "1.0.0", "me/tiny")
-    manifest = REL.read_manifest(folder)
+    set_release_version(folder, "1.0.0", "me/tiny")
+    manifest = read_manifest(folder)
     assert manifest["version"] == "1.0.0" and manifest["repo_id"] == "me/tiny"
     assert yaml.safe_load(manifest["recipe_yaml"])["output"]["version"] == "1.0.0"
     card = (folder / "README.md").read_text()
@@ -223,7 +226,7 @@ def test_refuses_foreign_folder_and_clears_old_configs(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(REL.ReleaseError, match="holds no hfpref_manifest.json"):
+    with pytest.raises(ReleaseError, match="holds no hfpref_manifest.json"):
         make_small_release(tmp_path, folder_name="foreign")
     _, folder = make_small_release(tmp_path, folder_name="rel")
     _, folder = make_small_release(tmp_path, folder_name="rel", strategies=["max_margin"])
@@ -233,9 +236,9 @@ def test_refuses_foreign_folder_and_clears_old_configs(tmp_path):
 
 def test_manifest_hashes_the_files_written(small):
     _, folder, _ = small
-    files = REL.read_manifest(folder)["files"]
+    files = read_manifest(folder)["files"]
     expected = [f"data/{c}/train-00000-of-00001.parquet" for c in [*STRATEGIES, "candidates"]]
-    assert sorted(files) == sorted([*expected, REL.PLOT_FILE])
+    assert sorted(files) == sorted([*expected, PLOT_FILE])
     for name, entry in files.items():
         data = (folder / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}, name
@@ -244,17 +247,17 @@ def test_manifest_hashes_the_files_written(small):
 def test_refuses_a_folder_holding_another_release_unless_forced(tmp_path):
     _, folder = make_small_release(tmp_path, folder_name="rel")
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    with pytest.raises(REL.ReleaseError, match=r"holds the release 'tiny', not 'other'.*--force"):
+    with pytest.raises(ReleaseError, match=r"holds the release 'tiny', not 'other'.*--force"):
         make_small_release(tmp_path, folder_name="rel", name="other")
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before, "nothing was touched"
     make_small_release(tmp_path, folder_name="rel", name="tiny", strategies=["max_margin"])  # same name: ok
     make_small_release(tmp_path, folder_name="rel", name="other", force=True)
-    assert REL.read_manifest(folder)["name"] == "other"
+    assert read_manifest(folder)["name"] == "other"
     # a folder that is not a release is refused even with force: it may hold anything
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(REL.ReleaseError, match="holds no hfpref_manifest.json"):
+    with pytest.raises(ReleaseError, match="holds no hfpref_manifest.json"):
         make_small_release(tmp_path, folder_name="foreign", force=True)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
@@ -303,7 +306,7 @@ def test_stronger_generator_share():
 
 def test_identical_strategies_are_marked(small):
     _, folder, _ = small
-    configs = REL.read_manifest(folder)["configs"]
+    configs = read_manifest(folder)["configs"]
     # hand check: best_of_n2 on p0 takes the DCRM-best positive-margin pair; it differs from max_margin iff pairs differ
     same = configs["best_of_n2"]["same_pairs_as"]
     mm = datasets.load_dataset(
@@ -321,7 +324,7 @@ def test_identical_strategies_are_marked(small):
 
 def test_summary_table_lists_every_reason(small):
     _, folder, _ = small
-    configs = {k: v for k, v in REL.read_manifest(folder)["configs"].items() if v["kind"] == "pairs"}
+    configs = {k: v for k, v in read_manifest(folder)["configs"].items() if v["kind"] == "pairs"}
     table = summary_table(configs)
     lines = table.splitlines()
     # first table: kept, dropped in all, ..., stronger chosen, same pair as best_of_n2 (the reference)
@@ -334,7 +337,7 @@ def test_summary_table_lists_every_reason(small):
 
 
 def test_model_references_from_step_descriptions():
-    refs = REL.model_references(
+    refs = model_references(
         [
             {
                 "step": "x.RewardAnnotator",
@@ -413,14 +416,14 @@ def test_maker_and_mix_configs_by_hand(with_makers):
     result, folder, _ = with_makers
     # p0 rewards 1, 0, 0.5: gap 1 (0 over 1) high, gaps 0.5 low (0 over 2 first: better chosen);
     # p1 1 vs 0: high only; p2 one response; p3 tied
-    high, low = REL.load_release(folder, "rs_high"), REL.load_release(folder, "rs_low")
+    high, low = load_release(folder, "rs_high"), load_release(folder, "rs_low")
     assert (high["key"], high["chosen"], high["rejected"]) == ([0, 1], ["a b", "one two"], ["a c d", "one"])
     assert high["edit_distance"] == [2.0, 1.0]  # from PairMetrics' matrices, as max_margin's
     assert (low["key"], low["chosen"], low["rejected"]) == ([0], ["a b"], ["x"])
-    mix = REL.load_release(folder, "rs_mix")
+    mix = load_release(folder, "rs_mix")
     assert mix.to_list() == result.pairs["rs_mix"].to_list()
     assert mix["contrast_level"] == ["high", "high", "low"]
-    manifest = REL.read_manifest(folder)
+    manifest = read_manifest(folder)
     assert manifest["configs"]["rs_low"]["dropped"] == {
         "fewer_than_two_responses": 1,
         "no_low_contrast_pair": 1,
@@ -432,7 +435,7 @@ def test_maker_and_mix_configs_by_hand(with_makers):
 
 def test_manifest_and_card_describe_makers_and_mixes(with_makers):
     _, folder, _ = with_makers
-    manifest = REL.read_manifest(folder)
+    manifest = read_manifest(folder)
     assert manifest["recipe"]["pairs"]["strategies"] == STRATEGIES
     assert manifest["recipe"]["pairs"]["makers"] == MAKERS_AND_MIXES["makers"]
     assert list(manifest["pair_selection"]) == [*STRATEGIES, *MADE]
@@ -456,7 +459,7 @@ def test_manifest_and_card_describe_makers_and_mixes(with_makers):
     assert "| `rs_mix` | `rs_high`, `rs_low` | 0.5 | 3 | 0 | — | False |" in card
     strategies_table = card.split("Pair selection, one run per strategy:")[1].split("Pair makers")[0]
     assert "`rs_high`" not in strategies_table and "`max_margin`" in strategies_table
-    assert (folder / REL.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (folder / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_cards_recipe_is_the_recipe_as_run(with_makers):
@@ -468,7 +471,7 @@ def test_the_cards_recipe_is_the_recipe_as_run(with_makers):
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(R.STEP_REGISTRY, "EchoPairs", "tests.test_recipe:EchoPairs")
         rerun = Recipe.from_dict(yaml.safe_load(block))  # validates: a recipe hfpref curate accepts
-    assert rerun.to_dict() == REL.read_manifest(folder)["recipe"]
+    assert rerun.to_dict() == read_manifest(folder)["recipe"]
     assert rerun.pairs.to_dict() == {**result.recipe.pairs.to_dict(), "strategies": STRATEGIES}
 
 
@@ -478,7 +481,7 @@ def test_versions_are_checked_by_the_release_layer_and_the_recipe_keeps_its_erro
     from hfpref.release.version import check_version
 
     assert check_version("0.1.0-round.2") == "0.1.0-round.2"
-    with pytest.raises(REL.ReleaseError, match=r"version: 'v1' is not a version like 0.1.0"):
+    with pytest.raises(ReleaseError, match=r"version: 'v1' is not a version like 0.1.0"):
         check_version("v1")
     with pytest.raises(RecipeError, match=r"output.version: 'v1' is not a version like 0.1.0"):
         recipe_check_version("v1", "output.version")

@@ -17,7 +17,7 @@ written (``verify_release`` checks them).
 
 The rest of the release layer lives beside this module, by purpose: ``manifest`` (build it), ``card``
 (render it), ``folder`` (file names, lock, hashes), ``push``, ``load``, ``version``, ``content`` (the
-``ReleaseContent`` protocol a result satisfies). Their public names are also importable from here.
+``ReleaseContent`` protocol a result satisfies); ``hfpref.release`` exports the public names.
 """
 
 from __future__ import annotations
@@ -33,41 +33,27 @@ from typing import Any
 
 from hfpref.core import columns as C
 from hfpref.core.columns import CANDIDATES_CONFIG
-from hfpref.release.card import CARD_TEMPLATE, card_header, render_card, write_manifest_and_card
+from hfpref.release.card import write_manifest_and_card
 from hfpref.release.content import ReleaseContent
 from hfpref.release.folder import (
     CARD_FILE,
     DATA_FILE,
-    DATA_GLOB,
     MANIFEST_FILE,
     ReleaseError,
-    ReleaseLockedError,
     backup_dir,
     hash_files,
-    lock_path,
-    read_manifest,
     real_folder,
     recover,
     release_lock,
     staging_dir,
     write_parquet,
 )
-from hfpref.release.load import load_release, verify_release
 from hfpref.release.manifest import (
-    MANIFEST_FORMAT,
-    MATRIX_COLUMNS,
-    PACKAGES,
     build_manifest,
     candidate_columns,
-    config_origins,
-    model_references,
-    package_versions,
-    pairs_digest,
-    recipe_yaml,
     strategy_groups,
 )
 from hfpref.release.plots import PLOT_FILE, plot_pairs_plane
-from hfpref.release.push import ReleaseExistsError, push_release, release_branch, set_release_version
 from hfpref.release.summary import column_values, describe_values
 from hfpref.release.version import check_version
 
@@ -76,8 +62,6 @@ from hfpref.release.version import check_version
 PAUSE_ENV = "HFPREF_TEST_RELEASE_PAUSE"
 RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths atomically (renameat2)
 AT_FDCWD = -100
-
-_write_parquet = write_parquet  # the name other layers imported before the split
 
 
 def _pause(where: str) -> None:
@@ -288,43 +272,4 @@ def _plane_points(pairs) -> tuple[Any, Any]:
     return distances, margins
 
 
-__all__ = [
-    "AT_FDCWD",
-    "CARD_FILE",
-    "CARD_TEMPLATE",
-    "DATA_FILE",
-    "DATA_GLOB",
-    "MANIFEST_FILE",
-    "MANIFEST_FORMAT",
-    "MATRIX_COLUMNS",
-    "PACKAGES",
-    "PAUSE_ENV",
-    "PLOT_FILE",
-    "RENAME_EXCHANGE",
-    "ReleaseError",
-    "ReleaseExistsError",
-    "ReleaseLockedError",
-    "build_manifest",
-    "card_header",
-    "check_version",
-    "config_origins",
-    "hash_files",
-    "load_release",
-    "lock_path",
-    "model_references",
-    "package_versions",
-    "pairs_digest",
-    "plot_pairs_plane",
-    "push_release",
-    "read_manifest",
-    "recipe_yaml",
-    "release_branch",
-    "release_lock",
-    "render_card",
-    "set_release_version",
-    "staging_dir",
-    "strategy_groups",
-    "verify_release",
-    "write_manifest_and_card",
-    "write_release",
-]
+__all__ = ["AT_FDCWD", "PAUSE_ENV", "RENAME_EXCHANGE", "write_release"]
