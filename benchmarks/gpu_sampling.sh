@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One prepared GPU run for sampling (issue 15, "GPU: Sampling"): padded generate, the way
+# hfpref.steps.sampling.ResponseSampler samples today, against transformers' continuous batching (paged KV
+# cache, what generate_batch runs), target >= 3x tokens/s. Sized for about 5 minutes on one H200, 6 at most
+# (the step timeouts add up to 360 s):
+#   1. env.json: torch / transformers / CUDA versions, the GPU, whether flash_attn / kernels are installed
+#      (continuous batching switches to flash attention by itself when a flash kernel is there);
+#   2. bench_qwen2-0.5b.json, bench_qwen2-1.5b.json: benchmarks/bench_sampling.py in bfloat16 with sdpa on
+#      random-weight models of the two shapes, 128 prompts x N = 8 responses, lengths 50..1000 (about 300k
+#      new tokens): (b) continuous batching on all 1,024 responses; (a) padded generate on a seeded subset
+#      of 16 prompts and at most ~45 s of generate calls (about 25 s per call: ~1000 decode steps of
+#      ~25 ms, launch-bound, for 6 prompts x 8 rows; its tokens/s is per call, so a subset measures it);
+#      each JSON has both tokens/s, ratio_b_over_a, peak memory, (b)'s setup (cache + CUDA graphs) apart.
+#      Estimate per shape: start + random init on the GPU ~20 s, (a) <= ~75 s, (b) setup ~20-40 s and
+#      generation ~30-60 s (300k tokens at 5-10k tokens/s): ~150 s for 0.5B, a little more for 1.5B.
+# Everything goes to $OUT (default ./gpu-out); status.txt has each step's exit code (124 = timed out). The
+# JSON is written after each method, so a step cut off by its timeout still leaves (a)'s numbers.
+# Usage: OUT=/some/dir PYTHON=python3 bash benchmarks/gpu_sampling.sh
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu-out}"
+PYTHON="${PYTHON:-python}"
+mkdir -p "$OUT"
+export TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1  # the machine has no network: never try to fetch a kernel from the Hub
+
+timeout 30 "$PYTHON" - > "$OUT/env.json" 2>&1 <<'PY'
+import importlib.util, json, torch, transformers
+print(json.dumps({
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+    "cuda": torch.version.cuda,
+    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    if torch.cuda.is_available() else None,
+    "flash_attn": importlib.util.find_spec("flash_attn") is not None,
+    "flash_attn_interface": importlib.util.find_spec("flash_attn_interface") is not None,
+    "kernels": importlib.util.find_spec("kernels") is not None,
+}, indent=2))
+PY
+echo "env exit $?" >> "$OUT/status.txt"
+
+run_bench() {  # shape, time limit in seconds, extra flags
+  timeout "$2" "$PYTHON" benchmarks/bench_sampling.py --device cuda --shape "$1" --dtype bfloat16 \
+    --prompts 128 --n 8 --min-new-tokens 50 --max-new-tokens 1000 --a-prompts 16 --a-seconds 45 \
+    "${@:3}" --output "$OUT/bench_$1.json" > "$OUT/bench_$1.log" 2>&1
+  echo "bench $1 exit $?" >> "$OUT/status.txt"
+}
+run_bench qwen2-0.5b 140
+run_bench qwen2-1.5b 190
+cat "$OUT/status.txt"
