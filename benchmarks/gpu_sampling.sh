@@ -8,10 +8,11 @@
 #   2. bench_qwen2-0.5b.json, bench_qwen2-1.5b.json: benchmarks/bench_sampling.py in bfloat16 with sdpa on
 #      random-weight models of the two shapes, 128 prompts x N = 8 responses, lengths 50..1000 (about 300k
 #      new tokens): (b) continuous batching on all 1,024 responses; (a) padded generate on a seeded subset
-#      of 16 prompts and at most ~45 s of generate calls (about 25 s per call: ~1000 decode steps of
-#      ~25 ms, launch-bound, for 6 prompts x 8 rows; its tokens/s is per call, so a subset measures it);
+#      of 12 prompts, starting no call after 20 s (a call is ~6 prompts x 8 rows, ~1000 decode steps of
+#      ~25 ms, launch-bound: ~25 s; so 1-2 calls). Its tokens/s is per call, so a subset measures it; its
+#      first call has the shortest prompts (the most rows), which if anything favours (a);
 #      each JSON has both tokens/s, ratio_b_over_a, peak memory, (b)'s setup (cache + CUDA graphs) apart.
-#      Estimate per shape: start + random init on the GPU ~20 s, (a) <= ~75 s, (b) setup ~20-40 s and
+#      Estimate per shape: start + random init on the GPU ~20 s, (a) ~25-50 s, (b) setup ~20-40 s and
 #      generation ~30-60 s (300k tokens at 5-10k tokens/s): ~150 s for 0.5B, a little more for 1.5B.
 # Everything goes to $OUT (default ./gpu-out); status.txt has each step's exit code (124 = timed out). The
 # JSON is written after each method, so a step cut off by its timeout still leaves (a)'s numbers.
@@ -42,7 +43,7 @@ echo "env exit $?" >> "$OUT/status.txt"
 
 run_bench() {  # shape, time limit in seconds, extra flags
   timeout "$2" "$PYTHON" benchmarks/bench_sampling.py --device cuda --shape "$1" --dtype bfloat16 \
-    --prompts 128 --n 8 --min-new-tokens 50 --max-new-tokens 1000 --a-prompts 16 --a-seconds 45 \
+    --prompts 128 --n 8 --min-new-tokens 50 --max-new-tokens 1000 --a-prompts 12 --a-seconds 20 \
     "${@:3}" --output "$OUT/bench_$1.json" > "$OUT/bench_$1.log" 2>&1
   echo "bench $1 exit $?" >> "$OUT/status.txt"
 }
