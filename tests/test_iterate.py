@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from hfpref.cli.main import main
+from hfpref.core.stats import largest_remainder
 from hfpref.models.hub import content_hash
 from hfpref.pipeline import iterate as IT
 from hfpref.pipeline.iterate import BudgetSpec, IterateError, IterateRecipe, schedule_weights
 from hfpref.pipeline.iterate import loop as LOOP
-from hfpref.steps.contrast import largest_remainder
 from hfpref.steps.margins import AnnotationSelector, selection_summary
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "dataset_scripts"

@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 
-from hfpref.core.step import MissingColumnError
+from hfpref.core.step import MissingColumnError, Step, StepConfig, runtime_field
 from tests.helpers import FactorConfig, ScaleList
 
 
@@ -90,3 +90,29 @@ def test_rerun_is_cache_hit_and_changed_config_is_not(tmp_path):
     assert ScaleRewards.loads == 1
     assert changed._fingerprint != first._fingerprint
     assert changed["scaled"][1] == [2.5, 3.75]
+
+
+@dataclasses.dataclass
+class _Endpoint:
+    model: str = "judge"
+    timeout: float = runtime_field(30.0)
+
+
+@dataclasses.dataclass
+class _RuntimeConfig(StepConfig):
+    factor: float = 1.0
+    device: str | None = runtime_field(None)
+    endpoint: _Endpoint = dataclasses.field(default_factory=_Endpoint)
+
+
+class _RuntimeStep(Step):
+    config_class = _RuntimeConfig
+
+
+def test_runtime_fields_stay_out_of_the_fingerprint_at_any_depth():
+    base = _RuntimeStep()
+    assert base.describe()["config"] == {"factor": 1.0, "endpoint": {"model": "judge"}}
+    faster = _RuntimeStep(device="cuda:1", endpoint=_Endpoint(timeout=5.0))
+    assert faster.fingerprint() == base.fingerprint()
+    assert _RuntimeStep(factor=2.0).fingerprint() != base.fingerprint()
+    assert _RuntimeStep(endpoint=_Endpoint(model="other")).fingerprint() != base.fingerprint()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 # a cell that reads as a number (or as "n/a" / "-" in a numeric column): right-aligned by ``format_table``
 _NUMERIC = re.compile(r"[-+]?[0-9.]+(e[-+]?[0-9]+)?%?|n/a|-")
@@ -49,3 +50,17 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 __all__ = ["describe_values", "format_table"]
+
+
+def largest_remainder(total: int, weights: Mapping[Any, float]) -> dict[Any, int]:
+    """``total`` split in proportion to ``weights`` (Hamilton's method): each key gets the floor of its
+    share, and the remaining units go to the largest fractional parts, ties to the earlier key. Used for
+    contrast mixes (per stratum) and iterate budgets (per round), so both round the same way."""
+    whole = sum(weights.values())
+    exact = {key: total * w / whole for key, w in weights.items()}
+    quotas = {key: math.floor(value) for key, value in exact.items()}
+    order = {key: i for i, key in enumerate(weights)}
+    by_remainder = sorted(weights, key=lambda key: (-(exact[key] - quotas[key]), order[key]))
+    for key in by_remainder[: total - sum(quotas.values())]:
+        quotas[key] += 1
+    return quotas

@@ -14,9 +14,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from hfpref.core.stats import largest_remainder
 from hfpref.pipeline.iterate.errors import IterateError
 from hfpref.pipeline.validate import as_mapping, check_keys
-from hfpref.steps.contrast import largest_remainder
 
 SCHEDULES = ("constant", "increasing", "decreasing")
 

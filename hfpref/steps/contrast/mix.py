@@ -16,6 +16,7 @@ import numpy as np
 from hfpref.core import columns as C
 from hfpref.core.columns import CONTRAST_LEVEL
 from hfpref.core.errors import UserError
+from hfpref.core.stats import largest_remainder
 from hfpref.steps.contrast.pairs import LEVELS
 
 # (level, stratum) -> row indices of the kept pairs of that level with that value of the stratify column
@@ -48,19 +49,6 @@ def largest_mix_size(pairs: Any, ratio_high: float) -> int:
         if high <= available["high"] and low <= available["low"]:
             return size
     return 0
-
-
-def largest_remainder(total: int, weights: dict[Any, int]) -> dict[Any, int]:
-    """``total`` split in proportion to ``weights`` (Hamilton's method): each key gets the floor of its
-    share, and the remaining units go to the largest fractional parts, ties to the earlier key."""
-    whole = sum(weights.values())
-    exact = {key: total * w / whole for key, w in weights.items()}
-    quotas = {key: math.floor(value) for key, value in exact.items()}
-    keys = list(weights)
-    by_remainder = sorted(keys, key=lambda key: (-(exact[key] - quotas[key]), keys.index(key)))
-    for key in by_remainder[: total - sum(quotas.values())]:
-        quotas[key] += 1
-    return quotas
 
 
 def _stratum_key(value: Any) -> tuple:
