@@ -33,7 +33,8 @@ prompt, repeated ``n`` times).
 Batching. Prompts are sorted by token length and packed into ``generate`` calls whose padded size
 ``n * rows * (longest prompt + max_new_tokens)`` stays within ``token_budget``; padding is on the left.
 
-Backends. ``"transformers"`` (above), ``"vllm"`` (a per-request seed in vLLM's ``SamplingParams``; the
+Backends. ``"transformers"`` (above), ``"continuous"`` (transformers' continuous batching, one request per
+response, with per-request seeded noise: ``hfpref.steps.continuous_sampling``), ``"vllm"`` (a per-request seed in vLLM's ``SamplingParams``; the
 same inputs and outputs, different random streams, so its fingerprint differs) and ``"auto"`` (vLLM when
 it is importable and a GPU is present). Models load lazily on first use; ``rank`` picks the GPU.
 """
@@ -73,7 +74,7 @@ class SamplerConfig(StepConfig):
     device: str | None = runtime_field(None)
     # padded tokens (rows x (prompt + new tokens)) per generate call; the samples do not depend on it
     token_budget: int = runtime_field(65536)
-    backend: str = "auto"  # "auto", "transformers" or "vllm"
+    backend: str = "auto"  # "auto", "transformers", "vllm" or "continuous"
     generator_name: str | None = None  # the name written to `generators`; defaults to `model`
 
     def __post_init__(self) -> None:
@@ -85,9 +86,9 @@ class SamplerConfig(StepConfig):
             raise ValueError(f"SamplerConfig.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"SamplerConfig.top_p must be in (0, 1], got {self.top_p}")
-        if self.backend not in ("auto", "transformers", "vllm"):
+        if self.backend not in ("auto", "transformers", "vllm", "continuous"):
             raise ValueError(
-                f"SamplerConfig.backend must be auto, transformers or vllm, got {self.backend!r}"
+                f"SamplerConfig.backend must be auto, transformers, vllm or continuous, got {self.backend!r}"
             )
         parse_dtype(self.dtype)  # fails early on an unknown dtype name
 
@@ -239,6 +240,11 @@ class ResponseSampler(ModelStep):
         seeds = [prompt_seed(self.config.seed, self.resolved_revision(), p) for p in prompts]
         if self.backend == "vllm":
             responses = _generate_vllm(loaded["llm"], self.config, token_ids, seeds)
+        elif self.backend == "continuous":
+            from hfpref.steps.continuous_sampling import generate_continuous
+
+            samples = generate_continuous(loaded["model"], tokenizer, self.config, token_ids, seeds)
+            responses = [sample.texts for sample in samples]
         else:
             responses = self._generate_transformers(loaded["model"], tokenizer, token_ids, seeds)
         generators = [[self.generator_label] * self.config.n for _ in prompts]
