@@ -85,6 +85,23 @@ def test_argmax_of_noisy_scores_samples_the_tempered_softmax_within_top_p():
     assert counts[2:].sum() == 0  # outside the nucleus: never
 
 
+def test_processor_keys_each_row_by_its_seed_and_token_index():
+    from transformers.generation.continuous_batching.requests import FutureRequestState, RequestState
+
+    fresh = RequestState("a", initial_tokens=[5] * 7, logit_processor_kwargs={cs.SEED_KWARG: 11})
+    fresh.position_offset = 7  # the prompt is in the cache: the first new token comes next
+    # a request soft-reset after 3 tokens: they moved into its prompt, the original length is kept apart
+    reset = RequestState("b", initial_tokens=[5] * 10, _true_initial_tokens=7)
+    reset.logit_processor_kwargs[cs.SEED_KWARG] = 12
+    reset.position_offset = 12
+    warmup = RequestState("c", initial_tokens=[0] * 4)  # transformers' warm-up requests carry no seed
+    warmup.position_offset = 4
+    futures = [FutureRequestState(state, True, {}, 1) for state in (fresh, reset, warmup)]
+    keys = cs._processor_class()(1.0, 1.0).prepare_tensor_args(futures)
+    assert keys.dtype == torch.int32
+    assert keys.tolist() == [cs.step_key(11, 0), cs.step_key(12, 5), cs.step_key(0, 0)]
+
+
 def test_unsupported_transformers_versions_are_user_errors(policy, monkeypatch):
     cs.check_transformers_version("5.24.0")
     for version in ("4.56.0", "5.23.1", "5.25.0", "6.0.0"):
@@ -116,7 +133,27 @@ def test_responses_depend_only_on_prompt_j_seed_and_model(policy):
     other = sampler(policy, n=2, token_budget=256)({"prompt": PROMPTS[::-1]})["responses"][::-1]
     assert other == [row[:2] for row in reference]
     assert sampler(policy)({"prompt": PROMPTS[2:3]})["responses"] == reference[2:3]  # alone
-    assert sampler(policy, seed=1)({"prompt": PROMPTS})["responses"] != reference
+
+
+def test_samples_equal_a_one_request_reference_loop(policy):
+    """Inside the manager, response j of a prompt is the plain loop: argmax(gumbel_scores) token by token."""
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    model = AutoModelForCausalLM.from_pretrained(policy).eval()
+    step = sampler(policy, n=2, temperature=0.7, top_p=0.9, max_new_tokens=6)
+    token_ids = [tokenizer(p)["input_ids"] for p in (PROMPTS[0], PROMPTS[3])]
+    samples = cs.generate_continuous(model, tokenizer, step.config, token_ids, [3, 4])
+    for ids, prompt_seed, sample in zip(token_ids, [3, 4], samples, strict=True):
+        for j in range(2):
+            seed, new = cs.response_seed(prompt_seed, j), []
+            with torch.inference_mode():
+                for t in range(6):
+                    logits = model(torch.tensor([ids + new])).logits[:, -1].float()
+                    keys = torch.tensor([cs.step_key(seed, t)], dtype=torch.int32)
+                    token = cs.gumbel_scores(logits, keys, 0.7, 0.9).argmax().item()
+                    if token == tokenizer.eos_token_id:
+                        break
+                    new.append(token)
+            assert sample.token_ids[j] == new
 
 
 def greedy_reference(model, tokenizer, ids: list[int], eos: int) -> list[int]:
