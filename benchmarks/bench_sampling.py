@@ -1,38 +1,46 @@
-"""Benchmark: sampling N responses per prompt, two ways, side by side in one process on one loaded model.
+"""Benchmark: sampling N responses per prompt, three ways, side by side in one process on one loaded model.
 
 (a) padded: ``model.generate`` on left-padded batches, the way ``hfpref.steps.sampling.ResponseSampler``
     does it today (its ``length_groups`` token-budget batches, its ``plain_generation_config``, its
     temperature warper and per-prompt Gumbel-noise processor);
 (b) continuous batching: transformers' paged-KV-cache manager (``model.continuous_batching_context_manager``,
-    what ``model.generate_batch`` runs), one request per response.
+    what ``model.generate_batch`` runs), one request per response;
+(c) the sampler's ``backend: "continuous"``: (b)'s manager and requests, but decoding greedily over
+    per-request seeded Gumbel noise (``hfpref.steps.continuous_sampling``: its ``running_manager`` and the
+    per-request seeds it sends), so each response is deterministic per prompt. (c) against (a) is the
+    speed-up the sampler gets; (c) against (b) is the cost of determinism.
 
 The model has random weights and a real shape (no download); the workload is tokenizer-free: random prompt
 token ids of log-normal lengths (16..512, median 128) and, for each of the N responses of a prompt, an
-output length drawn (seeded, log-normal) from ``--min-new-tokens``..``--max-new-tokens``. Both methods
+output length drawn (seeded, log-normal) from ``--min-new-tokens``..``--max-new-tokens``. All methods
 generate exactly those token counts: (a) with a logits processor that bans EOS before a row's length and
 forces it at the length (``generate`` stops a batch once every row has ended, so the padded steps of rows
-that ended early are its real cost); (b) with each request's own ``max_new_tokens`` and no EOS
+that ended early are its real cost); (b) and (c) with each request's own ``max_new_tokens`` and no EOS
 (``generate_batch`` takes one ``max_new_tokens`` for all requests, so (b) adds requests to the manager
-itself). Both counts are checked (``lengths_exact``).
+itself). The counts are checked (``lengths_exact``).
 
-Throughput is generated tokens / second of generation. (b)'s one-off setup (cache allocation, CUDA-graph
+Throughput is generated tokens / second of generation. (b)'s and (c)'s one-off setup (cache allocation, CUDA-graph
 warm-up) is timed apart (``setup_s``) and also reported folded in (``tokens_per_s_with_setup``). (a) gets a
 short untimed warm-up ``generate`` first. Peak memory is the increase over the loaded model during one
 run (see ``benchmarks.bench_logprobs.PeakMemory``); (b) allocates its paged cache up front from the free GPU
-memory, so its peak says how big the cache was made, not how much the workload needed.
+memory, so its peak says how big the cache was made, not how much the workload needed; (c) likewise.
 
-Sampling differs on purpose: (a) is the sampler's per-prompt-deterministic Gumbel noise; (b) is the
-manager's own ``torch.multinomial`` over one global RNG, which ties a response to its batch neighbours
-(``determinism`` in the JSON says why, and what (b) would need to become per-prompt deterministic).
+Sampling differs on purpose: (a) and (c) are per-prompt deterministic (Gumbel noise from each prompt's
+generator in (a), counter-based noise keyed on (response seed, token index) in (c); (c) reports a hash of
+its tokens, ``tokens_sha256``, to compare across runs); (b) is the manager's own ``torch.multinomial`` over
+one global RNG, which ties a response to its batch neighbours (``determinism`` in the JSON).
 
 Examples:
   python benchmarks/bench_sampling.py --shape tiny --prompts 4 --n 2 --max-new-tokens 16   # CPU, seconds
-  python benchmarks/bench_sampling.py --device cuda --shape qwen2-1.5b --dtype bfloat16 --prompts 128 --n 8
+  python benchmarks/bench_sampling.py --device cuda --shape qwen2-1.5b --dtype bfloat16 --prompts 128 --n 8 \
+      --methods a,c,b
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import math
 import sys
@@ -59,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_logprobs import SHAPES as LOGPROB_SHAPES  # noqa: E402
 from benchmarks.bench_logprobs import PeakMemory, log_normal_lengths  # noqa: E402
 from benchmarks.common import emit_report, machine, model_sizes  # noqa: E402
+from hfpref.steps.continuous_sampling import SEED_KWARG, response_seed, running_manager  # noqa: E402
 from hfpref.steps.sampling import gumbel_noise_processor, length_groups, plain_generation_config  # noqa: E402
 
 PAD, EOS = 0, 2  # prompts draw ids from 3 up, so neither occurs inside a prompt
@@ -183,7 +192,7 @@ def padded_generate(model: Any, workload: Workload, args: argparse.Namespace) ->
 
 
 def continuous_batching(model: Any, workload: Workload, args: argparse.Namespace) -> dict[str, Any]:
-    """Every response as its own request (its own ``max_new_tokens``, no EOS) on one paged-cache manager."""
+    """(b) Every response as its own request (its own ``max_new_tokens``, no EOS) on one paged-cache manager."""
     generation_config = GenerationConfig(
         do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens,
         eos_token_id=-1, pad_token_id=PAD,
@@ -192,31 +201,63 @@ def continuous_batching(model: Any, workload: Workload, args: argparse.Namespace
     cb_config = ContinuousBatchingConfig(
         seed=args.seed, auto_switch_to_flash=args.cb_flash, num_blocks=cache_blocks(requests, args)
     )
-    hints = WorkloadHints(
-        max_prompt_length=max(len(prompt) for prompt, _ in workload),
-        max_generated_length=args.max_new_tokens,
-        num_requests=len(requests),
-    )
-    setup_begin = time.perf_counter()
     manager_cm = model.continuous_batching_context_manager(
         generation_config=generation_config,
         continuous_batching_config=cb_config,
         block=True,
         timeout=30,
-        workload_hints=hints,
+        workload_hints=workload_hints(workload, len(requests), args),
     )
+    return run_requests(manager_cm, model, workload, seeded=False)
+
+
+def continuous_seeded(model: Any, workload: Workload, args: argparse.Namespace) -> dict[str, Any]:
+    """(c) (b)'s requests on the ``continuous`` backend's manager: greedy over per-request seeded Gumbel noise."""
+    fake_tokenizer = types.SimpleNamespace(pad_token_id=PAD)  # all plain_generation_config reads from it
+    generation_config = plain_generation_config(model, fake_tokenizer, -1, args.max_new_tokens)
+    requests = [(prompt, length) for prompt, lengths in workload for length in lengths]
+    cb_config = ContinuousBatchingConfig(
+        auto_switch_to_flash=args.cb_flash,
+        num_blocks=cache_blocks(requests, args),
+        # as generate_continuous sets it on a GPU: room for the noise processor's temporaries
+        max_memory_percent=0.8 if args.device.startswith("cuda") else None,
+    )
+    hints = workload_hints(workload, len(requests), args)
+    manager_cm = running_manager(model, generation_config, cb_config, hints, temperature=1.0, top_p=1.0)
+    return run_requests(manager_cm, model, workload, seeded=True)
+
+
+def workload_hints(workload: Workload, requests: int, args: argparse.Namespace) -> WorkloadHints:
+    return WorkloadHints(
+        max_prompt_length=max(len(prompt) for prompt, _ in workload),
+        max_generated_length=args.max_new_tokens,
+        num_requests=requests,
+    )
+
+
+def run_requests(manager_cm: Any, model: Any, workload: Workload, seeded: bool) -> dict[str, Any]:
+    """Enter the manager (its setup timed apart), add every response as a request, collect the results.
+
+    ``seeded``: each request carries its response seed, as the ``continuous`` backend sends it (prompt k's
+    seed is k here; the sampler hashes the prompt), and the JSON gets a hash of all generated tokens.
+    """
+    setup_begin = time.perf_counter()
     with manager_cm as manager:
         setup_s = time.perf_counter() - setup_begin
         attn = model.config._attn_implementation  # what the manager switched the model to
         begin = time.perf_counter()
         wanted = {}
-        for prompt, length in requests:
-            request_id = manager.add_request(prompt, max_new_tokens=length, eos_token_id=-1)
-            wanted[request_id] = length
-        results = collect(manager, len(requests))
+        for k, (prompt, lengths) in enumerate(workload):
+            for j, length in enumerate(lengths):
+                seed = {SEED_KWARG: response_seed(k, j)} if seeded else {}
+                request_id = manager.add_request(
+                    prompt, request_id=f"{k}/{j}", max_new_tokens=length, eos_token_id=-1, **seed
+                )
+                wanted[request_id] = length
+        results = collect(manager, len(wanted))
         seconds = time.perf_counter() - begin
     counts = {request_id: len(result.generated_tokens) for request_id, result in results.items()}
-    return {
+    report = {
         "prompts": len(workload),
         "generated_tokens": sum(counts.values()),
         "lengths_exact": counts == wanted,
@@ -226,6 +267,10 @@ def continuous_batching(model: Any, workload: Workload, args: argparse.Namespace
         "cache": cache_description(manager),
         "_seconds": seconds,
     }
+    if seeded:  # compare across runs: equal hashes, equal samples (on the same device and versions)
+        tokens = json.dumps([results[key].generated_tokens for key in sorted(results)])
+        report["tokens_sha256"] = hashlib.sha256(tokens.encode()).hexdigest()[:16]
+    return report
 
 
 def cache_blocks(requests: list[tuple[list[int], int]], args: argparse.Namespace) -> int | None:
@@ -274,7 +319,7 @@ def measure(fn: Any, model: Any, workload: Workload, args: argparse.Namespace) -
             wall = time.perf_counter() - begin
     except Exception as error:  # a one-shot GPU run keeps the other method's numbers
         return {"error": f"{type(error).__name__}: {error}"[:2000]}
-    seconds = result.pop("_seconds", wall)  # (b) times generation alone; its setup is in setup_s
+    seconds = result.pop("_seconds", wall)  # (b), (c) time generation alone; setup is in setup_s
     result.update(
         seconds=round(seconds, 3),
         tokens_per_s=round(result["generated_tokens"] / seconds, 1),
@@ -286,17 +331,14 @@ def measure(fn: Any, model: Any, workload: Workload, args: argparse.Namespace) -
 
 
 DETERMINISM = (
-    "generate_batch/ContinuousBatchingManager take no logits_processor argument and no per-request seed: "
-    "the processors are built from the GenerationConfig (model._get_logits_processor), sampling is one "
-    "torch.multinomial over all requests of a step on the global RNG (ContinuousBatchingConfig.seed only "
-    "seeds it once), so a response depends on its batch neighbours and the scheduling. Plain "
-    "LogitsProcessors are called as processor(last_token_ids, scores) with no request identity. The hook "
-    "for per-prompt determinism is a custom ContinuousBatchingLogitsProcessor: add_request(**kwargs) are "
-    "kept per request and reach prepare_tensor_args(requests) as one int32 per row, so a processor could "
-    "add counter-based Gumbel noise keyed on (per-request seed, tokens generated so far) with do_sample="
-    "False; that needs per_request_processors=True and registering the class (CLASSIC_TO_CB_PROCESSORS_MAP "
-    "or a processor list), which transformers does not expose as API, and it changes the random streams "
-    "(new fingerprints)."
+    "(b): generate_batch/ContinuousBatchingManager take no logits_processor argument and no per-request "
+    "seed; sampling is one torch.multinomial over all requests of a step on the global RNG "
+    "(ContinuousBatchingConfig.seed only seeds it once), so a response depends on its batch neighbours and "
+    "the scheduling. (c): do_sample=False and one ContinuousBatchingLogitsProcessor of hfpref's in place of "
+    "the manager's list (seeded_manager): add_request(hfpref_response_seed=...) is kept per request and "
+    "reaches prepare_tensor_args as one int32 key per row (the seed mixed with the token index), from which "
+    "the processor hashes Gumbel noise per vocabulary id on the device: a response depends only on its "
+    "prompt, j, the seed and the model."
 )
 
 
@@ -342,7 +384,9 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="(a) starts no new generate call after this many seconds (one at least; its calls measure it)",
     )
-    parser.add_argument("--methods", default="a,b", help="which to run: a, b or a,b")
+    parser.add_argument(
+        "--methods", default="a,c,b", help="which to run, in this order: any of a, b, c, comma-separated"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--output", default=None)
@@ -373,6 +417,7 @@ def main() -> None:
     methods = {
         "a": ("a_padded_generate", padded_generate, subset(workload, args.a_prompts, args.seed)),
         "b": ("b_continuous_batching", continuous_batching, workload),
+        "c": ("c_continuous_seeded", continuous_seeded, workload),
     }
     results: dict[str, Any] = {}
     report: dict[str, Any] = {
@@ -397,10 +442,11 @@ def main() -> None:
         label, fn, prompts = methods[method]
         results[label] = measure(fn, model, prompts, args)
         emit_report(report, args.output, echo=False)  # a run cut off later still leaves this much
-    rates = [results.get(methods[m][0], {}).get("tokens_per_s") for m in ("a", "b")]
-    if all(rates):
-        report["ratio_b_over_a"] = round(rates[1] / rates[0], 2)
-        report["target_ratio"] = 3.0
+    rates = {m: results.get(methods[m][0], {}).get("tokens_per_s") for m in methods}
+    for over, under in (("b", "a"), ("c", "a"), ("c", "b")):
+        if rates[over] and rates[under]:
+            report[f"ratio_{over}_over_{under}"] = round(rates[over] / rates[under], 2)
+    report["target_ratio"] = 3.0  # c (or b) over a
     emit_report(report, args.output)
 
 
