@@ -181,3 +181,4 @@ def test_temperature_zero_is_greedy_and_token_ids_exclude_eos(policy):
     assert [sample.token_ids for sample in samples] == [[ids, ids] for ids in expected]
     texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in expected]
     assert [sample.texts for sample in samples] == [[text, text] for text in texts]
+    assert cs.generate_continuous(model, tokenizer, step.config, [], []) == []

@@ -244,6 +244,8 @@ def generate_continuous(
     """
     from hfpref.steps.sampling import plain_generation_config
 
+    if not token_ids:  # an empty map batch: no manager to start
+        return []
     eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
     copies = 1 if cfg.temperature == 0 else cfg.n  # greedy gives n equal responses: decode once, repeat
     cb_config, hints = manager_configs(model, cfg, token_ids, copies * len(token_ids), num_blocks)
