@@ -56,6 +56,7 @@ def test_noise_rows_depend_only_on_their_key():
     assert noise.min() > 0 and noise.max() < 1
     assert torch.equal(noise[0], noise[2])  # same key, same row, wherever it sits in the batch
     assert torch.equal(cs.uniform_noise(keys[1:2], 1000)[0], noise[1])  # alone or with others
+    assert torch.equal(cs.uniform_noise(keys, 1000, rows_per_chunk=2), noise)  # in any chunks
     assert not torch.equal(noise[0], noise[1])
     assert abs(noise.mean().item() - 0.5) < 0.01  # 5000 uniforms: standard error 0.004
 

@@ -87,13 +87,22 @@ def _hash32(x: Any) -> Any:
     return x ^ (x >> 16)
 
 
-def uniform_noise(keys: Any, vocab_size: int) -> Any:
-    """Uniform(0, 1) float32 noise of shape [rows, vocab_size]; row r a pure function of ``keys[r]`` (int32)."""
+def uniform_noise(keys: Any, vocab_size: int, rows_per_chunk: int = 64) -> Any:
+    """Uniform(0, 1) float32 noise of shape [rows, vocab_size]; row r a pure function of ``keys[r]`` (int32).
+
+    Hashed ``rows_per_chunk`` rows at a time: the int64 temporaries of a whole step (rows x vocabulary, a few
+    alive at once) would take GBs of the memory the paged cache was sized around.
+    """
     import torch
 
     ids = _hash32(torch.arange(vocab_size, device=keys.device, dtype=torch.int64))
-    bits = _hash32(ids.unsqueeze(0) ^ (keys.to(torch.int64) & MASK32).unsqueeze(1))
-    return ((bits >> 8).to(torch.float32) + 0.5) * 2.0**-24  # 24 bits: exact in float32, never 0 or 1
+    keys = keys.to(torch.int64) & MASK32
+    noise = torch.empty((keys.shape[0], vocab_size), dtype=torch.float32, device=keys.device)
+    for start in range(0, keys.shape[0], rows_per_chunk):
+        bits = _hash32(ids.unsqueeze(0) ^ keys[start : start + rows_per_chunk].unsqueeze(1))
+        # the top 24 bits: exact in float32, and the +0.5 keeps the noise off 0 and 1
+        noise[start : start + rows_per_chunk] = ((bits >> 8).to(torch.float32) + 0.5) * 2.0**-24
+    return noise
 
 
 def gumbel_scores(scores: Any, keys: Any, temperature: float, top_p: float) -> Any:
