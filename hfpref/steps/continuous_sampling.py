@@ -20,9 +20,10 @@ counter-based RNG keyed per row). The random streams differ from the transformer
 is in the fingerprint. ``temperature=0`` is plain greedy decoding (one request per prompt, repeated ``n``
 times).
 
-The hook is internal to transformers: ``seeded_manager`` (the one place that touches it) replaces the
+The hook is internal to transformers: ``seeded_manager`` (the one place that installs it) replaces the
 manager's ``ContinuousBatchingLogitsProcessorList`` before its batch processor is built, and refuses, with a
-``UserError``, a transformers version it was not written against.
+``UserError``, a transformers version it was not written against; the processor itself reads a request's
+``position_offset``, ``initial_tokens`` and ``_true_initial_tokens`` (so only behind that check).
 
 Cache. On a GPU transformers sizes the paged cache from free memory; on a CPU (where its size would be a
 share of the host's RAM) it holds every request at once, within ``token_budget`` tokens.
