@@ -8,19 +8,19 @@
 (d) with ``--compile``: (c) with ``compile=True`` (decoder layers through ``torch.compile``), on a
     copy of the model so (a)-(c) stay eager; its one-off compile time is reported, not timed in;
 (e) with ``--liger``: (c) on a copy of the model carrying liger-kernel's fused Triton RMSNorm, SwiGLU and
-    rotary kernels (``benchmarks/liger_patch.py``), compiled too when ``--compile`` is given. Its JSON
-    entry has ``liger_check``: (e)'s hidden states against the unpatched model's own forward one
+    rotary kernels (``benchmarks/liger_patch.py``); (f) with ``--liger --compile``: (e) compiled as (d).
+    Each entry has ``liger_check``: its hidden states against the unpatched model's own forward one
     sequence at a time (the exact loop) on the first prompt's group, and its summed log-probs against
     (a)'s, each beside (c)'s same error, within the runner's own tolerance (relative 5e-2 in bf16, 1e-4
-    in float32). Without liger-kernel, Triton or a CUDA device, (e) reports ``unavailable: <why>``.
+    in float32). Without liger-kernel, Triton or a CUDA device, they report ``unavailable: <why>``.
 
 The model has random weights and a real shape; the workload is N responses per prompt with
 log-normal lengths (responses 50..1500 tokens, prompts 16..512), random token ids. Methods run
 interleaved (the order rotates each repeat) and medians are reported. (a) runs on a fixed random
 subsample of the sequences and its throughput is extrapolated (``a.subsampled``). ``--methods`` picks
 among (a), (b), (c) ((c) always runs: every ratio is against it); ``--max-seconds`` starts no new repeat
-after that many seconds of timing, so a run under a hard time limit still writes its JSON
-(``repeats_done``). Prints one JSON object (and writes it to ``--output`` if given).
+once that many seconds have passed since ``main`` began (setup and compiles included), so a run under a
+hard time limit still writes its JSON (``repeats_done``; give it the limit less the longest repeat). Prints one JSON object (and writes it to ``--output`` if given).
 
 Throughput counts real tokens: the prompt + response tokens of every sequence, as (a) processes
 them. Padding efficiency is real (non-pad) tokens / token slots processed. Peak memory is the
@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import copy
 import ctypes
+import functools
 import gc
 import math
 import platform
@@ -110,6 +111,7 @@ LABELS = {
     "c": "c_ours",
     "d": "d_ours_compiled",
     "e": "e_ours_liger",
+    "f": "f_ours_liger_compiled",
 }
 
 
@@ -272,11 +274,13 @@ def matmul_flops(device: torch.device, size: int = 8192, repeats: int = 10) -> f
     return 2 * size**3 * repeats / (time.perf_counter() - begin)
 
 
-# ---- (e): liger-kernel, and its check against the exact loop ----------------------------------------
+# ---- (e), (f): liger-kernel, and its check against the exact loop ----------------------------------
 
 
-def build_liger(model, args, budget: int, groups: Groups) -> tuple[ResponseLogProbs | None, dict]:
-    """(e)'s scorer on a liger-patched copy of ``model`` (compiled with ``--compile``), warmed up; or
+def build_liger(
+    model, args, budget: int, groups: Groups, compile: bool
+) -> tuple[ResponseLogProbs | None, dict]:
+    """A scorer on a liger-patched copy of ``model`` (``compile``: decoder layers compiled), warmed up; or
     None and ``{"unavailable": why}``."""
     device = next(model.parameters()).device
     reason = liger_patch.unavailable(model, device)
@@ -288,13 +292,19 @@ def build_liger(model, args, budget: int, groups: Groups) -> tuple[ResponseLogPr
         info = liger_patch.apply_liger(patched)
         with liger_patch.liger_rope(patched):
             scorer = ResponseLogProbs(
-                patched, token_budget=budget, logit_chunk_mb=args.logit_chunk_mb, compile=args.compile
+                patched, token_budget=budget, logit_chunk_mb=args.logit_chunk_mb, compile=compile
             )
-            scorer(groups[:4] if args.compile else groups[:1])  # Triton autotuning, compile specialisation
+            scorer(groups[:4] if compile else groups[:1])  # Triton's first builds, compile specialisation
     except Exception as error:  # a kernel that fails to build on this GPU: report it, keep (a)-(d)
         return None, {"unavailable": f"liger setup failed: {type(error).__name__}: {error}"[:500]}
     info["setup_and_warmup_s"] = time.perf_counter() - begin
     return scorer, info
+
+
+def run_liger(scorer: ResponseLogProbs, groups: Groups) -> list[list[float]]:
+    """A liger scorer's log-probs, with liger's rotary in place only for this call (see liger_patch)."""
+    with liger_patch.liger_rope(scorer.runner.model):
+        return scorer(groups)
 
 
 def packed_hidden(runner, group: list[tuple[list[int], int]]) -> torch.Tensor:
@@ -321,13 +331,14 @@ def exact_hidden(model, group: list[tuple[list[int], int]]) -> torch.Tensor:
 
 
 def liger_check(model, scorers: dict, group, sums: dict[str, list[float]]) -> dict[str, object]:
-    """(e) against the exact loop of the unpatched ``model``, beside (c): hidden states on ``group`` and
-    summed log-probs on (a)'s sequences (``sums[name]`` in (a)'s order), within the runner's tolerance."""
+    """Each liger scorer ("e", "f") against the exact loop of the unpatched ``model``, beside (c): hidden
+    states on ``group`` and summed log-probs on (a)'s sequences (``sums[name]`` in (a)'s order), within the
+    runner's tolerance; ``passed`` when every liger error is within it."""
     tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 5e-2
     check: dict[str, object] = {"tolerance_relative": tolerance}
     exact = exact_hidden(model, group)  # outside liger_rope: transformers' own rotary
     for name, scorer in scorers.items():
-        with liger_patch.liger_rope(scorer.runner.model) if name == "e" else contextlib.nullcontext():
+        with liger_patch.liger_rope(scorer.runner.model) if name != "c" else contextlib.nullcontext():
             packed = packed_hidden(scorer.runner, group)
         relative = (packed - exact).norm() / exact.norm().clamp(min=1e-12)
         check[f"hidden_relative_error_{name}"] = float(relative)
@@ -335,7 +346,7 @@ def liger_check(model, scorers: dict, group, sums: dict[str, list[float]]) -> di
             a, ours = np.asarray(sums["a"]), np.asarray(sums[name])
             check[f"sums_relative_error_vs_a_{name}"] = float(np.linalg.norm(ours - a) / np.linalg.norm(a))
             check[f"sums_max_abs_diff_vs_a_{name}"] = float(np.abs(ours - a).max())
-    errors = [v for k, v in check.items() if k.endswith("_e") and "relative" in k]
+    errors = [v for k, v in check.items() if k[-2:] in ("_e", "_f") and "relative" in k]
     check["passed"] = bool(errors) and all(v <= tolerance for v in errors)
     return check
 
@@ -364,11 +375,13 @@ def main() -> None:
     )
     parser.add_argument("--compile", action="store_true", help="also run (d): (c) with torch.compile")
     parser.add_argument(
-        "--liger", action="store_true", help="also run (e): (c) with liger-kernel's fused kernels (GPU)"
+        "--liger",
+        action="store_true",
+        help="also run (e): (c) with liger-kernel's fused kernels (GPU); with --compile also (f), compiled",
     )
     parser.add_argument("--methods", default="a,b,c", help="which of a, b, c to run (c always runs)")
     parser.add_argument(
-        "--max-seconds", type=float, default=None, help="start no new repeat after this much timing"
+        "--max-seconds", type=float, default=None, help="start no new repeat after this many seconds of main"
     )
     parser.add_argument("--a-sequences", type=int, default=6, help="sequences (a) runs per repeat")
     parser.add_argument("--min-len", type=int, default=50)
@@ -379,6 +392,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    main_start = time.perf_counter()
     chosen = {m.strip() for m in args.methods.split(",") if m.strip()} | {"c"}
     if not chosen <= {"a", "b", "c"}:
         parser.error(f"--methods takes a, b, c; got {args.methods!r}")
@@ -426,24 +440,23 @@ def main() -> None:
         compile_s = time.perf_counter() - begin
         runners["d"] = compiled.runner
         methods["d"] = lambda: compiled(groups)
-    liger, liger_info = build_liger(model, args, budget, groups) if args.liger else (None, {})
-    if liger is not None:
-        runners["e"] = liger.runner
-
-        def run_liger() -> object:
-            with liger_patch.liger_rope(liger.runner.model):
-                return liger(groups)
-
-        methods["e"] = run_liger
+    ligers, liger_info = {}, {}
+    for name in ("e", "f") if args.liger else ():
+        if name == "f" and not args.compile:
+            continue
+        liger, liger_info[name] = build_liger(model, args, budget, groups, compile=name == "f")
+        if liger is not None:
+            ligers[name], runners[name] = liger, liger.runner
+            methods[name] = functools.partial(run_liger, liger, groups)
     times: dict[str, list[float]] = {m: [] for m in methods}
     peaks: dict[str, list[int]] = {m: [] for m in methods}
     results: dict[str, object] = {}
     errors: dict[str, str] = {}
     stats: dict[str, dict[str, int]] = {}
     order = list(methods)
-    timing_start, repeats_done = time.perf_counter(), 0
+    repeats_done = 0
     for repeat in range(args.repeats):
-        if repeat and args.max_seconds and time.perf_counter() - timing_start > args.max_seconds:
+        if repeat and args.max_seconds and time.perf_counter() - main_start > args.max_seconds:
             break  # out of time: report the repeats done
         repeats_done += 1
         shift = repeat % len(order)
@@ -466,8 +479,9 @@ def main() -> None:
 
     c_sums = [s for group in results["c"] for s in group] if "c" in results else None
     report_methods = {}
-    if args.liger and liger is None:
-        report_methods[LABELS["e"]] = dict(liger_info)
+    for name, info in liger_info.items():
+        if name not in ligers:
+            report_methods[LABELS[name]] = dict(info)
     for name in methods:
         label = LABELS[name]
         if not times[name]:
@@ -513,7 +527,7 @@ def main() -> None:
                 padding_efficiency=1 - c_stats["padding_tokens"] / c_stats["processed_tokens"],
                 processed_per_real_token=c_stats["processed_tokens"] / real_tokens,
             )
-            if name in ("d", "e"):
+            if name in ("d", "e", "f"):
                 sums = [s for group in results[name] for s in group]
                 entry.update(
                     compiled=runner.compiled,
@@ -523,13 +537,15 @@ def main() -> None:
                     if c_sums
                     else None,
                 )
-            if name == "e":
-                entry.update(liger_info)
-                flat = {m: [s for g in results[m] for s in g] for m in ("c", "e") if m in results}
+            if name in ligers:
+                entry.update(liger_info[name])
+                flat = {m: [s for g in results[m] for s in g] for m in ("c", name) if m in results}
                 a_sums = {m: [flat[m][i] for i in a_pick] for m in flat}
                 if "a" in results:
                     a_sums["a"] = results["a"]
-                entry["liger_check"] = liger_check(model, {"c": scorer, "e": liger}, groups[0], a_sums)
+                entry["liger_check"] = liger_check(
+                    model, {"c": scorer, name: ligers[name]}, groups[0], a_sums
+                )
         report_methods[label] = entry
 
     def rate(name: str) -> float | None:
@@ -539,7 +555,7 @@ def main() -> None:
         return report_methods.get(LABELS[name], {}).get("peak_memory_bytes")
 
     ratios = {}
-    for ours in ("c", "d", "e"):
+    for ours in ("c", "d", "e", "f"):
         if rate(ours) and rate("a"):
             ratios[f"{ours}_over_a"] = rate(ours) / rate("a")
         if rate(ours) and rate("b"):
@@ -574,9 +590,10 @@ def main() -> None:
     if device.type == "cuda":
         report["roofline"] = roofline(config, groups, real_tokens, report, device, methods)
     report["targets"] = targets(report, device, chosen)
-    for name, key in (("d", "targets_compiled"), ("e", "targets_liger")):
+    for name, key in (("d", "targets_compiled"), ("e", "targets_liger"), ("f", "targets_liger_compiled")):
         if name in methods:
             report[key] = targets(report, device, chosen, ours=name)
+    report["main_wall_s"] = time.perf_counter() - main_start  # setup, compiles and checks included
     emit_report(report, args.output)
 
 
@@ -601,7 +618,7 @@ def roofline(config, groups: Groups, real_tokens: int, report: dict, device: tor
 
 
 def targets(report: dict, device: torch.device, chosen: set[str], ours: str = "c") -> dict[str, object]:
-    """The issue's targets for method ``ours`` ("c"; "d" compiled; "e" liger); a check against a method
+    """The issue's targets for method ``ours`` ("c"; "d" compiled; "e", "f" liger); a check against a method
     left out by ``--methods`` is left out too (one that ran and failed counts as not met)."""
     ratios = report["ratios"]
     entry = report["methods"][LABELS[ours]]
@@ -622,8 +639,8 @@ def targets(report: dict, device: torch.device, chosen: set[str], ours: str = "c
         }
     needs = {"over_a": "a", "over_b": "b", "of_b": "b"}  # a check's name says which baseline it needs
     checks = {k: v for k, v in checks.items() if all(m in chosen for s, m in needs.items() if s in k)}
-    if ours == "e":
-        checks["e_matches_exact_loop"] = bool(entry.get("liger_check", {}).get("passed"))
+    if ours in ("e", "f"):
+        checks[f"{x}_matches_exact_loop"] = bool(entry.get("liger_check", {}).get("passed"))
     checks["all_met"] = all(checks.values())
     return checks
 
