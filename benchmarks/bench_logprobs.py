@@ -346,6 +346,10 @@ def liger_check(model, scorers: dict, group, sums: dict[str, list[float]]) -> di
             a, ours = np.asarray(sums["a"]), np.asarray(sums[name])
             check[f"sums_relative_error_vs_a_{name}"] = float(np.linalg.norm(ours - a) / np.linalg.norm(a))
             check[f"sums_max_abs_diff_vs_a_{name}"] = float(np.abs(ours - a).max())
+    for name, scorer in scorers.items():
+        if name != "c":  # the kernels one by one, so the rotary is checked where it matters
+            ops = liger_patch.op_errors(model, scorer.runner.model)
+            check.update({f"op_relative_error_{op}_{name}": value for op, value in ops.items()})
     errors = [v for k, v in check.items() if k[-2:] in ("_e", "_f") and "relative" in k]
     check["passed"] = bool(errors) and all(v <= tolerance for v in errors)
     return check
