@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU run for summed response log-probs (hfpref.steps.logprobs), issue 15's "Log-probs" item:
 # >= 50% of the bf16 roofline on the Qwen2-1.5B shape (39% compiled on an H100, 2026-11-27: the rest was the
-# model's unfused elementwise work), and the 0.5B shape with compile=True. Sized for one H200: about 3 minutes
-# expected, the step timeouts add up to 320 s (an H100 ran the older version in ~3.5 min):
+# model's unfused elementwise work), and the 0.5B shape with compile=True. Sized for one H200: about 3.8
+# minutes expected, the step timeouts add up to 380 s, 440 with the tests (the H100 ran the older one in ~3.5 min):
 #   0. liger-kernel from benchmarks/.wheels/ (benchmarks/fetch_wheels.sh puts it there; the `run` call carries
 #      the folder: the device has no network), installed with pip --no-index --no-deps into /tmp/hfpref-wheels;
 #   1. env.json: torch / transformers / triton / liger versions, the GPU, the fused varlen kernels present;
