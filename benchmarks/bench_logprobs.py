@@ -261,6 +261,24 @@ def dense_bf16_peak(device_name: str) -> tuple[float, str]:
     return H100_BF16_DENSE_FLOPS, f"unknown GPU {device_name!r}: H100 datasheet figure assumed"
 
 
+def kernel_table(device: torch.device, run: Callable[[], object], rows: int = 30) -> dict[str, object]:
+    """torch.profiler's ops of one ``run`` by self device time (CPU time on a CPU), the top ``rows``."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    field = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(profiler.key_averages(), key=lambda e: getattr(e, field, 0), reverse=True)
+    total_ms = sum(getattr(e, field, 0) for e in events) / 1e3
+    top = [
+        {"name": e.key[:160], "self_ms": getattr(e, field, 0) / 1e3, "calls": e.count} for e in events[:rows]
+    ]
+    return {"time_field": field, "total_self_ms": total_ms, "top": top}
+
+
 def matmul_flops(device: torch.device, size: int = 8192, repeats: int = 10) -> float:
     """FLOP/s of a ``size``-cubed bf16 matmul on random data (3 warm-ups): the practical matmul ceiling."""
     a, b = (torch.randn(size, size, device=device, dtype=torch.bfloat16) for _ in range(2))
@@ -386,6 +404,11 @@ def main() -> None:
     parser.add_argument("--methods", default="a,b,c", help="which of a, b, c to run (c always runs)")
     parser.add_argument(
         "--max-seconds", type=float, default=None, help="start no new repeat after this many seconds of main"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="kernel table of one run of the fastest of (c)-(f), in the JSON",
     )
     parser.add_argument("--a-sequences", type=int, default=6, help="sequences (a) runs per repeat")
     parser.add_argument("--min-len", type=int, default=50)
@@ -604,6 +627,10 @@ def main() -> None:
     for name, key in (("d", "targets_compiled"), ("e", "targets_liger"), ("f", "targets_liger_compiled")):
         if name in methods:
             report[key] = targets(report, device, chosen, ours=name)
+    ours = [name for name in ("c", "d", "e", "f") if rate(name)]
+    if args.profile and ours:  # where the fastest one's time goes: what the next fix should target
+        fastest = max(ours, key=rate)
+        report["profile"] = {"method": LABELS[fastest], **kernel_table(device, methods[fastest])}
     report["main_wall_s"] = time.perf_counter() - main_start  # setup, compiles and checks included
     emit_report(report, args.output)
 

@@ -10,7 +10,8 @@
 #      (a) one at a time on 48 sequences, (c) ours eager, (d) ours compiled, (e) ours + liger's fused
 #      RMSNorm/SwiGLU/rotary, (f) (e) compiled; (e) and (f) checked against the exact loop (`liger_check`);
 #      the roofline fractions against the H200's dense bf16 datasheet peak (989 TFLOP/s; DENSE_BF16_PEAKS in
-#      the bench cites it) and against an 8192^3 bf16 matmul timed in the same run. (b) (fixed batches of
+#      the bench cites it) and against an 8192^3 bf16 matmul timed in the same run; `profile`: the kernel
+#      table of one run of the fastest of (c)-(f), for the next fix if 50% is not reached. (b) (fixed batches of
 #      16, full logits) is left out here: c/b was 3.2-3.9x on the H100 across runs, and its ~50 s go to
 #      (d)-(f); expected ~130 s (setup + two compiles ~70 s, 3 interleaved repeats of ~18 s);
 #   3. bench_qwen2-0.5b.json: (a), (b), (c), (d) = compile=True: the c/a and d/a the issue asks for; ~80 s;
@@ -86,7 +87,7 @@ run_bench() {  # shape, time limit in seconds, extra flags
     --max-seconds $((t > 60 ? t - 30 : t / 2)) "${@:3}" --output "$OUT/bench_$1.json" > "$OUT/bench_$1.log" 2>&1
   echo "bench $1 exit $? (limit ${t}s)" >> "$OUT/status.txt"
 }
-run_bench qwen2-1.5b 170 --compile --liger --methods a,c
+run_bench qwen2-1.5b 170 --compile --liger --methods a,c --profile
 run_bench qwen2-0.5b 120 --compile
 
 if [ "$RUN_PYTEST" = 1 ] && "$PYTHON" -c "import pytest, trl, datasets" 2> /dev/null; then
