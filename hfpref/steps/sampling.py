@@ -36,8 +36,8 @@ Batching. Prompts are sorted by token length and packed into ``generate`` calls 
 
 Token ids. A response's ids are the tokens as sampled, less the special ones (EOS, padding) its text
 also drops (``skip_special_tokens``): the response in that unit. Re-encoding the decoded text does not
-always give them back (a BPE tokenizer merges differently, or decoding cleans up spaces); a ``PairMetrics``
-step whose unit is this model's tokenizer counts e_Δ on these ids instead of tokenizing again.
+always give them back (bytes that are no valid UTF-8 decode to U+FFFD; BPE may merge a sampled split); a
+``PairMetrics`` step whose unit is this model's tokenizer counts e_Δ on these ids instead of tokenizing.
 
 Backends. ``"transformers"`` (above), ``"vllm"`` (a per-request seed in vLLM's ``SamplingParams``; the
 same inputs and outputs, different random streams, so its fingerprint differs) and ``"auto"`` (vLLM when
