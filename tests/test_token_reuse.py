@@ -206,3 +206,19 @@ def test_the_token_cache_stays_out_of_pairs_and_the_release():
         assert set(dropped) == {C.RESPONSE_TOKEN_IDS, C.RESPONSE_TOKEN_UNIT} | (
             set() if keep_matrices else {C.DCRM_MATRIX}
         )
+
+
+def test_screening_removes_a_response_with_its_ids_and_reuse_survives(sampled, policy, monkeypatch):
+    from hfpref.steps.screening import ScreenResponses
+
+    row = sampled[0]
+    longest = max(len(text) for text in row[C.RESPONSES])
+    keep = [k for k, text in enumerate(row[C.RESPONSES]) if len(text) < longest]
+    assert 1 <= len(keep) < 3  # the cap below removes some response of this row and keeps another
+    screened = ScreenResponses(max_chars=longest - 1, stale_prompt="off").apply(sampled.select([0]))
+    assert screened[C.RESPONSES][0] == [row[C.RESPONSES][k] for k in keep]
+    assert screened[C.RESPONSE_TOKEN_IDS][0] == [row[C.RESPONSE_TOKEN_IDS][k] for k in keep]
+    spy = TokenizeSpy(monkeypatch)
+    out = PairMetrics(edit_distance_unit=policy)(screened.to_dict())
+    assert spy.texts == []
+    assert out[C.EDIT_DISTANCE_MATRIX][0] == expected_distances(screened[C.RESPONSE_TOKEN_IDS][0])
