@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from types import SimpleNamespace
 
@@ -12,12 +13,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hfpref.core import columns as C
+from hfpref.core.step import Step
 from hfpref.models.hub import model_token_unit
 from hfpref.models.token_ids import response_ids, skipped_token_ids
 from hfpref.release.manifest import candidate_columns
 from hfpref.steps.pair_metrics import PairMetrics, token_unit, tokenizer_content_hash
 from hfpref.steps.pair_rows import NOT_PASSED_THROUGH
 from hfpref.steps.sampling import ResponseSampler, SamplerConfig
+from tests.helpers import DeclaredColumns
 
 PROMPTS = ["Write a short poem about the sea.", "List the planets.", "Name three colours.", "Why?"]
 
@@ -222,3 +225,48 @@ def test_screening_removes_a_response_with_its_ids_and_reuse_survives(sampled, p
     out = PairMetrics(edit_distance_unit=policy)(screened.to_dict())
     assert spy.texts == []
     assert out[C.EDIT_DISTANCE_MATRIX][0] == expected_distances(screened[C.RESPONSE_TOKEN_IDS][0])
+
+
+class LengthRewards(DeclaredColumns, Step):
+    """rewards = the length of each response's text (a stand-in for a reward model)."""
+
+    outputs = (C.REWARDS,)
+
+    def process(self, batch, rank, indices):
+        return {C.REWARDS: [[float(len(text)) for text in row] for row in batch[C.RESPONSES]]}
+
+
+def test_a_recipe_hands_the_ids_on_and_releases_none_of_them(policy, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from hfpref.pipeline import recipe as R
+    from hfpref.release.folder import MANIFEST_FILE
+    from hfpref.release.writer import write_release
+
+    monkeypatch.setitem(R.STEP_REGISTRY, "LengthRewards", f"{__name__}:LengthRewards")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS), encoding="utf-8")
+    recipe = R.Recipe.from_dict(
+        {
+            "input": {"path": str(prompts)},
+            "steps": [
+                {"step": "ResponseSampler", "config": {"model": policy, "n": 3, "max_new_tokens": 8}},
+                {"step": "LengthRewards"},
+                {"step": "PairMetrics", "config": {"edit_distance_unit": policy}},
+            ],
+            "pairs": {"strategies": ["max_margin"]},
+            "output": {"folder": str(tmp_path / "release"), "name": "reuse", "version": "0.0.1"},
+        }
+    )
+    spy = TokenizeSpy(monkeypatch)
+    result = recipe.run(cache_dir=tmp_path / "cache", progress=False)
+    assert spy.texts == []  # the runner handed the sampler's ids to PairMetrics
+    candidates = result.candidates
+    for ids, matrix in zip(candidates[C.RESPONSE_TOKEN_IDS], candidates[C.EDIT_DISTANCE_MATRIX], strict=True):
+        assert matrix == expected_distances(ids)
+    assert not set(C.TOKEN_CACHE_COLUMNS) & set(result.pairs["max_margin"].column_names)
+    folder = write_release(result)
+    files = sorted((folder / "data").rglob("*.parquet"))
+    assert files and all(not set(C.TOKEN_CACHE_COLUMNS) & set(pq.read_schema(f).names) for f in files)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    assert set(C.TOKEN_CACHE_COLUMNS) <= set(manifest["configs"]["candidates"]["dropped_columns"])
