@@ -40,7 +40,7 @@ def sampler(policy: str, **overrides) -> ResponseSampler:
 def test_shapes_and_generator_names(policy):
     out = sampler(policy)({"prompt": PROMPTS})
     # the tiny policy has a chat template: prompts come back as the conversation they were sampled in
-    assert set(out) == {"prompt", "responses", "generators"}
+    assert set(out) == {"prompt", "responses", "generators", "response_token_ids", "response_token_unit"}
     assert out["prompt"] == [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in PROMPTS]
     assert [len(r) for r in out["responses"]] == [3] * len(PROMPTS)
     assert all(isinstance(text, str) for row in out["responses"] for text in row)

@@ -108,3 +108,14 @@ def test_misaligned_column_is_a_row_error_and_step_is_registered():
     with pytest.raises(RowError, match=r"key=1 column 'rewards' has 2 entries for 4 responses"):
         ScreenResponses().apply(datasets.Dataset.from_dict(rows))
     assert step_class("ScreenResponses") is ScreenResponses and "ScreenResponses" in STEP_REGISTRY
+
+
+def test_stale_token_ids_are_dropped_not_refused():
+    # response_token_ids is the sampler's cache: a step that appended a response without its ids leaves it
+    # one short; screening drops that row's ids (PairMetrics tokenizes it) and keeps aligned ones subset
+    rows = _rows()
+    rows["response_token_ids"] = [[[1, 2], [3], [4, 5, 6]], [[7, 8]]]  # row 1 lacks the 4th response's ids
+    out = ScreenResponses().apply(datasets.Dataset.from_dict(rows), batch_size=1)
+    assert out[0]["response_token_ids"] is None
+    assert out[1]["response_token_ids"] == [[7, 8]]
+    assert out[0]["responses"] == [NORMAL, None]

@@ -27,6 +27,13 @@ PROMPTS_SEEN = "prompts_seen"  # per response: the prompt text its generator ans
 RESPONSE_FLAGS = (
     "response_flags"  # per response: why screening flagged it (None = kept), hfpref.steps.screening
 )
+# ResponseSampler: per response, the generated token ids (no prompt, no special tokens: no EOS, no padding),
+# the response in the unit RESPONSE_TOKEN_UNIT names; None for a response from elsewhere. A cache artifact:
+# PairMetrics counts e_Δ on them instead of tokenizing again; the release leaves both columns out
+RESPONSE_TOKEN_IDS = "response_token_ids"
+# ResponseSampler: per row, the unit label of RESPONSE_TOKEN_IDS, "token:<model>@<revision>"
+# (hfpref.models.hub.model_token_unit), comparable with a PairMetrics step's declared edit_distance_unit
+RESPONSE_TOKEN_UNIT = "response_token_unit"
 SCREENED_OUT = "screened_out"  # per row: the responses screening removed, [{index, generator, reason, chars}]
 
 # per-prompt N x N matrices written by the pair-metrics step (row i = chosen candidate, column j = rejected)
@@ -86,7 +93,10 @@ PER_RESPONSE_COLUMNS = (
     CORRECTNESS,
     PROMPTS_SEEN,
     RESPONSE_FLAGS,
+    RESPONSE_TOKEN_IDS,
 )
+# the token-id cache a model step leaves for later steps: no pair row or release file carries it
+TOKEN_CACHE_COLUMNS = (RESPONSE_TOKEN_IDS, RESPONSE_TOKEN_UNIT)
 
 # written by IFEvalVerifier: per row, "<instruction id>.<argument>" for each argument lm-eval's check drew at
 # random because the row's kwargs left it out or gave an invalid value (e.g. a non-letter ``letter``)

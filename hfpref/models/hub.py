@@ -14,6 +14,16 @@ from pathlib import Path
 from hfpref.core.errors import UserError
 
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
+# files that decide how a local tokenizer folder encodes text (weights and chat templates do not)
+_TOKENIZER_FILE_NAMES = {
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+}
 
 
 class ModelNotFoundError(UserError):
@@ -105,3 +115,36 @@ def resolve_revision(model: str, revision: str | None = None, cache_dir: str | P
         + "; ".join(problems)
         + ". Pass a local path, a 40-character commit hash, or download the model first."
     )
+
+
+# ---- token units: which tokenizer, at which version, token ids are counted in ---------------------------
+# Here, below both the model steps that make token ids (ResponseSampler) and the pair metrics that count
+# e_Δ in them, so both spell a unit label the same way.
+def token_unit(tokenizer: str, resolved_revision: str) -> str:
+    """The ``edit_distance_unit`` label of token ids from ``tokenizer`` at its resolved revision."""
+    return f"token:{tokenizer}@{resolved_revision}"
+
+
+def tokenizer_content_hash(folder: str | Path) -> str:
+    """sha256 over the names and bytes of a local tokenizer folder's encoding files."""
+    digest = hashlib.sha256()
+    folder = Path(folder)
+    names = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file() and (p.name.startswith("tokenizer") or p.name in _TOKENIZER_FILE_NAMES)
+    )
+    if not names:
+        raise FileNotFoundError(f"no tokenizer files in {str(folder)!r}")
+    for name in names:
+        digest.update(name.encode() + b"\0")
+        digest.update((folder / name).read_bytes())
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def model_token_unit(model: str, resolved_revision: str) -> str:
+    """The unit label of token ids from ``model``'s own tokenizer: the label a ``PairMetrics`` step whose
+    ``edit_distance_unit`` is ``model`` declares (a local folder is versioned by its tokenizer files alone,
+    a Hub id by the commit ``resolved_revision``)."""
+    return token_unit(model, tokenizer_content_hash(model) if is_local_model(model) else resolved_revision)

@@ -256,7 +256,10 @@ def strategy_groups(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[
 
 
 def candidate_columns(result: ReleaseContent) -> tuple[list[str], list[str]]:
-    """The candidates' columns the release keeps, and those it drops (the N x N matrices, unless asked)."""
+    """The candidates' columns the release keeps, and those it drops (the N x N matrices, unless asked, and
+    always the sampler's token-id cache: ids that re-tokenizing ``responses`` recovers, mostly, at 4 bytes a
+    token, which would be most of the candidates file, see ``hfpref.steps.sampling``)."""
     names = result.candidates.column_names
     dropped = [] if result.recipe.output.candidate_matrices else [c for c in MATRIX_COLUMNS if c in names]
+    dropped += [c for c in C.TOKEN_CACHE_COLUMNS if c in names]
     return [c for c in names if c not in dropped], dropped

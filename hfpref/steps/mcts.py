@@ -184,7 +184,7 @@ class MCTSPairGenerator(ModelStep):
 
     def passthrough_columns(self, column_names: Sequence[str]) -> list[str]:
         """The input columns copied unchanged to every pairs row of their prompt."""
-        excluded = {*self.output_columns(), *C.PER_RESPONSE_COLUMNS}
+        excluded = {*self.output_columns(), *C.PER_RESPONSE_COLUMNS, *C.TOKEN_CACHE_COLUMNS}
         return [name for name in column_names if name not in excluded]
 
     @property

@@ -28,14 +28,12 @@ what they would be without it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import numbers
 import os
 import re
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -46,19 +44,12 @@ from rapidfuzz.process import cdist
 from hfpref.core import columns as C
 from hfpref.core.errors import UserError
 from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label
+from hfpref.models.hub import token_unit, tokenizer_content_hash
 
 EDIT_DISTANCE_UNIT = C.EDIT_DISTANCE_UNIT
+# token_unit and tokenizer_content_hash live in hfpref.models.hub, where the sampler (which writes token ids
+# with their unit) imports them too; importable from here as before
 
-# files that decide how a local tokenizer folder encodes text (weights and chat templates do not)
-_TOKENIZER_FILE_NAMES = {
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-}
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 WORDS = "words"  # the word-level unit of edit_distance_unit ("word" is accepted too)
 WORD_UNIT = "word"  # how the output column and the manifest name it
@@ -66,11 +57,6 @@ WORD_UNIT = "word"  # how the output column and the manifest name it
 
 class EditDistanceUnitError(UserError):
     """Token ids in another unit than the e_Δ unit a PairMetrics step declares."""
-
-
-def token_unit(tokenizer: str, resolved_revision: str) -> str:
-    """The ``edit_distance_unit`` label of token ids from ``tokenizer`` at its resolved revision."""
-    return f"token:{tokenizer}@{resolved_revision}"
 
 
 def dcrm(reward_margin: Any, edit_distance: Any, logp_diff: Any, eps: float = 1.0) -> Any:
@@ -141,24 +127,6 @@ class PairMetricsConfig(StepConfig):
             )
 
 
-def tokenizer_content_hash(folder: str | os.PathLike) -> str:
-    """sha256 over the names and bytes of a local tokenizer folder's encoding files."""
-    digest = hashlib.sha256()
-    folder = Path(folder)
-    names = sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.is_file() and (p.name.startswith("tokenizer") or p.name in _TOKENIZER_FILE_NAMES)
-    )
-    if not names:
-        raise FileNotFoundError(f"no tokenizer files in {str(folder)!r}")
-    for name in names:
-        digest.update(name.encode() + b"\0")
-        digest.update((folder / name).read_bytes())
-        digest.update(b"\0")
-    return "sha256:" + digest.hexdigest()
-
-
 def dense_symbols(sequences: Sequence[Sequence[Any]]) -> list[list[int]]:
     """Relabel the tokens of a group of sequences 0, 1, 2, ... by falling frequency.
 
@@ -177,7 +145,17 @@ class PairMetrics(Step):
 
     Input columns: ``responses`` (list[str]), ``rewards`` (list[float]); ``ref_logps`` (list[float]) is
     used when present. A None response is missing: its row and column of every matrix are None (the int
-    matrix) or NaN (the float ones).
+    matrix) or NaN (the float ones). ``response_token_ids`` with ``response_token_unit`` (written by
+    ``ResponseSampler``) are used when present: a row whose unit is the declared one is not tokenized again.
+
+    What a sampled response's tokens are. In the sampler's tokenizer unit, a response's tokens are the ids
+    it was sampled as (special tokens left out), not ``encode(decode(ids))``: the two differ where the
+    sampled bytes are no valid UTF-8 (decoding writes U+FFFD, whose encoding is other tokens) or, for BPE,
+    where the model sampled a split that encoding would merge. The sampled ids are the response the model
+    produced, so e_Δ counts the model's own edits; the unit label stays ``token:<tokenizer>@<revision>``
+    either way. On the tiny test model (random weights, byte-level BPE) every response without U+FFFD
+    re-encoded to its sampled ids, and every one with U+FFFD did not. Rows without ids, with ids in
+    another unit, or a response whose ids are None (not from the sampler), are tokenized as before.
     Output columns: ``edit_distance_matrix`` (N×N int), ``logp_diff_matrix`` (N×N float, or None when the
     row has no ``ref_logps``), ``reward_margin_matrix`` and ``dcrm_matrix`` (N×N float), and
     ``edit_distance_unit`` (str).
@@ -266,7 +244,31 @@ class PairMetrics(Step):
     # ---- the map function ------------------------------------------------------------------
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         texts = self.response_texts(batch, indices)
-        return self.metrics_from_tokens(batch, self.tokenize(texts, rank), indices, rank)
+        if C.RESPONSE_TOKEN_IDS not in batch:
+            return self.metrics_from_tokens(batch, self.tokenize(texts, rank), indices, rank)
+        tokens = self.reused_token_ids(batch, rank)
+        missing = [k for k, ids in enumerate(tokens) if ids is None]
+        if missing:  # responses without ids in the declared unit: tokenized as without the column
+            for k, ids in zip(missing, self.tokenize([texts[k] for k in missing], rank), strict=True):
+                tokens[k] = ids
+        return self.metrics_from_tokens(batch, tokens, indices, rank, unit=self.resources(rank)["unit"])
+
+    def reused_token_ids(self, batch: Batch, rank: int | None = None) -> list[Any]:
+        """The sampler's ``response_token_ids`` of every response (flattened as ``response_texts``) where the
+        row's ``response_token_unit`` is the declared unit, else None: a row in another unit, a row or a
+        response without ids (a response from elsewhere), a row whose ids do not align with its responses."""
+        declared = self.resources(rank)["unit"]
+        units = batch.get(C.RESPONSE_TOKEN_UNIT) or [None] * len(batch[C.RESPONSES])
+        tokens: list[Any] = []
+        for responses, ids, unit in zip(batch[C.RESPONSES], batch[C.RESPONSE_TOKEN_IDS], units, strict=True):
+            n = len(responses or [])
+            if unit != declared or ids is None or len(ids) != n:
+                ids = [None] * n
+            # a missing response's cells are blanked whatever its tokens: the empty placeholder, as unreused
+            tokens += [
+                [] if text is None else row_ids for text, row_ids in zip(responses or [], ids, strict=True)
+            ]
+        return tokens
 
     def response_texts(self, batch: Batch, indices: list[int] | None = None) -> list[str]:
         """Every response of the batch, flattened in row order (a missing one, None, as the empty text: a

@@ -33,8 +33,11 @@ from hfpref.core import columns as C
 from hfpref.core.step import Batch, RowError, Step
 from hfpref.steps.pair_metrics import dcrm
 
-# per-response lists and N×N matrices describe candidates, not a pair: pair makers do not pass them through
-NOT_PASSED_THROUGH = frozenset(C.PER_RESPONSE_COLUMNS) | frozenset(C.MATRIX_COLUMNS)
+# per-response lists and N×N matrices describe candidates, not a pair, and the sampler's token-id cache is
+# no pair data: pair makers do not pass them through
+NOT_PASSED_THROUGH = (
+    frozenset(C.PER_RESPONSE_COLUMNS) | frozenset(C.MATRIX_COLUMNS) | frozenset(C.TOKEN_CACHE_COLUMNS)
+)
 
 
 # ---- the prompt ------------------------------------------------------------------------------------------

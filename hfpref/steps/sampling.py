@@ -5,7 +5,8 @@
 * input column: ``prompt`` (a string, or a list of ``{"role", "content"}`` messages)
 * output columns: ``prompt`` (the prompt in the form it was sampled in, see below), ``responses``
   (list[str], ``n`` per prompt) and ``generators`` (list[str], the model id, or ``generator_name``, once
-  per response)
+  per response), ``response_token_ids`` (list[list[int32]], the generated token ids of each response) and
+  ``response_token_unit`` (their unit label, ``hfpref.models.hub.model_token_unit``)
 
 The prompt's form (``hfpref.steps.chat_prompts``). When the tokenizer has a chat template, every prompt goes
 through it (``add_generation_prompt=True``): a string prompt is sampled as one user message and is written
@@ -33,10 +34,15 @@ prompt, repeated ``n`` times).
 Batching. Prompts are sorted by token length and packed into ``generate`` calls whose padded size
 ``n * rows * (longest prompt + max_new_tokens)`` stays within ``token_budget``; padding is on the left.
 
+Token ids. A response's ids are the tokens as sampled, less the special ones (EOS, padding) its text
+also drops (``skip_special_tokens``): the response in that unit. Re-encoding the decoded text does not
+always give them back (bytes that are no valid UTF-8 decode to U+FFFD; BPE may merge a sampled split); a
+``PairMetrics`` step whose unit is this model's tokenizer counts e_Δ on these ids instead of tokenizing.
+
 Backends. ``"transformers"`` (above), ``"continuous"`` (transformers' continuous batching, one request per
-response, with per-request seeded noise: ``hfpref.steps.continuous_sampling``), ``"vllm"`` (a per-request seed in vLLM's ``SamplingParams``; the
-same inputs and outputs, different random streams, so its fingerprint differs) and ``"auto"`` (vLLM when
-it is importable and a GPU is present). Models load lazily on first use; ``rank`` picks the GPU.
+response, with per-request seeded noise: ``hfpref.steps.continuous_sampling``), ``"vllm"`` (a per-request
+seed in vLLM's ``SamplingParams``; the same inputs and outputs, different random streams, so its
+fingerprint differs) and ``"auto"`` (vLLM when it is importable and a GPU is present). Models load lazily on first use; ``rank`` picks the GPU.
 """
 
 from __future__ import annotations
@@ -51,9 +57,11 @@ from typing import Any, ClassVar
 
 from hfpref.core import columns as C
 from hfpref.core.step import Batch, RowError, StepConfig, row_label, runtime_field
+from hfpref.models.hub import model_token_unit
 from hfpref.models.loading import load_model, load_tokenizer, parse_dtype, select_device
 from hfpref.models.packing import plan_padded_batches
 from hfpref.models.step import ModelStep
+from hfpref.models.token_ids import response_ids, skipped_token_ids
 from hfpref.steps.candidates import Prompt
 from hfpref.steps.chat_prompts import MESSAGES, PromptFormError, chat_template_sha256, is_messages
 
@@ -91,6 +99,10 @@ class SamplerConfig(StepConfig):
                 f"SamplerConfig.backend must be auto, transformers, vllm or continuous, got {self.backend!r}"
             )
         parse_dtype(self.dtype)  # fails early on an unknown dtype name
+
+
+# what a backend's generate function returns: per prompt, the n response texts and the n token-id lists
+Samples = tuple[list[list[str]], list[list[Any]]]
 
 
 def prompt_seed(seed: int, model_revision: str, prompt: Prompt) -> int:
@@ -164,14 +176,21 @@ class ResponseSampler(ModelStep):
 
     config_class: ClassVar[type[StepConfig]] = SamplerConfig
     # 2: writes ``prompt`` back as the messages it sampled through the chat template
-    version: ClassVar[str] = "2"
+    # 3: writes the responses' token ids and their unit (an earlier run's shards lack these columns)
+    version: ClassVar[str] = "3"
     config: SamplerConfig
 
     def input_columns(self) -> list[str]:
         return [C.PROMPT]
 
     def output_columns(self) -> list[str]:
-        return [C.PROMPT, C.RESPONSES, C.GENERATORS]
+        return [C.PROMPT, C.RESPONSES, C.GENERATORS, C.RESPONSE_TOKEN_IDS, C.RESPONSE_TOKEN_UNIT]
+
+    def token_unit(self) -> str:
+        """The unit label of the written token ids (equal to a PairMetrics step's with this model as unit)."""
+        if not hasattr(self, "_token_unit"):
+            self._token_unit = model_token_unit(self.config.model, self.resolved_revision())
+        return self._token_unit
 
     def chat_template_sha256(self) -> str | None:
         """sha256 of the chat template prompts are sampled through (None: prompts are raw text)."""
@@ -238,17 +257,25 @@ class ResponseSampler(ModelStep):
         # this form, so a string and its one-message form (the same context) draw the same samples
         prompts = [sampled_prompt(tokenizer, p) for p in batch[C.PROMPT]]
         seeds = [prompt_seed(self.config.seed, self.resolved_revision(), p) for p in prompts]
+        special = skipped_token_ids(tokenizer)
         if self.backend == "vllm":
-            responses = _generate_vllm(loaded["llm"], self.config, token_ids, seeds)
+            responses, ids = _generate_vllm(loaded["llm"], self.config, token_ids, seeds, special)
         elif self.backend == "continuous":
             from hfpref.steps.continuous_sampling import generate_continuous
 
             samples = generate_continuous(loaded["model"], tokenizer, self.config, token_ids, seeds)
             responses = [sample.texts for sample in samples]
+            ids = [[response_ids(row, special) for row in sample.token_ids] for sample in samples]
         else:
-            responses = self._generate_transformers(loaded["model"], tokenizer, token_ids, seeds)
+            responses, ids = self._generate_transformers(loaded["model"], tokenizer, token_ids, seeds)
         generators = [[self.generator_label] * self.config.n for _ in prompts]
-        return {C.PROMPT: prompts, C.RESPONSES: responses, C.GENERATORS: generators}
+        return {
+            C.PROMPT: prompts,
+            C.RESPONSES: responses,
+            C.GENERATORS: generators,
+            C.RESPONSE_TOKEN_IDS: ids,
+            C.RESPONSE_TOKEN_UNIT: [self.token_unit()] * len(prompts),
+        }
 
     def prompt_token_ids(
         self, tokenizer: Any, prompt: Any, batch: Batch, i: int, indices: list[int] | None
@@ -274,7 +301,7 @@ class ResponseSampler(ModelStep):
 
     def _generate_transformers(
         self, model: Any, tokenizer: Any, token_ids: list[list[int]], seeds: list[int]
-    ) -> list[list[str]]:
+    ) -> Samples:
         import torch
         from transformers import (
             LogitsProcessorList,
@@ -288,6 +315,8 @@ class ResponseSampler(ModelStep):
         greedy = cfg.temperature == 0
         copies = 1 if greedy else cfg.n  # greedy decoding gives n equal responses: decode once, repeat
         responses: list[list[str]] = [[] for _ in token_ids]
+        response_token_ids: list[list[Any]] = [[] for _ in token_ids]
+        special = skipped_token_ids(tokenizer)  # EOS and padding among them
         for group in length_groups(token_ids, copies, cfg.max_new_tokens, cfg.token_budget):
             # each prompt repeated, in place of num_return_sequences (which greedy decoding refuses)
             rows = [token_ids[k] for k in group for _ in range(copies)]
@@ -306,10 +335,13 @@ class ResponseSampler(ModelStep):
                 )
             new_tokens = output[:, padded["input_ids"].shape[1] :]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            ids = [response_ids(row, special) for row in new_tokens.tolist()]
             for position, k in enumerate(group):
                 row_texts = texts[position * copies : (position + 1) * copies]
+                row_ids = ids[position * copies : (position + 1) * copies]
                 responses[k] = row_texts * cfg.n if greedy else row_texts
-        return responses
+                response_token_ids[k] = row_ids * cfg.n if greedy else row_ids
+        return responses, response_token_ids
 
 
 def length_groups(
@@ -340,8 +372,8 @@ def _load_vllm(cfg: SamplerConfig, revision: str, rank: int | None) -> Any:
 
 
 def _generate_vllm(
-    llm: Any, cfg: SamplerConfig, token_ids: list[list[int]], seeds: list[int]
-) -> list[list[str]]:
+    llm: Any, cfg: SamplerConfig, token_ids: list[list[int]], seeds: list[int], special: frozenset[int]
+) -> Samples:
     from vllm import SamplingParams
 
     params = [
@@ -356,4 +388,7 @@ def _generate_vllm(
         for seed in seeds
     ]
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in token_ids], params, use_tqdm=False)
-    return [[completion.text for completion in output.outputs] for output in outputs]
+    texts = [[completion.text for completion in output.outputs] for output in outputs]
+    # a completion's token_ids end with the EOS that stopped it; its text, like ours, drops special tokens
+    ids = [[response_ids(c.token_ids, special) for c in output.outputs] for output in outputs]
+    return texts, ids

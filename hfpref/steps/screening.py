@@ -187,8 +187,13 @@ class ScreenResponses(Step):
         for i in range(len(batch[C.RESPONSES])):
             responses = list(batch[C.RESPONSES][i] or [])
             n = len(responses)
-            for column in aligned:
-                value = batch[column][i]
+            values = {column: batch[column][i] for column in aligned}
+            stale_ids = values.get(C.RESPONSE_TOKEN_IDS)
+            if stale_ids is not None and len(stale_ids) != n:
+                # a cache, not data: a step that appended responses without their ids left it stale;
+                # drop it for this row (PairMetrics then tokenizes) rather than refuse the row
+                values[C.RESPONSE_TOKEN_IDS] = None
+            for column, value in values.items():
                 if value is not None and len(value) != n:
                     raise RowError(
                         f"{self.name}: {row_label(batch, i, indices)} column {column!r} has {len(value)} "
@@ -211,8 +216,7 @@ class ScreenResponses(Step):
             removed = (
                 [] if not self.config.remove else [k for k, flag in enumerate(flags) if flag is not None]
             )
-            for column in aligned:
-                value = batch[column][i]
+            for column, value in values.items():
                 out[column].append(None if value is None else [value[k] for k in keep])
             for column in matrices:
                 matrix = batch[column][i]

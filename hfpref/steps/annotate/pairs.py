@@ -95,7 +95,7 @@ class AnnotatedPairs(PairMaker):
         return [C.PROMPT, *PAIR_COLUMNS, *self.EXTRA_COLUMNS, C.PAIR_STRATEGY, C.DROP_REASON]
 
     def passthrough_columns(self, column_names: list[str]) -> list[str]:
-        excluded = {*self.output_columns(), *PER_PAIR_COLUMNS, IMPLICIT_MARGINS}
+        excluded = {*self.output_columns(), *PER_PAIR_COLUMNS, IMPLICIT_MARGINS, *C.TOKEN_CACHE_COLUMNS}
         if self.config.preferences_column:  # a pairwise judge's per-pair lists stay behind too
             prefix = self.config.preferences_column[: -len("preferences")]
             excluded |= {self.config.preferences_column, f"{prefix}verdicts", f"{prefix}judge_raw"}
