@@ -270,3 +270,14 @@ def test_a_recipe_hands_the_ids_on_and_releases_none_of_them(policy, tmp_path, m
     assert files and all(not set(C.TOKEN_CACHE_COLUMNS) & set(pq.read_schema(f).names) for f in files)
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     assert set(C.TOKEN_CACHE_COLUMNS) <= set(manifest["configs"]["candidates"]["dropped_columns"])
+
+
+def test_the_continuous_backend_writes_ids_its_texts_decode_from(policy):
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    step = ResponseSampler(SamplerConfig(model=policy, n=2, max_new_tokens=8, backend="continuous"))
+    rows = step.apply(datasets.Dataset.from_dict({"prompt": PROMPTS[:2]}), batch_size=2)
+    assert rows[C.RESPONSE_TOKEN_UNIT] == [step.token_unit()] * 2
+    for texts, ids in zip(rows[C.RESPONSES], rows[C.RESPONSE_TOKEN_IDS], strict=True):
+        assert len(ids) == len(texts) == 2
+        for text, row in zip(texts, ids, strict=True):
+            assert 0 < len(row) <= 8 and tokenizer.decode(row) == text
