@@ -267,9 +267,8 @@ class RayEngine(Engine):
             return step.apply(dataset, batch_size=batch_size)
         if not is_model_step(step) and self.writes_caches(dataset):
             # shards as the local engine plans them for as many workers, so either engine resumes the other
-            return self._in_tasks({None: step}, dataset, batch_size, self.shard_rows, self._task_slots())[
-                None
-            ]
+            slots = self.task_concurrency or self._workers({})
+            return self._in_tasks({None: step}, dataset, batch_size, self.shard_rows, slots)[None]
         outputs = self._sharded(
             {None: step},
             dataset,
@@ -284,22 +283,18 @@ class RayEngine(Engine):
         self, selectors: dict[str, Step], candidates: Any, *, batch_size: int, num_proc: int | None
     ) -> dict[str, Any]:
         """The selectors not yet cached run in one pass of Ray tasks, in resumable shards as ``map_step``
-        runs a step; each is then read back from its cached shards (``num_proc`` is not used here)."""
+        runs a step; each is then read back from its cached shards (``num_proc`` is not used here). On a
+        local cluster each selector is one task over all rows, which writes the file the local engine would."""
         todo = {s: sel for s, sel in selectors.items() if not is_cached(sel, candidates)}
         if len(candidates) == 0 or not todo:
             return {}
-        if self.writes_caches(
-            candidates
-        ):  # one task per selector over all rows, as the local engine runs them
+        if self.writes_caches(candidates):  # a task per selector over all rows, as the local engine runs them
             return self._in_tasks(todo, candidates, batch_size, None, 1)
         return self._sharded(
             todo, candidates, AllSelectors(todo), "PairSelector", actors=False, batch_size=batch_size
         )
 
     # ---- resumable shards ----------------------------------------------------------------------------
-    def _task_slots(self) -> int:
-        return self.task_concurrency or self._workers({})
-
     def _in_tasks(
         self, steps: dict[Any, Step], dataset: Any, batch_size: int, shard_rows: int | None, min_shards: int
     ) -> dict[Any, Any]:
