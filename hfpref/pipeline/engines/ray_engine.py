@@ -41,6 +41,7 @@ from hfpref.pipeline.engines.ray_local import (
     plan_jobs,
     read_back,
     start_in_background,
+    warm_workers,
 )
 from hfpref.pipeline.engines.ray_rows import (
     ERROR_COLUMN,
@@ -124,6 +125,8 @@ class RayEngine(Engine):
             if not ray.is_initialized():
                 ray.init(address=self.address, **self.init_kwargs)
                 self._started = True
+                if self.address is None:  # a new local cluster: its workers import while the driver works
+                    warm_workers(ray)
         except BaseException as error:  # raised by the first use, in the caller's thread
             self._start_error = error
 

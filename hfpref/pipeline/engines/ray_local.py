@@ -47,6 +47,21 @@ def start_in_background(start: Callable[[], None]) -> threading.Thread:
     return thread
 
 
+def warm_workers(ray: Any) -> None:
+    """Start (and do not wait for) one task per CPU of the cluster that imports what every task of this
+    module needs: the workers import ``datasets`` and hfpref while the driver reads its input, instead of
+    when the first step's first tasks arrive (the local engine's forked workers inherit the driver's)."""
+    warm = ray.remote(num_cpus=1)(_import_task_modules)
+    for _ in range(int(ray.cluster_resources().get("CPU", 1))):
+        warm.remote()
+
+
+def _import_task_modules() -> None:
+    import datasets  # noqa: F401
+
+    import hfpref.pipeline.engines.ray_local  # noqa: F401
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     sys.exit(signum)
 
@@ -133,4 +148,12 @@ def map_in_tasks(
             ray.cancel(ref)
 
 
-__all__ = ["is_local_cluster", "map_in_tasks", "map_shard", "plan_jobs", "read_back", "start_in_background"]
+__all__ = [
+    "is_local_cluster",
+    "map_in_tasks",
+    "map_shard",
+    "plan_jobs",
+    "read_back",
+    "start_in_background",
+    "warm_workers",
+]
