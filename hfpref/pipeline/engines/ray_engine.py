@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import math
 import pickle
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,11 +35,11 @@ from hfpref.core.step import Batch, Step
 from hfpref.pipeline.engines import EngineError, is_model_step
 from hfpref.pipeline.engines.base import Engine
 from hfpref.pipeline.engines.ray_local import (
+    BackgroundStart,
     is_local_cluster,
     map_in_tasks,
     plan_jobs,
     read_back,
-    start_in_background,
     warm_workers,
 )
 from hfpref.pipeline.engines.ray_rows import (
@@ -114,7 +113,7 @@ class RayEngine(Engine):
         self.executions = 0  # Ray executions (Ray Data or task passes) run (tests and benchmarks read it)
         # the cluster starts now, alongside the driver's own work before the first step (reading the input)
         self._start_error: BaseException | None = None
-        self._starting: threading.Thread | None = start_in_background(self._start)
+        self._starting = BackgroundStart(self._start)
 
     # ---- the cluster -----------------------------------------------------------------------------
     def _start(self) -> None:
@@ -131,9 +130,7 @@ class RayEngine(Engine):
             self._start_error = error
 
     def _ray(self) -> Any:
-        if self._starting is not None:
-            self._starting.join()
-            self._starting = None
+        self._starting.wait()
         if isinstance(self._start_error, ImportError):
             raise EngineError(
                 "the Ray engine needs Ray Data: pip install 'hfpref[ray]' (ray[data]>=2.40)"
@@ -158,14 +155,13 @@ class RayEngine(Engine):
 
     def close(self) -> None:
         """Shut down the Ray cluster if this engine started it."""
-        if self._starting is not None:  # closed before its first use: the start must end first
-            self._starting.join()
-            self._starting = None
+        self._starting.wait()  # closed before its first use: the start must end first
         if self._started:
             import ray
 
             ray.shutdown()
             self._started = False
+        self._starting.release()  # the thread that started the cluster may end now that it is down
 
     def actor_options(self) -> dict[str, Any]:
         """``map_batches`` arguments of a model step: concurrency (actors) and resources per actor."""

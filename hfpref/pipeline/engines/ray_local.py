@@ -31,20 +31,37 @@ from hfpref.pipeline.resume import ShardRows, cached_only, is_cached, join_shard
 Job = tuple[Step, int, Any]  # a step, the first row of its shard, the shard (a ``datasets.Dataset``)
 
 
-def start_in_background(start: Callable[[], None]) -> threading.Thread:
-    """Run ``start`` (which calls ``ray.init``) in a daemon thread, so the cluster starts while the driver goes on.
+class BackgroundStart:
+    """``start`` (which calls ``ray.init``) run in a daemon thread, so the cluster starts while the driver goes on;
+    ``wait()`` until it has run, ``release()`` once the cluster is shut down.
 
-    ``ray.init`` in the main thread makes SIGTERM exit the driver through ``sys.exit`` (so its atexit hook shuts
-    the cluster down) and in another thread logs that it could not; the handler is set here, in the calling
-    thread, as ``ray.init`` would, and the warning is dropped (unless Ray was already started: its own then).
+    The thread lives until ``release``: the processes of a local cluster (GCS, raylet) are started with
+    ``PR_SET_PDEATHSIG``, which kills them when the *thread* that started them ends, not the process.
+    ``ray.init`` in the main thread makes SIGTERM exit the driver through ``sys.exit`` (so its atexit hook
+    shuts the cluster down), and in another thread logs that it could not: the handler is set here, in the
+    calling thread, as ``ray.init`` would, and that warning is dropped (unless Ray was already started).
     """
-    ray = sys.modules.get("ray")
-    if threading.current_thread() is threading.main_thread() and not (ray and ray.is_initialized()):
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        logging.getLogger("ray._private.worker").addFilter(_not_the_sigterm_warning)
-    thread = threading.Thread(target=start, name="hfpref-ray-start", daemon=True)
-    thread.start()
-    return thread
+
+    def __init__(self, start: Callable[[], None]) -> None:
+        ray = sys.modules.get("ray")
+        if threading.current_thread() is threading.main_thread() and not (ray and ray.is_initialized()):
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            logging.getLogger("ray._private.worker").addFilter(_not_the_sigterm_warning)
+        self._done, self._released = threading.Event(), threading.Event()
+        threading.Thread(target=self._run, args=(start,), name="hfpref-ray-start", daemon=True).start()
+
+    def _run(self, start: Callable[[], None]) -> None:
+        try:
+            start()
+        finally:
+            self._done.set()
+        self._released.wait()
+
+    def wait(self) -> None:
+        self._done.wait()
+
+    def release(self) -> None:
+        self._released.set()
 
 
 def warm_workers(ray: Any) -> None:
@@ -149,11 +166,11 @@ def map_in_tasks(
 
 
 __all__ = [
+    "BackgroundStart",
     "is_local_cluster",
     "map_in_tasks",
     "map_shard",
     "plan_jobs",
     "read_back",
-    "start_in_background",
     "warm_workers",
 ]
