@@ -247,3 +247,89 @@ def test_step_classes_run_directly_in_ray_map_batches_as_design_describes(cluste
         got = by_key[want["key"]]
         for column in ("rewards", "correctness", "edit_distance_matrix", "dcrm_matrix", "responses"):
             assert to_python(got[column]) == want[column], (want["key"], column)
+
+
+# ---- on a cluster that is all this host, Ray tasks write the local engine's cache files ------------------
+
+
+@pytest.mark.parametrize("tasks_write_caches", [True, False], ids=["local-cluster", "rows-through-ray"])
+def test_steps_and_selectors_give_the_local_engines_rows_and_caches(cluster, tmp_path, tasks_write_caches):
+    from hfpref.pipeline.engines.local import LocalEngine, map_step
+    from hfpref.pipeline.resume import is_cached
+    from tests.test_resume import CountedLengths, load_rows
+
+    data = load_rows(rows_file(tmp_path, n=48), tmp_path / "cache")
+    engine = RayEngine(progress=False, shard_rows=16)
+    assert engine.writes_caches(data), "the test cluster is this host"
+    engine._local = tasks_write_caches  # the other path is the one a multi-node cluster takes
+    expected = [[float(len(r)) for r in row["responses"]] for row in data]  # rewards by hand
+
+    step = CountedLengths(log=str(tmp_path / "log-step"))
+    out = engine.map_step(step, data, batch_size=4)
+    assert out["rewards"] == expected
+    assert out._fingerprint == step.output_fingerprint(data._fingerprint)
+    computed = logged(tmp_path / "log-step", with_actor=True)
+    assert sorted(first for *_, first, _ in computed) == list(range(0, 48, 4)), "each batch once"
+    assert {(actor, rows) for _, _, actor, _, rows in computed} == {(None, 4)}, "in Ray tasks, local batches"
+    assert os.getpid() not in {pid for pid, *_ in computed}
+
+    selectors = {name: CountedLengths(log=str(tmp_path / f"log-{name}")) for name in ("a", "b", "c")}
+    pairs = dict(engine.select_pairs(selectors, data, batch_size=4))
+    for name, selector in selectors.items():
+        assert pairs[name]["rewards"] == expected
+        assert pairs[name]._fingerprint == selector.output_fingerprint(data._fingerprint)
+        assert sorted(first for *_, first, _ in logged(tmp_path / f"log-{name}")) == list(range(0, 48, 4))
+    assert engine.executions == 2
+
+    # the local engine with as many workers as the cluster has CPUs finds the step's shards in the cache,
+    # and, when Ray tasks wrote them (one task per selector), the selectors' whole outputs
+    again = map_step(step, data, batch_size=4, num_proc=2, shard_rows=16)
+    assert len(logged(tmp_path / "log-step")) == 12, "nothing recomputed"
+    assert again.to_list() == out.to_list()
+    assert all(is_cached(selector, data) for selector in selectors.values()) is tasks_write_caches
+    local_pairs = dict(LocalEngine().select_pairs(selectors, data, batch_size=4, num_proc=2))
+    assert all(local_pairs[name].to_list() == pairs[name].to_list() for name in selectors)
+
+    engine.map_step(step, data, batch_size=4)
+    list(engine.select_pairs(selectors, data, batch_size=4))
+    assert engine.executions == 2, "a rerun is all cache hits: Ray is not asked"
+
+
+def test_a_bad_row_in_a_ray_task_raises_the_steps_own_error_naming_the_dataset_row(cluster, tmp_path):
+    from tests.test_resume import CountedLengths
+
+    rows = {"key": [7, 8, 9], "prompt": ["a", "b", "c"], "responses": [["x", "y"], ["x", "q"], ["z", "w"]]}
+    rows["rewards"] = [[1.0, 2.0], [1.0, 0.0], [0.5]]
+    Dataset.from_dict(rows).save_to_disk(str(tmp_path / "rows"))
+    data = Dataset.load_from_disk(str(tmp_path / "rows"))
+    engine = RayEngine(progress=False, shard_rows=2)
+    assert engine.writes_caches(data)
+    selectors = {s: PairSelector(strategy=s) for s in ("max_margin", "reward_only")}
+    with pytest.raises(
+        RowError, match=r"row 2 key=9 column 'rewards' must hold 2 numbers \(one per response\)"
+    ) as raised:
+        list(engine.select_pairs(selectors, data, batch_size=2))
+    assert any("raised in a Ray worker" in note for note in raised.value.__notes__)
+
+    step = CountedLengths(log=str(tmp_path / "log"), fail_from_row=2)
+    Path(str(tmp_path / "log") + ".fail").touch()
+    with pytest.raises(RuntimeError, match=r"simulated crash at rows 2\.\.2") as raised:
+        engine.map_step(step, data, batch_size=2)  # shards of rows 0-1 and 2: the second fails
+    assert any("raised in a Ray worker" in note for note in raised.value.__notes__)
+
+
+def test_a_cluster_is_local_when_every_alive_node_is_this_host(cluster):
+    from types import SimpleNamespace
+
+    from hfpref.pipeline.engines.ray_local import is_local_cluster
+
+    def fake(*nodes):
+        util = SimpleNamespace(get_node_ip_address=lambda: "10.0.0.1")
+        return SimpleNamespace(
+            util=util, nodes=lambda: [{"NodeManagerAddress": a, "Alive": b} for a, b in nodes]
+        )
+
+    assert is_local_cluster(ray)  # the test cluster
+    assert is_local_cluster(fake(("10.0.0.1", True), ("10.0.0.1", True)))
+    assert is_local_cluster(fake(("10.0.0.1", True), ("10.0.0.2", False))), "a dead node is not asked"
+    assert not is_local_cluster(fake(("10.0.0.1", True), ("10.0.0.2", True)))

@@ -6,6 +6,12 @@ class, ``num_gpus`` per actor and a fixed ``concurrency``, so each actor loads i
 step runs as Ray tasks. Pair selection runs every uncached strategy's ``PairSelector`` in one pass of tasks;
 the driver decodes each row's outputs once and replays every strategy from them.
 
+On a cluster that is all this host (``hfpref.pipeline.engines.ray_local``), a pure-CPU step and the pair
+selectors instead run as Ray tasks that write their shards' cache files themselves, as the local engine's
+workers do, and the driver only reads them back: no row travels through Ray and the driver encodes nothing.
+A local cluster this engine starts is started when the engine is made, in a background thread, so that
+its start overlaps the driver's reading and checking of the input; the first use waits for it.
+
 Resumability. Steps and pair selectors run in the resumable shards of ``hfpref.pipeline.resume``: a shard
 is written to the cache as soon as Ray has returned all its rows (in order: ``preserve_order``) and its
 rows are then dropped from the driver, so a rerun after a crash or a kill sends only the unfinished shards
@@ -28,6 +34,14 @@ from typing import Any
 from hfpref.core.step import Batch, Step
 from hfpref.pipeline.engines import EngineError, is_model_step
 from hfpref.pipeline.engines.base import Engine
+from hfpref.pipeline.engines.ray_local import (
+    BackgroundStart,
+    is_local_cluster,
+    map_in_tasks,
+    plan_jobs,
+    read_back,
+    warm_workers,
+)
 from hfpref.pipeline.engines.ray_rows import (
     ERROR_COLUMN,
     OUTPUT_COLUMN,
@@ -41,6 +55,7 @@ from hfpref.pipeline.resume import (
     DEFAULT_SHARD_ROWS,
     ShardRows,
     cached_only,
+    can_resume,
     is_cached,
     join_shards,
     plan_shards,
@@ -94,28 +109,59 @@ class RayEngine(Engine):
         self.progress = progress
         self.init_kwargs = dict(init_kwargs or {})
         self._started = False
-        self.executions = 0  # Ray Data executions run (tests and benchmarks read it)
+        self._local: bool | None = None  # whether the cluster is all this host (known after the start)
+        self.executions = 0  # Ray executions (Ray Data or task passes) run (tests and benchmarks read it)
+        # the cluster starts now, alongside the driver's own work before the first step (reading the input)
+        self._start_error: BaseException | None = None
+        self._starting = BackgroundStart(self._start)
 
     # ---- the cluster -----------------------------------------------------------------------------
-    def _ray(self) -> Any:
+    def _start(self) -> None:
+        """Connect to (or start) the cluster; in the background thread ``__init__`` begins."""
         try:
             import ray
-        except ImportError as error:
+
+            if not ray.is_initialized():
+                ray.init(address=self.address, **self.init_kwargs)
+                self._started = True
+                if self.address is None:  # a new local cluster: its workers import while the driver works
+                    warm_workers(ray)
+        except BaseException as error:  # raised by the first use, in the caller's thread
+            self._start_error = error
+
+    def _ray(self) -> Any:
+        self._starting.wait()
+        if isinstance(self._start_error, ImportError):
             raise EngineError(
                 "the Ray engine needs Ray Data: pip install 'hfpref[ray]' (ray[data]>=2.40)"
-            ) from error
-        if not ray.is_initialized():
-            ray.init(address=self.address, **self.init_kwargs)
-            self._started = True
+            ) from self._start_error
+        if self._start_error is not None:
+            raise self._start_error
+        import ray
+
+        if not ray.is_initialized():  # shut down since (by close, or by its owner): start it again
+            self._start()
+            return self._ray()
         return ray
+
+    def writes_caches(self, dataset: Any) -> bool:
+        """Whether Ray tasks write ``dataset``'s steps' cache files themselves: a cached dataset (``can_resume``)
+        on a cluster that is all this host (``ray_local``)."""
+        if not can_resume(dataset):
+            return False
+        if self._local is None:
+            self._local = is_local_cluster(self._ray())
+        return self._local
 
     def close(self) -> None:
         """Shut down the Ray cluster if this engine started it."""
+        self._starting.wait()  # closed before its first use: the start must end first
         if self._started:
             import ray
 
             ray.shutdown()
             self._started = False
+        self._starting.release()  # the thread that started the cluster may end now that it is down
 
     def actor_options(self) -> dict[str, Any]:
         """``map_batches`` arguments of a model step: concurrency (actors) and resources per actor."""
@@ -218,6 +264,10 @@ class RayEngine(Engine):
         # row, which is how blocks come back from Ray), runs here
         if len(dataset) == 0 or step.needs_whole_dataset or step.changes_row_count:
             return step.apply(dataset, batch_size=batch_size)
+        if not is_model_step(step) and self.writes_caches(dataset):
+            # shards as the local engine plans them for as many workers, so either engine resumes the other
+            slots = self.task_concurrency or self._workers({})
+            return self._in_tasks({None: step}, dataset, batch_size, self.shard_rows, slots)[None]
         outputs = self._sharded(
             {None: step},
             dataset,
@@ -232,15 +282,35 @@ class RayEngine(Engine):
         self, selectors: dict[str, Step], candidates: Any, *, batch_size: int, num_proc: int | None
     ) -> dict[str, Any]:
         """The selectors not yet cached run in one pass of Ray tasks, in resumable shards as ``map_step``
-        runs a step; each is then read back from its cached shards (``num_proc`` is not used here)."""
+        runs a step; each is then read back from its cached shards (``num_proc`` is not used here). On a
+        local cluster each selector is one task over all rows, which writes the file the local engine would."""
         todo = {s: sel for s, sel in selectors.items() if not is_cached(sel, candidates)}
         if len(candidates) == 0 or not todo:
             return {}
+        if self.writes_caches(candidates):  # a task per selector over all rows, as the local engine runs them
+            return self._in_tasks(todo, candidates, batch_size, None, 1)
         return self._sharded(
             todo, candidates, AllSelectors(todo), "PairSelector", actors=False, batch_size=batch_size
         )
 
     # ---- resumable shards ----------------------------------------------------------------------------
+    def _in_tasks(
+        self, steps: dict[Any, Step], dataset: Any, batch_size: int, shard_rows: int | None, min_shards: int
+    ) -> dict[Any, Any]:
+        """Each of ``steps`` over ``dataset`` on a local cluster: each shard of a step not yet cached is a Ray
+        task that writes it to the cache (``ray_local``); then all are read back from the cache here."""
+        shards, jobs = plan_jobs(steps, dataset, batch_size, shard_rows, min_shards)
+        if jobs:
+            self.executions += 1
+            map_in_tasks(
+                self._ray(),
+                jobs,
+                batch_size=batch_size,
+                concurrency=self.task_concurrency,
+                progress=self.progress,
+            )
+        return read_back(steps, dataset, shards, batch_size)
+
     def _sharded(
         self,
         steps: dict[Any, Step],

@@ -67,16 +67,21 @@ class RayBatches:
         )
 
 
-def error_block(row: int, error: Exception) -> Any:
-    """A one-row output block carrying ``error`` (pickled, with the worker's traceback as a note)."""
-    import pyarrow as pa
-
+def pickled_error(error: Exception) -> bytes:
+    """``error`` pickled, with the worker's traceback as a note, for the driver to raise as it is."""
     if hasattr(error, "add_note"):
         error.add_note("(raised in a Ray worker)\n" + "".join(traceback.format_exception(error)))
     try:
-        payload = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # an exception that cannot be pickled travels as Ray's own error
         raise error from None
+
+
+def error_block(row: int, error: Exception) -> Any:
+    """A one-row output block carrying ``error`` (``pickled_error``)."""
+    import pyarrow as pa
+
+    payload = pickled_error(error)
     return pa.table(
         {
             ROW_COLUMN: pa.array([row], pa.int64()),
@@ -140,4 +145,5 @@ __all__ = [
     "Replay",
     "error_block",
     "int64_array",
+    "pickled_error",
 ]
