@@ -46,6 +46,7 @@ from rapidfuzz.process import cdist
 from hfpref.core import columns as C
 from hfpref.core.errors import UserError
 from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label
+from hfpref.steps.word_codes import FlatTokens, as_strings, dense_ranks, flat_tokens, split_words
 
 EDIT_DISTANCE_UNIT = C.EDIT_DISTANCE_UNIT
 
@@ -172,6 +173,16 @@ def dense_symbols(sequences: Sequence[Sequence[Any]]) -> list[list[int]]:
     return [list(map(code.__getitem__, sequence)) for sequence in sequences]
 
 
+def _symbols(tokens: FlatTokens, group_sizes: Sequence[int]) -> list[str] | list[list[int]]:
+    """Each response's tokens relabelled densely within its prompt (``dense_symbols`` of every prompt's
+    group, one pass over the batch), as strs rapidfuzz reads natively, or as lists past Unicode's range."""
+    ranks = dense_ranks(tokens, group_sizes)
+    strings = as_strings(ranks, tokens.offsets)
+    if strings is not None:
+        return strings
+    return [ranks[start:stop].tolist() for start, stop in itertools.pairwise(tokens.offsets.tolist())]
+
+
 class PairMetrics(Step):
     """e_Δ, p_Δ, r_Δ and DCRM for every ordered pair of a prompt's responses.
 
@@ -266,7 +277,14 @@ class PairMetrics(Step):
     # ---- the map function ------------------------------------------------------------------
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         texts = self.response_texts(batch, indices)
-        return self.metrics_from_tokens(batch, self.tokenize(texts, rank), indices, rank)
+        return self.metrics_from_tokens(batch, self.token_codes(texts, rank), indices, rank)
+
+    def token_codes(self, texts: Sequence[str], rank: int | None = None) -> FlatTokens:
+        """``tokenize(texts)`` in the flat form ``metrics_from_tokens`` relabels fastest: words are split
+        and encoded in Arrow (as ``str.split()`` splits them) instead of as Python lists of strings."""
+        if self.resources(rank)["tokenizer"] is None:
+            return split_words(texts)
+        return flat_tokens(self.tokenize(texts, rank))
 
     def response_texts(self, batch: Batch, indices: list[int] | None = None) -> list[str]:
         """Every response of the batch, flattened in row order (a missing one, None, as the empty text: a
@@ -285,13 +303,14 @@ class PairMetrics(Step):
     def metrics_from_tokens(
         self,
         batch: Batch,
-        tokens: Sequence[Sequence[Any]],
+        tokens: Sequence[Sequence[Any]] | FlatTokens,
         indices: list[int] | None = None,
         rank: int | None = None,
         *,
         unit: str | None = None,
     ) -> Batch:
-        """The output columns, given the tokens of ``response_texts(batch)`` (one sequence per response).
+        """The output columns, given the tokens of ``response_texts(batch)`` (one sequence per response,
+        as lists or as ``token_codes`` gives them).
 
         ``tokens`` are the step's own (``tokenize``) unless ``unit`` says what they are: token ids reused
         from elsewhere (e.g. a model step's tokenization) are taken only when ``unit`` equals the declared
@@ -307,14 +326,18 @@ class PairMetrics(Step):
             )
         unit = declared
         has_logps = batch.get(C.REF_LOGPS) is not None
+        sizes = [len(responses or []) for responses in batch[C.RESPONSES]]
+        if sum(sizes) != len(tokens):
+            raise ValueError(f"{self.name}: got {len(tokens)} token sequences for {sum(sizes)} responses")
+        symbols = _symbols(tokens if isinstance(tokens, FlatTokens) else flat_tokens(tokens), sizes)
         out: Batch = {name: [] for name in self.output_columns()}
         stop = 0
         for i, responses in enumerate(batch[C.RESPONSES]):
-            n = len(responses or [])
+            n = sizes[i]
             start, stop = stop, stop + n
             rewards = self._per_response(batch, C.REWARDS, i, n, indices)
             logps = self._per_response(batch, C.REF_LOGPS, i, n, indices) if has_logps else None
-            row_tokens = dense_symbols(tokens[start:stop])
+            row_tokens = symbols[start:stop]
             # passing the same list as queries and choices lets rapidfuzz compute only one triangle
             edit = cdist(row_tokens, row_tokens, scorer=Levenshtein.distance, workers=self.config.workers)
             edit = edit.astype(np.int64).reshape(n, n)
@@ -338,8 +361,6 @@ class PairMetrics(Step):
             out[C.REWARD_MARGIN_MATRIX].append(margin.tolist())
             out[C.DCRM_MATRIX].append(value.tolist())
             out[EDIT_DISTANCE_UNIT].append(unit)
-        if stop != len(tokens):
-            raise ValueError(f"{self.name}: got {len(tokens)} token sequences for {stop} responses")
         return out
 
     def _per_response(
