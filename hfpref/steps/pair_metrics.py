@@ -46,7 +46,7 @@ from rapidfuzz.process import cdist
 from hfpref.core import columns as C
 from hfpref.core.errors import UserError
 from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label
-from hfpref.steps.word_codes import FlatTokens, as_strings, dense_ranks, flat_tokens, split_words
+from hfpref.steps.word_codes import FlatTokens, flat_tokens, rapidfuzz_symbols, split_words
 
 EDIT_DISTANCE_UNIT = C.EDIT_DISTANCE_UNIT
 
@@ -171,16 +171,6 @@ def dense_symbols(sequences: Sequence[Sequence[Any]]) -> list[list[int]]:
     counts = Counter(itertools.chain.from_iterable(sequences))
     code = {token: k for k, (token, _) in enumerate(counts.most_common())}
     return [list(map(code.__getitem__, sequence)) for sequence in sequences]
-
-
-def _symbols(tokens: FlatTokens, group_sizes: Sequence[int]) -> list[str] | list[list[int]]:
-    """Each response's tokens relabelled densely within its prompt (``dense_symbols`` of every prompt's
-    group, one pass over the batch), as strs rapidfuzz reads natively, or as lists past Unicode's range."""
-    ranks = dense_ranks(tokens, group_sizes)
-    strings = as_strings(ranks, tokens.offsets)
-    if strings is not None:
-        return strings
-    return [ranks[start:stop].tolist() for start, stop in itertools.pairwise(tokens.offsets.tolist())]
 
 
 class PairMetrics(Step):
@@ -329,7 +319,7 @@ class PairMetrics(Step):
         sizes = [len(responses or []) for responses in batch[C.RESPONSES]]
         if sum(sizes) != len(tokens):
             raise ValueError(f"{self.name}: got {len(tokens)} token sequences for {sum(sizes)} responses")
-        symbols = _symbols(tokens if isinstance(tokens, FlatTokens) else flat_tokens(tokens), sizes)
+        symbols = rapidfuzz_symbols(tokens if isinstance(tokens, FlatTokens) else flat_tokens(tokens), sizes)
         out: Batch = {name: [] for name in self.output_columns()}
         stop = 0
         for i, responses in enumerate(batch[C.RESPONSES]):
@@ -337,31 +327,43 @@ class PairMetrics(Step):
             start, stop = stop, stop + n
             rewards = self._per_response(batch, C.REWARDS, i, n, indices)
             logps = self._per_response(batch, C.REF_LOGPS, i, n, indices) if has_logps else None
-            row_tokens = symbols[start:stop]
-            # passing the same list as queries and choices lets rapidfuzz compute only one triangle
-            edit = cdist(row_tokens, row_tokens, scorer=Levenshtein.distance, workers=self.config.workers)
-            edit = edit.astype(np.int64).reshape(n, n)
-            with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN inputs give inf/NaN cells, by design
-                margin = rewards[:, None] - rewards[None, :]
-                logp_diff = None if logps is None else np.abs(logps[:, None] - logps[None, :])
-                value = dcrm(margin, edit, 0.0 if logp_diff is None else logp_diff, self.config.eps)
-            missing = np.array([text is None for text in responses or []], dtype=bool)
-            edit_cells: list = edit.tolist()
-            if missing.any():
-                # the placeholder "" must not look like a response: blank every cell a missing one enters
-                blank = missing[:, None] | missing[None, :]
-                edit_object = edit.astype(object)
-                edit_object[blank] = None
-                edit_cells = edit_object.tolist()
-                for matrix in (margin, value, logp_diff):
-                    if matrix is not None:
-                        matrix[blank] = np.nan
-            out[C.EDIT_DISTANCE_MATRIX].append(edit_cells)
-            out[C.LOGP_DIFF_MATRIX].append(None if logp_diff is None else logp_diff.tolist())
-            out[C.REWARD_MARGIN_MATRIX].append(margin.tolist())
-            out[C.DCRM_MATRIX].append(value.tolist())
+            edit, logp_diff, margin, value = self._row_cells(
+                symbols[start:stop], responses or [], rewards, logps
+            )
+            out[C.EDIT_DISTANCE_MATRIX].append(edit)
+            out[C.LOGP_DIFF_MATRIX].append(logp_diff)
+            out[C.REWARD_MARGIN_MATRIX].append(margin)
+            out[C.DCRM_MATRIX].append(value)
             out[EDIT_DISTANCE_UNIT].append(unit)
         return out
+
+    def _row_cells(
+        self,
+        symbols: Sequence[Any],
+        responses: Sequence[str | None],
+        rewards: np.ndarray,
+        logps: np.ndarray | None,
+    ) -> tuple[list, list | None, list, list]:
+        """One row's e_Δ, p_Δ (None without log-probs), r_Δ and DCRM matrices as nested lists."""
+        n = len(symbols)
+        # passing the same list as queries and choices lets rapidfuzz compute only one triangle
+        edit = cdist(symbols, symbols, scorer=Levenshtein.distance, workers=self.config.workers).reshape(n, n)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN inputs give inf/NaN cells, by design
+            margin = rewards[:, None] - rewards[None, :]
+            logp_diff = None if logps is None else np.abs(logps[:, None] - logps[None, :])
+            value = dcrm(margin, edit, 0.0 if logp_diff is None else logp_diff, self.config.eps)
+        edit_cells: list = edit.tolist()
+        if None in responses:
+            # the placeholder "" must not look like a response: blank every cell a missing one enters
+            missing = np.array([text is None for text in responses], dtype=bool)
+            blank = missing[:, None] | missing[None, :]
+            edit_object = edit.astype(object)
+            edit_object[blank] = None
+            edit_cells = edit_object.tolist()
+            for matrix in (margin, value, logp_diff):
+                if matrix is not None:
+                    matrix[blank] = np.nan
+        return edit_cells, None if logp_diff is None else logp_diff.tolist(), margin.tolist(), value.tolist()
 
     def _per_response(
         self, batch: Batch, column: str, i: int, n: int, indices: list[int] | None
@@ -375,7 +377,8 @@ class PairMetrics(Step):
                 f"{self.name}: {row_label(batch, i, indices)} column {column!r} has {len(values)} values for "
                 f"{n} responses: {values!r}"
             )
-        if not all(v is None or isinstance(v, numbers.Real) for v in values):
+        # float first: the usual case, and cheaper than the numbers.Real check
+        if not all(type(v) is float or v is None or isinstance(v, numbers.Real) for v in values):
             raise RowError(
                 f"{self.name}: {row_label(batch, i, indices)} column {column!r} must hold numbers, got {values!r}"
             )

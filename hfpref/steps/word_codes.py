@@ -126,11 +126,24 @@ def dense_ranks(tokens: FlatTokens, group_sizes: Sequence[int]) -> np.ndarray:
 def as_strings(ranks: np.ndarray, offsets: np.ndarray) -> list[str] | None:
     """Each sequence ``ranks[offsets[i]:offsets[i + 1]]`` as a str of those code points, or None when a
     rank is past the last code point (more distinct symbols in a group than Unicode has characters)."""
-    if len(ranks) and int(ranks.max()) >= _SURROGATES:
+    top = int(ranks.max()) if len(ranks) else 0
+    if top >= _SURROGATES:
         ranks = ranks + (ranks >= _SURROGATES) * _SURROGATE_SPAN
-        if int(ranks.max()) > _MAX_CODE_POINT:
-            return None
+        top += _SURROGATE_SPAN
+    if top > _MAX_CODE_POINT:
+        return None
     # one decode for the batch; each slice is stored as compactly as its largest character allows
     text = ranks.astype("<u4").tobytes().decode("utf-32-le")
     bounds = offsets.tolist()
     return [text[start:stop] for start, stop in itertools.pairwise(bounds)]
+
+
+def rapidfuzz_symbols(tokens: FlatTokens, group_sizes: Sequence[int]) -> list[str] | list[list[int]]:
+    """Each sequence relabelled densely within its group (what ``pair_metrics.dense_symbols`` does to one
+    group, for the whole batch in one pass), as strs rapidfuzz reads natively, or as lists of ints for a
+    batch with more distinct symbols in a group than Unicode has characters."""
+    ranks = dense_ranks(tokens, group_sizes)
+    strings = as_strings(ranks, tokens.offsets)
+    if strings is not None:
+        return strings
+    return [ranks[start:stop].tolist() for start, stop in itertools.pairwise(tokens.offsets.tolist())]
