@@ -1,35 +1,42 @@
-"""word_codes: Arrow's word split against str.split() over every code point, the per-prompt relabelling,
-and the str form (independent expectations: Python's own split, first-occurrence codes, counts)."""
+"""word_codes: Arrow's word split against str.split() over every code point, the per-prompt relabelling
+against dense_symbols of each prompt, and the str form."""
 
 from __future__ import annotations
 
 import itertools
-from collections import Counter
+import random
+import re
 
 import numpy as np
+import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hfpref.steps import word_codes
-from hfpref.steps.word_codes import FlatTokens, as_strings, dense_ranks, flat_tokens, split_words
+from hfpref.steps.pair_metrics import dense_symbols
+from hfpref.steps.word_codes import (
+    FlatTokens,
+    as_strings,
+    dense_ranks,
+    flat_tokens,
+    rapidfuzz_symbols,
+    split_words,
+)
 
 # every character str.isspace() calls whitespace, and a few that look like it but are not
 WHITESPACE = [chr(c) for c in range(0x110000) if chr(c).isspace()]
 NOT_WHITESPACE = ["\u200b", "\ufeff", "\u180e", "\x00", "\u2060"]
 
 
-def first_occurrence_codes(sequences: list[list[str]]) -> list[int]:
-    """The reference: every word of every sequence, coded 0, 1, 2, ... in order of first appearance."""
-    index: dict[str, int] = {}
-    return [index.setdefault(word, len(index)) for word in itertools.chain.from_iterable(sequences)]
-
-
 def assert_splits_like_python(texts: list[str]) -> None:
     words = [text.split() for text in texts]
     flat = split_words(texts)
     assert np.diff(flat.offsets).tolist() == [len(w) for w in words]
-    # Arrow's dictionary codes words in order of first appearance: equal codes exactly where words are equal
-    assert flat.codes.tolist() == first_occurrence_codes(words)
+    if flat.values.type == "large_string":
+        assert flat.values.to_pylist() == [word for w in words for word in w]
+    else:  # stand-ins (lone surrogates): equal exactly where the words are
+        stand_in = dict(zip(itertools.chain.from_iterable(words), flat.values.to_pylist(), strict=True))
+        assert len(set(stand_in.values())) == len(stand_in)
 
 
 def test_split_equals_str_split_for_every_code_point():
@@ -43,6 +50,20 @@ def test_split_equals_str_split_for_every_code_point():
     differ = np.flatnonzero(counts != expected)
     assert not len(differ), [hex(ord(chars[k])) for k in differ[:10]]
     assert_splits_like_python(WHITESPACE + [f" {c}a{c}{c}b{c} " for c in WHITESPACE])
+
+
+def test_the_mapped_set_is_python_whitespace_beyond_ascii():
+    mapped = {c for c in WHITESPACE if re.fullmatch(word_codes._NON_ASCII_SPACE, c)}
+    assert mapped == set(WHITESPACE) - set(" \t\n\v\f\r")
+
+
+def test_repeated_splits_of_texts_ending_in_wide_spaces_agree():
+    # pyarrow's utf8_split_whitespace split these differently from one call to the next
+    rng = random.Random(0)
+    pool = [*WHITESPACE, "a", "日本", "b\u200b"]
+    for _ in range(300):
+        texts = ["".join(rng.choices(pool, k=rng.randint(0, 10))) for _ in range(rng.randint(1, 5))]
+        assert_splits_like_python(texts)
 
 
 def test_lone_surrogates_fall_back_to_python():
@@ -66,41 +87,45 @@ def test_split_equals_str_split_on_messy_texts(texts):
     assert_splits_like_python(texts)
 
 
-def test_flat_tokens_of_ids_and_of_words():
+def test_flat_tokens_of_ids_words_and_other_tokens():
     ids = flat_tokens([[500, 7, 500], [], [7, 2**40]])
-    assert ids.offsets.tolist() == [0, 3, 3, 5]
-    assert ids.codes.tolist() == [1, 0, 1, 0, 2]  # numpy's sorted distinct ids
+    assert ids.offsets.tolist() == [0, 3, 3, 5] and ids.values.to_pylist() == [500, 7, 500, 7, 2**40]
     words = flat_tokens([["b", "a"], ["a"]])
-    assert words.codes.tolist() == [0, 1, 1] and len(words) == 2
-    assert len(flat_tokens([])) == 0 and len(flat_tokens([[], []]).codes) == 0
+    assert words.values.to_pylist() == ["b", "a", "a"] and len(words) == 2
+    # past int64, lone surrogates, mixed kinds: int stand-ins, equal where the tokens are
+    for tokens in ([[2**70, 1], [1, 2**70]], [["\ud800", "a"], ["a", "\ud800"]], [[1, "1"], ["1", 1.0]]):
+        assert flat_tokens(tokens).values.to_pylist() == [0, 1, 1, 0]
+    assert len(flat_tokens([])) == 0 and len(flat_tokens([[], []]).values) == 0
+
+
+def dense_symbols_of_groups(groups: list[list[list]]) -> list[int]:
+    """The reference: each group relabelled on its own by ``pair_metrics.dense_symbols``."""
+    return [code for group in groups for seq in dense_symbols(group) for code in seq]
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.lists(st.lists(st.integers(0, 40), max_size=15), max_size=5), min_size=1, max_size=6))
-def test_dense_ranks_relabel_each_group_by_falling_frequency(groups):
-    sequences = [seq for group in groups for seq in group]
-    flat = flat_tokens(sequences)
+@given(
+    st.lists(
+        st.lists(st.lists(st.integers(0, 40) | st.sampled_from(["a", "b"]), max_size=15), max_size=5),
+        max_size=6,
+    ),
+    st.booleans(),
+)
+def test_dense_ranks_equal_dense_symbols_of_each_group(groups, as_words):
+    if as_words:  # the same shapes as words, split from texts
+        groups = [[[str(t) for t in seq] for seq in group] for group in groups]
+        flat = split_words([" ".join(seq) for group in groups for seq in group])
+    else:
+        flat = flat_tokens([seq for group in groups for seq in group])
     ranks = dense_ranks(flat, [len(group) for group in groups])
-    start = 0
-    for group in groups:
-        tokens = [t for seq in group for t in seq]
-        got = ranks[start : start + len(tokens)].tolist()
-        start += len(tokens)
-        # one-to-one within the group, onto 0..k-1
-        pairs = set(zip(tokens, got, strict=True))
-        assert len(pairs) == len(set(tokens)) == len(set(got))
-        assert set(got) == set(range(len(set(tokens))))
-        # rank r+1 is never more frequent than rank r
-        counts = Counter(got)
-        assert all(counts[r] >= counts[r + 1] for r in range(len(counts) - 1))
-    assert start == len(ranks)
+    assert ranks.dtype == np.int64 and ranks.tolist() == dense_symbols_of_groups(groups)
 
 
-def test_dense_ranks_past_the_count_table_sort_instead(monkeypatch):
-    flat = flat_tokens([[5, 5, 9], [9, 5], [1, 2, 1], [2]])
-    small = dense_ranks(flat, [2, 2]).tolist()
-    monkeypatch.setattr(word_codes, "_MAX_TABLE", 0)
-    assert dense_ranks(flat, [2, 2]).tolist() == small == [0, 0, 1, 1, 0, 0, 1, 0, 1]
+def test_rapidfuzz_symbols_as_strings_or_lists(monkeypatch):
+    flat = flat_tokens([["x", "y", "x"], ["y"], ["z"]])
+    assert rapidfuzz_symbols(flat, [2, 1]) == ["\x00\x01\x00", "\x01", "\x00"]
+    monkeypatch.setattr(word_codes, "_MAX_CODE_POINT", 0)
+    assert rapidfuzz_symbols(flat, [2, 1]) == [[0, 1, 0], [1], [0]]
 
 
 def test_as_strings_skip_surrogates_and_give_up_past_unicode(monkeypatch):
@@ -121,4 +146,4 @@ def test_as_strings_skip_surrogates_and_give_up_past_unicode(monkeypatch):
 
 
 def test_flat_tokens_is_a_sequence_count():
-    assert len(FlatTokens(np.zeros(0, dtype=np.int64), np.array([0, 0, 0]))) == 2
+    assert len(FlatTokens(pa.array([], type=pa.int64()), np.array([0, 0, 0]))) == 2

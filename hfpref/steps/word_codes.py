@@ -5,14 +5,15 @@ symbol exactly where they share a word (or token id). Levenshtein distances only
 are equal, so any one-to-one relabelling within a prompt gives the same distances. This module makes those
 sequences for a whole batch at once, in C (Arrow kernels and numpy) instead of per word in Python:
 
-* ``split_words``: ``str.split()`` of every text, as codes into one batch-wide dictionary of words, via
-  ``pyarrow.compute.utf8_split_whitespace`` and ``dictionary_encode``. Arrow's whitespace set equals
-  Python's ``str.isspace`` (every code point is checked by a test); texts Arrow cannot take (lone
-  surrogates, which have no UTF-8 form) are split in Python instead.
+* ``split_words``: ``str.split()`` of every text as one flat Arrow array of words, via
+  ``pyarrow.compute.ascii_split_whitespace`` after mapping Python's other whitespace characters to " "
+  (a test checks every code point); texts Arrow cannot take (lone surrogates, which have no UTF-8 form)
+  are split in Python instead.
 * ``flat_tokens``: token sequences given as Python lists (token ids, or words) in the same flat form.
-* ``dense_ranks``: the codes relabelled 0, 1, 2, ... by falling frequency within each prompt (the order
-  ``pair_metrics.dense_symbols`` gives one prompt): rapidfuzz looks symbols below 256 up in a flat table
-  and others in a hash map, so frequent words get the small codes.
+* ``dense_ranks``: the tokens relabelled 0, 1, 2, ... by falling frequency within each prompt, exactly as
+  ``pair_metrics.dense_symbols`` relabels one prompt (Arrow's ``dictionary_encode`` per prompt, then numpy
+  for every prompt at once): rapidfuzz looks symbols below 256 up in a flat table and others in a hash
+  map, so frequent words get the small codes.
 * ``as_strings``: each response's relabelled codes as a Python ``str`` (code k is the character k), which
   rapidfuzz reads natively: no per-element conversion of Python ints, and a prompt whose codes are all
   below 256 becomes 1-byte strings.
@@ -34,18 +35,21 @@ import pyarrow.compute as pc
 _SURROGATES = 0xD800
 _SURROGATE_SPAN = 0x800
 _MAX_CODE_POINT = 0x10FFFF
-# count (group, code) pairs in a flat table up to this many cells (32 MB of int64), or 4 per word
-_MAX_TABLE = 1 << 22
+# what str.split() splits at beyond Arrow's ASCII whitespace (" \t\n\v\f\r"): mapped to " " first.
+# (Arrow's utf8_split_whitespace knows these too, but sometimes misses a multi-byte one at a text's end:
+# pyarrow 26 gave different splits of the same array from one call to the next.)
+_NON_ASCII_SPACE = "[\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 
 @dataclass(frozen=True)
 class FlatTokens:
-    """A batch's token sequences, flattened: sequence i is ``codes[offsets[i]:offsets[i + 1]]``.
+    """A batch's token sequences, flattened: sequence i is ``values[offsets[i]:offsets[i + 1]]``.
 
-    Two sequences share a code exactly where they share a token. ``codes`` are int64 and >= 0.
+    ``values`` is an Arrow array of the tokens themselves (words as strings, token ids as int64), or of
+    int64 stand-ins, equal exactly where the tokens are, for tokens Arrow cannot hold.
     """
 
-    codes: np.ndarray
+    values: pa.Array
     offsets: np.ndarray
 
     def __len__(self) -> int:
@@ -53,22 +57,21 @@ class FlatTokens:
 
 
 def split_words(texts: Sequence[str]) -> FlatTokens:
-    """``text.split()`` of every text as codes of one shared word dictionary."""
+    """``text.split()`` of every text, split in Arrow."""
     try:
         array = pa.array(texts, type=pa.large_string())
     except (UnicodeEncodeError, pa.ArrowInvalid):
         # a lone surrogate (e.g. from surrogateescape decoding) has no UTF-8 form: Python splits those texts
         return flat_tokens([text.split() for text in texts])
-    pieces = pc.utf8_split_whitespace(array)
+    if pc.any(pc.match_substring_regex(array, _NON_ASCII_SPACE)).as_py():
+        array = pc.replace_substring_regex(array, _NON_ASCII_SPACE, " ")
+    pieces = pc.ascii_split_whitespace(array)
     # Arrow splits at each run of whitespace like Python, but leading and trailing runs leave empty
     # pieces ("  a " -> ["", "a", ""]) where str.split() gives none: drop every empty piece
     kept = pc.greater(pc.binary_length(pieces.values), 0)
-    words = pieces.values.filter(kept)
     kept_before = np.zeros(len(kept) + 1, dtype=np.int64)
     np.cumsum(kept.to_numpy(zero_copy_only=False), out=kept_before[1:])
-    offsets = kept_before[pieces.offsets.to_numpy()]
-    codes = pc.dictionary_encode(words).indices.to_numpy(zero_copy_only=False)
-    return FlatTokens(codes.astype(np.int64), offsets)
+    return FlatTokens(pieces.values.filter(kept), kept_before[pieces.offsets.to_numpy()])
 
 
 def flat_tokens(sequences: Sequence[Sequence[Any]]) -> FlatTokens:
@@ -77,50 +80,51 @@ def flat_tokens(sequences: Sequence[Sequence[Any]]) -> FlatTokens:
     offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     tokens = list(itertools.chain.from_iterable(sequences))
-    if set(map(type, tokens)) <= {int}:  # token ids (exactly int: numpy would also parse digit strings)
-        ids = np.array(tokens, dtype=np.int64) if tokens else np.zeros(0, dtype=np.int64)
-        codes = np.unique(ids, return_inverse=True)[1]
-    else:  # words (or any hashable tokens): one code per distinct token
-        index: dict[Any, int] = {}
-        codes = np.fromiter(
-            (index.setdefault(t, len(index)) for t in tokens), dtype=np.int64, count=len(tokens)
-        )
-    return FlatTokens(codes.astype(np.int64).reshape(-1), offsets)
+    kinds = set(map(type, tokens))
+    try:
+        if kinds <= {int}:  # exactly int: Arrow would also take floats equal to an id
+            return FlatTokens(pa.array(tokens, type=pa.int64()), offsets)
+        if kinds == {str}:
+            return FlatTokens(pa.array(tokens, type=pa.large_string()), offsets)
+    except (OverflowError, UnicodeEncodeError, pa.ArrowInvalid):
+        pass  # ids past int64, lone surrogates: stand-ins below
+    index: dict[Any, int] = {}  # any hashable tokens: one int per distinct token
+    stand_ins = np.fromiter(
+        (index.setdefault(t, len(index)) for t in tokens), dtype=np.int64, count=len(tokens)
+    )
+    return FlatTokens(pa.array(stand_ins), offsets)
 
 
 def dense_ranks(tokens: FlatTokens, group_sizes: Sequence[int]) -> np.ndarray:
-    """Every code relabelled by its rank of frequency within its group (0 = the group's most frequent).
+    """Every token relabelled by its rank of frequency within its group (0 = the group's most frequent,
+    ties in order of first appearance: ``pair_metrics.dense_symbols`` of each group), as int64 aligned
+    with ``tokens.values``.
 
     Sequences are grouped in order, ``group_sizes[g]`` sequences to group g (one group = one prompt's
-    responses). Returns the relabelled codes, aligned with ``tokens.codes``.
+    responses).
     """
-    codes = tokens.codes
-    if not len(codes):
-        return codes.copy()
-    groups = len(group_sizes)
-    group_of_sequence = np.repeat(np.arange(groups, dtype=np.int64), np.asarray(group_sizes, dtype=np.int64))
-    group = np.repeat(group_of_sequence, np.diff(tokens.offsets))
-    # one key per (group, code): the same word in two prompts is two symbols, ranked in each
-    span = int(codes.max()) + 1
-    key = group * span + codes
-    if groups * span <= _MAX_TABLE or groups * span <= 4 * len(codes):
-        # a table of counts over every (group, code): one pass, no hashing or sorting of the words
-        count = np.bincount(key, minlength=groups * span)
-        distinct = np.flatnonzero(count)
-        count = count[distinct]
-        inverse = None
-    else:  # a vocabulary too large for that table: sort the keys
-        distinct, inverse, count = np.unique(key, return_inverse=True, return_counts=True)
-    distinct_group = distinct // span
-    order = np.lexsort((-count, distinct_group))  # by group, then falling count
-    first_of_group = np.searchsorted(distinct_group[order], np.arange(groups))
-    rank = np.empty(len(distinct), dtype=np.int64)
-    rank[order] = np.arange(len(distinct)) - first_of_group[distinct_group[order]]
-    if inverse is not None:
-        return rank[inverse]
-    table = np.empty(groups * span, dtype=np.int64)
-    table[distinct] = rank
-    return table[key]
+    bounds = np.zeros(len(group_sizes) + 1, dtype=np.int64)
+    np.cumsum(group_sizes, out=bounds[1:])
+    token_bounds = tokens.offsets[bounds].tolist()
+    # each group's tokens coded in order of first appearance, by Arrow's hash table (one call per group:
+    # a batch-wide (group, token) key would need a sort or a table as large as groups x vocabulary)
+    local, distinct = [], []
+    for start, stop in itertools.pairwise(token_bounds):
+        encoded = pc.dictionary_encode(tokens.values.slice(start, stop - start))
+        local.append(encoded.indices.to_numpy(zero_copy_only=False))
+        distinct.append(len(encoded.dictionary))
+    if not local or not token_bounds[-1]:
+        return np.zeros(token_bounds[-1] if token_bounds else 0, dtype=np.int64)
+    # then every group at once: (group, local code) numbered consecutively, counted, ranked within groups
+    first_key = np.zeros(len(distinct) + 1, dtype=np.int64)
+    np.cumsum(distinct, out=first_key[1:])
+    key = np.concatenate(local).astype(np.int64) + np.repeat(first_key[:-1], np.diff(token_bounds))
+    count = np.bincount(key, minlength=first_key[-1])
+    group_of_key = np.repeat(np.arange(len(distinct)), distinct)
+    order = np.lexsort((-count, group_of_key))  # stable: ties keep the order of first appearance
+    rank = np.empty(first_key[-1], dtype=np.int64)
+    rank[order] = np.arange(first_key[-1]) - first_key[group_of_key[order]]
+    return rank[key]
 
 
 def as_strings(ranks: np.ndarray, offsets: np.ndarray) -> list[str] | None:
