@@ -28,14 +28,12 @@ what they would be without it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import numbers
 import os
 import re
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -46,20 +44,11 @@ from rapidfuzz.process import cdist
 from hfpref.core import columns as C
 from hfpref.core.errors import UserError
 from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label
+from hfpref.steps.tokenizer_files import tokenizer_content_hash
 from hfpref.steps.word_codes import FlatTokens, flat_tokens, rapidfuzz_symbols, split_words
 
 EDIT_DISTANCE_UNIT = C.EDIT_DISTANCE_UNIT
 
-# files that decide how a local tokenizer folder encodes text (weights and chat templates do not)
-_TOKENIZER_FILE_NAMES = {
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-}
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 WORDS = "words"  # the word-level unit of edit_distance_unit ("word" is accepted too)
 WORD_UNIT = "word"  # how the output column and the manifest name it
@@ -140,24 +129,6 @@ class PairMetricsConfig(StepConfig):
             raise ValueError(
                 f"PairMetricsConfig.workers must be -1 (all cores) or >= 1, got {self.workers!r}"
             )
-
-
-def tokenizer_content_hash(folder: str | os.PathLike) -> str:
-    """sha256 over the names and bytes of a local tokenizer folder's encoding files."""
-    digest = hashlib.sha256()
-    folder = Path(folder)
-    names = sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.is_file() and (p.name.startswith("tokenizer") or p.name in _TOKENIZER_FILE_NAMES)
-    )
-    if not names:
-        raise FileNotFoundError(f"no tokenizer files in {str(folder)!r}")
-    for name in names:
-        digest.update(name.encode() + b"\0")
-        digest.update((folder / name).read_bytes())
-        digest.update(b"\0")
-    return "sha256:" + digest.hexdigest()
 
 
 def dense_symbols(sequences: Sequence[Sequence[Any]]) -> list[list[int]]:
@@ -316,12 +287,21 @@ class PairMetrics(Step):
                 "(PairMetrics.tokenize), or declare that tokenizer as edit_distance_unit"
             )
         unit = declared
-        has_logps = batch.get(C.REF_LOGPS) is not None
         sizes = [len(responses or []) for responses in batch[C.RESPONSES]]
         if sum(sizes) != len(tokens):
             raise ValueError(f"{self.name}: got {len(tokens)} token sequences for {sum(sizes)} responses")
         symbols = rapidfuzz_symbols(tokens if isinstance(tokens, FlatTokens) else flat_tokens(tokens), sizes)
         out: Batch = {name: [] for name in self.output_columns()}
+        # inf/NaN inputs give inf/NaN cells, by design (one errstate for the batch: entering it costs ~40 µs)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._fill_rows(out, batch, symbols, sizes, indices)
+        out[EDIT_DISTANCE_UNIT] = [unit] * len(sizes)
+        return out
+
+    def _fill_rows(
+        self, out: Batch, batch: Batch, symbols: list, sizes: list[int], indices: list[int] | None
+    ) -> None:
+        has_logps = batch.get(C.REF_LOGPS) is not None
         stop = 0
         for i, responses in enumerate(batch[C.RESPONSES]):
             n = sizes[i]
@@ -335,8 +315,6 @@ class PairMetrics(Step):
             out[C.LOGP_DIFF_MATRIX].append(logp_diff)
             out[C.REWARD_MARGIN_MATRIX].append(margin)
             out[C.DCRM_MATRIX].append(value)
-            out[EDIT_DISTANCE_UNIT].append(unit)
-        return out
 
     def _row_cells(
         self,
@@ -349,10 +327,9 @@ class PairMetrics(Step):
         n = len(symbols)
         # passing the same list as queries and choices lets rapidfuzz compute only one triangle
         edit = cdist(symbols, symbols, scorer=Levenshtein.distance, workers=self.config.workers).reshape(n, n)
-        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN inputs give inf/NaN cells, by design
-            margin = rewards[:, None] - rewards[None, :]
-            logp_diff = None if logps is None else np.abs(logps[:, None] - logps[None, :])
-            value = dcrm(margin, edit, 0.0 if logp_diff is None else logp_diff, self.config.eps)
+        margin = rewards[:, None] - rewards[None, :]
+        logp_diff = None if logps is None else np.abs(logps[:, None] - logps[None, :])
+        value = dcrm(margin, edit, 0.0 if logp_diff is None else logp_diff, self.config.eps)
         edit_cells: list = edit.tolist()
         if None in responses:
             # the placeholder "" must not look like a response: blank every cell a missing one enters
