@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from hfpref.core import columns as C
+
 
 def skipped_token_ids(tokenizer: Any) -> frozenset[int]:
     """The ids ``decode(skip_special_tokens=True)`` drops: the named special tokens (EOS, padding) and every
@@ -26,3 +28,21 @@ def response_ids(ids: Iterable[int], skipped: frozenset[int]) -> np.ndarray:
     """One response's generated ids as written: int32 (half of int64's cache bytes; vocabularies fit in
     31 bits), without the ids in ``skipped`` (``skipped_token_ids``)."""
     return np.array([t for t in ids if t not in skipped], dtype=np.int32)
+
+
+def reusable_token_ids(batch: dict[str, list], declared_unit: str) -> list[Any]:
+    """The sampler's ``response_token_ids`` of every response of a batch, flattened in row order, where the
+    row's ``response_token_unit`` is ``declared_unit``, else None: a row in another unit, a row or a
+    response without ids (a response from elsewhere), a row whose ids do not align with its responses.
+    A missing response (None) gets ``[]``, the placeholder its blanked cells are computed from."""
+    responses_column = batch[C.RESPONSES]
+    units = batch.get(C.RESPONSE_TOKEN_UNIT) or [None] * len(responses_column)
+    tokens: list[Any] = []
+    for responses, ids, unit in zip(responses_column, batch[C.RESPONSE_TOKEN_IDS], units, strict=True):
+        n = len(responses or [])
+        if unit != declared_unit or ids is None or len(ids) != n:
+            ids = [None] * n
+        tokens += [
+            [] if text is None else row_ids for text, row_ids in zip(responses or [], ids, strict=True)
+        ]
+    return tokens

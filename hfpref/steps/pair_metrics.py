@@ -45,6 +45,8 @@ from hfpref.core import columns as C
 from hfpref.core.errors import UserError
 from hfpref.core.step import Batch, RowError, Step, StepConfig, row_label
 from hfpref.models.hub import token_unit, tokenizer_content_hash
+from hfpref.models.token_ids import reusable_token_ids
+from hfpref.steps.word_codes import FlatTokens, flat_tokens, rapidfuzz_symbols, split_words
 
 EDIT_DISTANCE_UNIT = C.EDIT_DISTANCE_UNIT
 # token_unit and tokenizer_content_hash live in hfpref.models.hub, where the sampler (which writes token ids
@@ -133,7 +135,8 @@ def dense_symbols(sequences: Sequence[Sequence[Any]]) -> list[list[int]]:
     The relabelling is one-to-one, so Levenshtein distances within the group are unchanged. It is here for
     speed: rapidfuzz looks symbols below 256 up in a flat table and all others (large token ids, words) in
     a hash map, so giving the most frequent tokens the smallest codes puts most lookups on the fast path
-    (about 3x faster on 512-token responses of a 3000-token vocabulary).
+    (about 3x faster on 512-token responses of a 3000-token vocabulary). ``word_codes.dense_ranks`` does
+    the same to a whole batch at once (what the step uses).
     """
     counts = Counter(itertools.chain.from_iterable(sequences))
     code = {token: k for k, (token, _) in enumerate(counts.most_common())}
@@ -245,7 +248,7 @@ class PairMetrics(Step):
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         texts = self.response_texts(batch, indices)
         if C.RESPONSE_TOKEN_IDS not in batch:
-            return self.metrics_from_tokens(batch, self.tokenize(texts, rank), indices, rank)
+            return self.metrics_from_tokens(batch, self.token_codes(texts, rank), indices, rank)
         tokens = self.reused_token_ids(batch, rank)
         missing = [k for k, ids in enumerate(tokens) if ids is None]
         if missing:  # responses without ids in the declared unit: tokenized as without the column
@@ -254,21 +257,16 @@ class PairMetrics(Step):
         return self.metrics_from_tokens(batch, tokens, indices, rank, unit=self.resources(rank)["unit"])
 
     def reused_token_ids(self, batch: Batch, rank: int | None = None) -> list[Any]:
-        """The sampler's ``response_token_ids`` of every response (flattened as ``response_texts``) where the
-        row's ``response_token_unit`` is the declared unit, else None: a row in another unit, a row or a
-        response without ids (a response from elsewhere), a row whose ids do not align with its responses."""
-        declared = self.resources(rank)["unit"]
-        units = batch.get(C.RESPONSE_TOKEN_UNIT) or [None] * len(batch[C.RESPONSES])
-        tokens: list[Any] = []
-        for responses, ids, unit in zip(batch[C.RESPONSES], batch[C.RESPONSE_TOKEN_IDS], units, strict=True):
-            n = len(responses or [])
-            if unit != declared or ids is None or len(ids) != n:
-                ids = [None] * n
-            # a missing response's cells are blanked whatever its tokens: the empty placeholder, as unreused
-            tokens += [
-                [] if text is None else row_ids for text, row_ids in zip(responses or [], ids, strict=True)
-            ]
-        return tokens
+        """The sampler's ids of every response where they are in the declared unit, else None (see
+        ``hfpref.models.token_ids.reusable_token_ids``)."""
+        return reusable_token_ids(batch, self.resources(rank)["unit"])
+
+    def token_codes(self, texts: Sequence[str], rank: int | None = None) -> FlatTokens:
+        """``tokenize(texts)`` in the flat form ``metrics_from_tokens`` relabels fastest: words are split
+        and encoded in Arrow (as ``str.split()`` splits them) instead of as Python lists of strings."""
+        if self.resources(rank)["tokenizer"] is None:
+            return split_words(texts)
+        return flat_tokens(self.tokenize(texts, rank))
 
     def response_texts(self, batch: Batch, indices: list[int] | None = None) -> list[str]:
         """Every response of the batch, flattened in row order (a missing one, None, as the empty text: a
@@ -287,13 +285,14 @@ class PairMetrics(Step):
     def metrics_from_tokens(
         self,
         batch: Batch,
-        tokens: Sequence[Sequence[Any]],
+        tokens: Sequence[Sequence[Any]] | FlatTokens,
         indices: list[int] | None = None,
         rank: int | None = None,
         *,
         unit: str | None = None,
     ) -> Batch:
-        """The output columns, given the tokens of ``response_texts(batch)`` (one sequence per response).
+        """The output columns, given the tokens of ``response_texts(batch)`` (one sequence per response,
+        as lists or as ``token_codes`` gives them).
 
         ``tokens`` are the step's own (``tokenize``) unless ``unit`` says what they are: token ids reused
         from elsewhere (e.g. a model step's tokenization) are taken only when ``unit`` equals the declared
@@ -308,41 +307,61 @@ class PairMetrics(Step):
                 "(PairMetrics.tokenize), or declare that tokenizer as edit_distance_unit"
             )
         unit = declared
-        has_logps = batch.get(C.REF_LOGPS) is not None
+        sizes = [len(responses or []) for responses in batch[C.RESPONSES]]
+        if sum(sizes) != len(tokens):
+            raise ValueError(f"{self.name}: got {len(tokens)} token sequences for {sum(sizes)} responses")
+        symbols = rapidfuzz_symbols(tokens if isinstance(tokens, FlatTokens) else flat_tokens(tokens), sizes)
         out: Batch = {name: [] for name in self.output_columns()}
+        # inf/NaN inputs give inf/NaN cells, by design (one errstate for the batch: entering it costs ~40 µs)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._fill_rows(out, batch, symbols, sizes, indices)
+        out[EDIT_DISTANCE_UNIT] = [unit] * len(sizes)
+        return out
+
+    def _fill_rows(
+        self, out: Batch, batch: Batch, symbols: list, sizes: list[int], indices: list[int] | None
+    ) -> None:
+        has_logps = batch.get(C.REF_LOGPS) is not None
         stop = 0
         for i, responses in enumerate(batch[C.RESPONSES]):
-            n = len(responses or [])
+            n = sizes[i]
             start, stop = stop, stop + n
             rewards = self._per_response(batch, C.REWARDS, i, n, indices)
             logps = self._per_response(batch, C.REF_LOGPS, i, n, indices) if has_logps else None
-            row_tokens = dense_symbols(tokens[start:stop])
-            # passing the same list as queries and choices lets rapidfuzz compute only one triangle
-            edit = cdist(row_tokens, row_tokens, scorer=Levenshtein.distance, workers=self.config.workers)
-            edit = edit.astype(np.int64).reshape(n, n)
-            with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN inputs give inf/NaN cells, by design
-                margin = rewards[:, None] - rewards[None, :]
-                logp_diff = None if logps is None else np.abs(logps[:, None] - logps[None, :])
-                value = dcrm(margin, edit, 0.0 if logp_diff is None else logp_diff, self.config.eps)
-            missing = np.array([text is None for text in responses or []], dtype=bool)
-            edit_cells: list = edit.tolist()
-            if missing.any():
-                # the placeholder "" must not look like a response: blank every cell a missing one enters
-                blank = missing[:, None] | missing[None, :]
-                edit_object = edit.astype(object)
-                edit_object[blank] = None
-                edit_cells = edit_object.tolist()
-                for matrix in (margin, value, logp_diff):
-                    if matrix is not None:
-                        matrix[blank] = np.nan
-            out[C.EDIT_DISTANCE_MATRIX].append(edit_cells)
-            out[C.LOGP_DIFF_MATRIX].append(None if logp_diff is None else logp_diff.tolist())
-            out[C.REWARD_MARGIN_MATRIX].append(margin.tolist())
-            out[C.DCRM_MATRIX].append(value.tolist())
-            out[EDIT_DISTANCE_UNIT].append(unit)
-        if stop != len(tokens):
-            raise ValueError(f"{self.name}: got {len(tokens)} token sequences for {stop} responses")
-        return out
+            edit, logp_diff, margin, value = self._row_cells(
+                symbols[start:stop], responses or [], rewards, logps
+            )
+            out[C.EDIT_DISTANCE_MATRIX].append(edit)
+            out[C.LOGP_DIFF_MATRIX].append(logp_diff)
+            out[C.REWARD_MARGIN_MATRIX].append(margin)
+            out[C.DCRM_MATRIX].append(value)
+
+    def _row_cells(
+        self,
+        symbols: Sequence[Any],
+        responses: Sequence[str | None],
+        rewards: np.ndarray,
+        logps: np.ndarray | None,
+    ) -> tuple[list, list | None, list, list]:
+        """One row's e_Δ, p_Δ (None without log-probs), r_Δ and DCRM matrices as nested lists."""
+        n = len(symbols)
+        # passing the same list as queries and choices lets rapidfuzz compute only one triangle
+        edit = cdist(symbols, symbols, scorer=Levenshtein.distance, workers=self.config.workers).reshape(n, n)
+        margin = rewards[:, None] - rewards[None, :]
+        logp_diff = None if logps is None else np.abs(logps[:, None] - logps[None, :])
+        value = dcrm(margin, edit, 0.0 if logp_diff is None else logp_diff, self.config.eps)
+        edit_cells: list = edit.tolist()
+        if None in responses:
+            # the placeholder "" must not look like a response: blank every cell a missing one enters
+            missing = np.array([text is None for text in responses], dtype=bool)
+            blank = missing[:, None] | missing[None, :]
+            edit_object = edit.astype(object)
+            edit_object[blank] = None
+            edit_cells = edit_object.tolist()
+            for matrix in (margin, value, logp_diff):
+                if matrix is not None:
+                    matrix[blank] = np.nan
+        return edit_cells, None if logp_diff is None else logp_diff.tolist(), margin.tolist(), value.tolist()
 
     def _per_response(
         self, batch: Batch, column: str, i: int, n: int, indices: list[int] | None
@@ -356,7 +375,7 @@ class PairMetrics(Step):
                 f"{self.name}: {row_label(batch, i, indices)} column {column!r} has {len(values)} values for "
                 f"{n} responses: {values!r}"
             )
-        if not all(v is None or isinstance(v, numbers.Real) for v in values):
+        if not all(type(v) is float or v is None or isinstance(v, numbers.Real) for v in values):
             raise RowError(
                 f"{self.name}: {row_label(batch, i, indices)} column {column!r} must hold numbers, got {values!r}"
             )
