@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hfpref.core import columns as C
+from hfpref.core.cache import reopened
 from hfpref.core.errors import UserError
 from hfpref.core.registry import import_target
 from hfpref.core.step import ROW_ERROR
@@ -89,11 +90,13 @@ def run_recipe(
             selectors = build_selectors(recipe, plan, ranking if accuracy is not None else None, bar)
             run = PairRun(mapper, candidates, prompts, selectors, plan.makers, accuracy)
             book = make_pairs(recipe, run, plan.skipped, bar)
+    # fresh memory maps of the same cache files: the pages the steps and selectors read stay resident while
+    # a map lives, and the maps read here go with this frame (hfpref.core.cache.reopened)
     return RecipeResult(
         recipe=recipe,
-        candidates=candidates,
+        candidates=reopened(candidates),
         steps=plan.steps,
-        pairs=book.pairs,
+        pairs={name: reopened(pairs) for name, pairs in book.pairs.items()},
         dropped=book.dropped,
         selectors=book.made_by,
         input_info=input_info,
