@@ -159,3 +159,35 @@ def test_a_runs_result_maps_each_cache_file_once(run):
     files = [f["filename"] for data in [result.candidates, *result.pairs.values()] for f in data.cache_files]
     assert files
     assert {f: maps_of(f) for f in files} == dict.fromkeys(files, 1)
+
+
+def test_run_steps_keeps_no_step_input_alive_past_its_step():
+    """The loaded input (and each step's input after it) goes once the step has its output: no reference
+    is left to keep its memory map, and the pages the step read, through the later steps."""
+    import types
+    import weakref
+
+    from hfpref.pipeline.runner import run_steps
+
+    seen: list[weakref.ref] = []
+    alive_at_call: list[list[bool]] = []
+
+    class Mapper:  # a step's "output": a new dataset; records which earlier inputs are still alive
+        def map(self, step, data, spec=None):
+            gc.collect()
+            alive_at_call.append([ref() is not None for ref in seen])
+            seen.append(weakref.ref(data))
+            return data.map(lambda row: {"n": len(seen)}, new_fingerprint=f"step{len(seen)}")
+
+    step = types.SimpleNamespace(unload=lambda: None)
+    specs = [types.SimpleNamespace(step=f"S{i}") for i in range(3)]
+    recipe = types.SimpleNamespace(steps=specs)
+    plan = types.SimpleNamespace(steps=[step] * 3, prompts_at=None)
+    bar = types.SimpleNamespace(set_postfix_str=lambda text: None, update=lambda n: None)
+    inputs = [datasets.Dataset.from_dict({"a": [1, 2]})]
+    out, prompts, rows = run_steps(recipe, plan, inputs, Mapper(), bar)
+    assert inputs == []
+    assert alive_at_call == [[], [False], [False, False]]
+    assert out.to_list() == [{"a": 1, "n": 3}, {"a": 2, "n": 3}]
+    assert prompts is None
+    assert rows == [{"rows_in": 2, "rows_out": 2}] * 3
