@@ -92,13 +92,16 @@ def run_recipe(
             selectors = build_selectors(recipe, plan, ranking if accuracy is not None else None, bar)
             run = PairRun(mapper, candidates, prompts, selectors, plan.makers, accuracy)
             book = make_pairs(recipe, run, plan.skipped, bar)
-    # fresh memory maps of the same cache files: the pages the steps and selectors read stay resident while
-    # a map lives, and the maps read here go with this frame (hfpref.core.cache.reopened)
+    # a fresh memory map of the candidates' cache files: the pages the selectors read (all of it) stay
+    # resident while a map lives, and the map they read goes with this frame (hfpref.core.cache.reopened).
+    # Not the pairs: nothing read them whole since they were written, and opening a map output already
+    # makes about half of a pairs file resident (the pages around each record batch's header), which
+    # here would count twice, old map and new, at the end of the run (+500 MB at 69k prompts)
     return RecipeResult(
         recipe=recipe,
         candidates=reopened(candidates),
         steps=plan.steps,
-        pairs={name: reopened(pairs) for name, pairs in book.pairs.items()},
+        pairs=book.pairs,
         dropped=book.dropped,
         selectors=book.made_by,
         input_info=input_info,
