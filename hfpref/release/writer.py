@@ -34,7 +34,7 @@ from typing import Any
 from hfpref.core import columns as C
 from hfpref.core.columns import CANDIDATES_CONFIG
 from hfpref.release.card import write_manifest_and_card
-from hfpref.release.content import ReleaseContent
+from hfpref.release.content import ReleaseContent, ReopenedContent
 from hfpref.release.folder import (
     CARD_FILE,
     DATA_FILE,
@@ -168,7 +168,12 @@ def write_release(
         staging.mkdir(parents=True)
         try:
             _write_staged(
-                result, staging, version=version, repo_id=repo_id, created_at=created_at, extra=extra
+                ReopenedContent(result),
+                staging,
+                version=version,
+                repo_id=repo_id,
+                created_at=created_at,
+                extra=extra,
             )
             _swap_in(staging, target)
         except Exception:  # an error (not a kill): leave the old release as it was, and no staging folder
