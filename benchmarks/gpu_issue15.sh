@@ -7,7 +7,8 @@
 # and sampling's JSON is written after each method, so a cut at the end still keeps its numbers.
 #
 # How to run it (a session with an H200; 15 minutes of device time in all, so one call):
-#   1. here, once:   bash benchmarks/fetch_wheels.sh      (the liger-kernel wheel into benchmarks/.wheels/)
+#   1. here, once:   bash benchmarks/fetch_wheels.sh      (liger-kernel, transformers 5.24.0 and regex wheels,
+#                    15 MB, into benchmarks/.wheels/; installed by benchmarks/install_wheels.sh)
 #   2. the device tool's `run` with
 #        command:   PYTHON=python3 bash benchmarks/gpu_issue15.sh
 #        carry:     ["benchmarks/.wheels"]

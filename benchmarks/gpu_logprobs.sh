@@ -44,15 +44,7 @@ limit() {  # seconds a step may run: $1, cut to end 5 s before DEADLINE when one
   echo $((want > 1 ? want : 1))
 }
 
-if ls benchmarks/.wheels/*.whl > /dev/null 2>&1; then
-  timeout "$(limit 60)" "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/hfpref-wheels benchmarks/.wheels/*.whl > "$OUT/wheels.log" 2>&1
-  echo "wheels exit $?" >> "$OUT/status.txt"
-  export PYTHONPATH="/tmp/hfpref-wheels${PYTHONPATH:+:$PYTHONPATH}"
-else
-  echo "wheels: none in benchmarks/.wheels/ (run benchmarks/fetch_wheels.sh here and carry it): no liger" \
-    >> "$OUT/status.txt"
-fi
+source benchmarks/install_wheels.sh "$OUT"
 
 timeout "$(limit 30)" "$PYTHON" - > "$OUT/env.json" 2>&1 <<'EOF'
 import importlib.metadata as md, importlib.util, json, torch, transformers

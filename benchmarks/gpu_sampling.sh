@@ -28,6 +28,7 @@ PYTHON="${PYTHON:-python}"
 mkdir -p "$OUT"
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1  # the machine has no network: never try to fetch a kernel from the Hub
+source benchmarks/install_wheels.sh "$OUT"  # transformers 5.24 for the continuous backend (c)
 
 timeout 30 "$PYTHON" - > "$OUT/env.json" 2>&1 <<'PY'
 import importlib.util, json, torch, transformers
