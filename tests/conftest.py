@@ -14,6 +14,12 @@ def tiny_models(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def policy(tiny_models) -> str:
+    """The tiny causal LM's folder, as a model id string."""
+    return str(tiny_models["policy"])
+
+
+@pytest.fixture(scope="session")
 def custom_reward_models(tmp_path_factory) -> dict:
     """Tiny custom-code (trust_remote_code) reward models: 'armo' (ArmoRM's output: score, rewards,
     gating_output), 'logits' (1-D logits only) and 'last-token' (pools the last position, padding or not), each a folder with auto_map and its modeling file."""

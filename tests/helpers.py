@@ -74,6 +74,26 @@ class ScaleList(DeclaredColumns, Step):
         return {target: [[value * self.config.factor for value in row] for row in batch[source]]}
 
 
+# prompts for the sampler tests: text, a system + user conversation, an IFEval-style instruction
+SAMPLER_PROMPTS = [
+    "Write a short poem about the sea.",
+    "List the planets.",
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Explain why the sky is blue."}],
+    "Respond in JSON format with the keys name and age, and do not use any commas.",
+]
+
+
+def levenshtein(a: Sequence, b: Sequence) -> int:
+    """Textbook dynamic programme: the independent expectation for rapidfuzz's edit distances."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
 def append_json_line(path: str | Path, record: Any) -> None:
     """Append ``record`` as one JSON line (test steps log to files: they also run in other processes)."""
     with open(path, "a", encoding="utf-8") as handle:

@@ -12,18 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hfpref.core.errors import UserError
 from hfpref.steps import continuous_sampling as cs
 from hfpref.steps.sampling import ResponseSampler, SamplerConfig, plain_generation_config
+from tests.helpers import SAMPLER_PROMPTS
 
-PROMPTS = [
-    "Write a short poem about the sea.",
-    "List the planets.",
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Explain why the sky is blue."}],
-    "Respond in JSON format with the keys name and age, and do not use any commas.",
-]
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_models) -> str:
-    return str(tiny_models["policy"])
+PROMPTS = SAMPLER_PROMPTS
 
 
 def sampler(policy: str, **overrides) -> ResponseSampler:

@@ -275,11 +275,6 @@ def rows(indices: Sequence[int] = (0, 1, 2)) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def policy(tiny_models) -> str:
-    return str(tiny_models["policy"])
-
-
-@pytest.fixture(scope="module")
 def step(policy) -> MCTSPairGenerator:
     return MCTSPairGenerator(MCTSConfig(model=policy, max_pairs_per_prompt=3, **SMALL))
 

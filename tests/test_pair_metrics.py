@@ -17,22 +17,12 @@ from hfpref.steps.pair_metrics import (
     dense_symbols,
     tokenizer_content_hash,
 )
+from tests.helpers import levenshtein
 from tests.tiny_models import build_tokenizer
 
 
 def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
-
-
-def levenshtein(a: list, b: list) -> int:
-    """Textbook dynamic programme, the independent expectation for rapidfuzz's distances."""
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
 
 
 @pytest.fixture(scope="module")

@@ -37,11 +37,6 @@ TEMPLATE_SHA256 = hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest()  # independ
 
 
 @pytest.fixture(scope="module")
-def policy(tiny_models) -> str:
-    return str(tiny_models["policy"])
-
-
-@pytest.fixture(scope="module")
 def bare_policy(tiny_models, tmp_path_factory) -> str:
     """The tiny policy without its chat template (same weights and vocabulary)."""
     return _without_template(

@@ -18,19 +18,10 @@ from hfpref.steps.sampling import (
     length_groups,
     prompt_seed,
 )
+from tests.helpers import SAMPLER_PROMPTS
 from tests.tiny_models import build_tiny_models
 
-PROMPTS = [
-    "Write a short poem about the sea.",
-    "List the planets.",
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Explain why the sky is blue."}],
-    "Respond in JSON format with the keys name and age, and do not use any commas.",
-]
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_models) -> str:
-    return str(tiny_models["policy"])
+PROMPTS = SAMPLER_PROMPTS
 
 
 def sampler(policy: str, **overrides) -> ResponseSampler:

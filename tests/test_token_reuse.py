@@ -20,25 +20,9 @@ from hfpref.release.manifest import candidate_columns
 from hfpref.steps.pair_metrics import PairMetrics, token_unit, tokenizer_content_hash
 from hfpref.steps.pair_rows import NOT_PASSED_THROUGH
 from hfpref.steps.sampling import ResponseSampler, SamplerConfig
-from tests.helpers import DeclaredColumns
+from tests.helpers import DeclaredColumns, levenshtein
 
 PROMPTS = ["Write a short poem about the sea.", "List the planets.", "Name three colours.", "Why?"]
-
-
-def levenshtein(a: list, b: list) -> int:
-    """Reference edit distance: the textbook dynamic programme."""
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_models) -> str:
-    return str(tiny_models["policy"])
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +144,10 @@ def test_another_unit_tokenizes_the_texts(sampled, tiny_models, monkeypatch):
     for responses, matrix in zip(sampled[C.RESPONSES], out[C.EDIT_DISTANCE_MATRIX], strict=True):
         assert matrix == expected_distances([encode(tokenizer, text) for text in responses])
     spy.texts.clear()
+    # in words no row's ids are in the step's unit: every text is split the batch way (word_codes), none
+    # goes through the per-text tokenize fallback
     words = PairMetrics().apply(sampled, batch_size=4)
-    assert spy.texts == texts
+    assert spy.texts == []
     for responses, matrix in zip(sampled[C.RESPONSES], words[C.EDIT_DISTANCE_MATRIX], strict=True):
         assert matrix == expected_distances([text.split() for text in responses])
 
@@ -189,10 +175,11 @@ def test_rows_and_responses_without_ids_are_tokenized(sampled, policy, monkeypat
         if row == 3:
             want = [[None if 0 in (i, j) else d for j, d in enumerate(r)] for i, r in enumerate(want)]
         assert matrix == want
-    # without the unit column nothing is reused
+    # without the unit column nothing is reused: every response is tokenized, as without the ids (a missing
+    # one as the empty placeholder its blanked cells come from)
     spy.texts.clear()
     PairMetrics(edit_distance_unit=policy)({k: v for k, v in batch.items() if k != C.RESPONSE_TOKEN_UNIT})
-    assert spy.texts == [text for row in responses for text in row if text is not None]
+    assert spy.texts == ["" if text is None else text for row in responses for text in row]
 
 
 def test_the_token_cache_stays_out_of_pairs_and_the_release():

@@ -77,7 +77,7 @@ from hfpref.steps.mcts_tree import (
     same_text,
     sibling_pairs,
 )
-from hfpref.steps.pair_rows import pairs_features
+from hfpref.steps.pair_rows import NOT_PASSED_THROUGH, pairs_features
 from hfpref.steps.sampling import ResponseSampler, prompt_seed, sampled_prompt
 
 PAIR_STRATEGY = "mcts_shared_prefix"
@@ -184,7 +184,7 @@ class MCTSPairGenerator(ModelStep):
 
     def passthrough_columns(self, column_names: Sequence[str]) -> list[str]:
         """The input columns copied unchanged to every pairs row of their prompt."""
-        excluded = {*self.output_columns(), *C.PER_RESPONSE_COLUMNS, *C.TOKEN_CACHE_COLUMNS}
+        excluded = NOT_PASSED_THROUGH | set(self.output_columns())
         return [name for name in column_names if name not in excluded]
 
     @property

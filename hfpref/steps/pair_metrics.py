@@ -247,14 +247,16 @@ class PairMetrics(Step):
     # ---- the map function ------------------------------------------------------------------
     def process(self, batch: Batch, rank: int | None, indices: list[int] | None) -> Batch:
         texts = self.response_texts(batch, indices)
-        if C.RESPONSE_TOKEN_IDS not in batch:
+        declared = self.resources(rank)["unit"]
+        if C.RESPONSE_TOKEN_IDS not in batch or declared not in (batch.get(C.RESPONSE_TOKEN_UNIT) or ()):
+            # no row's ids are in this step's unit (e.g. words): all tokenized the fast way
             return self.metrics_from_tokens(batch, self.token_codes(texts, rank), indices, rank)
         tokens = self.reused_token_ids(batch, rank)
         missing = [k for k, ids in enumerate(tokens) if ids is None]
         if missing:  # responses without ids in the declared unit: tokenized as without the column
             for k, ids in zip(missing, self.tokenize([texts[k] for k in missing], rank), strict=True):
                 tokens[k] = ids
-        return self.metrics_from_tokens(batch, tokens, indices, rank, unit=self.resources(rank)["unit"])
+        return self.metrics_from_tokens(batch, tokens, indices, rank, unit=declared)
 
     def reused_token_ids(self, batch: Batch, rank: int | None = None) -> list[Any]:
         """The sampler's ids of every response where they are in the declared unit, else None (see
